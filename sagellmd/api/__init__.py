@@ -1,0 +1,1 @@
+"""The management API (Starlette): reads and edits the desired state, never spawns."""

@@ -1,0 +1,20 @@
+"""What the API handlers need from the daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sagellmd.config import Settings
+from sagellmd.events import EventHub
+from sagellmd.reconcile.loop import Reconciler
+from sagellmd.store.repository import Store
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    store: Store
+    hub: EventHub
+    reconciler: Reconciler
+    token: str
+    started_at: float

@@ -1,0 +1,80 @@
+"""Read-only endpoints: liveness, status, engines, logs."""
+
+from __future__ import annotations
+
+import os
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from sagellmd import __version__
+from sagellmd.api.body import query_number
+from sagellmd.api.context import ApiContext
+from sagellmd.api.views import engine_entries, engine_entry
+from sagellmd.errors import NotFoundError
+from sagellmd.runtime.logs import log_path, tail_lines
+from sagellmd.store.repository import iso
+
+
+def _ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+def gpu_summary(ctx: ApiContext) -> dict[str, object]:
+    mode = ctx.settings.gpus
+    # GPU inventory and placement come with their own issue; until then the daemon
+    # runs CPU engines only and says so instead of pretending to see GPUs.
+    return {"mode": mode, "devices": [],
+            "message": "no GPUs (GPU inventory and placement are not implemented yet)"}
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True, "pid": os.getpid(), "version": __version__})
+
+
+async def status(request: Request) -> JSONResponse:
+    ctx = _ctx(request)
+    desired = ctx.store.desired()
+    return JSONResponse({
+        "generation": ctx.store.current_generation(),
+        "daemon": {
+            "pid": os.getpid(),
+            "version": __version__,
+            "home": str(ctx.settings.home),
+            "api": ctx.settings.api_url,
+            "started_at": iso(ctx.started_at),
+            "reconcile_passes": ctx.reconciler.passes,
+            "last_pass_at": iso(ctx.reconciler.last_pass_at),
+        },
+        "gpus": gpu_summary(ctx),
+        "presets": [preset.name for preset in ctx.store.active_presets()],
+        "engines": engine_entries(desired, ctx.reconciler.world.instances),
+    })
+
+
+async def list_engines(request: Request) -> JSONResponse:
+    ctx = _ctx(request)
+    return JSONResponse(
+        {"engines": engine_entries(ctx.store.desired(), ctx.reconciler.world.instances)}
+    )
+
+
+def find_engine(ctx: ApiContext, engine_id: str) -> dict[str, object]:
+    desired = ctx.store.desired_engine(engine_id)
+    instance = ctx.reconciler.world.instances.get(engine_id)
+    if desired is None and instance is None:
+        raise NotFoundError(f"no engine {engine_id!r}; `sagellm engine list` shows the engines")
+    return engine_entry(engine_id, desired, instance)
+
+
+async def get_engine(request: Request) -> JSONResponse:
+    return JSONResponse(find_engine(_ctx(request), request.path_params["engine_id"]))
+
+
+async def engine_logs(request: Request) -> JSONResponse:
+    ctx = _ctx(request)
+    engine_id = request.path_params["engine_id"]
+    find_engine(ctx, engine_id)
+    tail = int(query_number(request, "tail", 100, minimum=0, maximum=10000) or 0)
+    path = log_path(ctx.settings.logs_dir, engine_id)
+    return JSONResponse({"engine": engine_id, "path": str(path), "lines": tail_lines(path, tail)})

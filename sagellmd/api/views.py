@@ -1,0 +1,55 @@
+"""JSON shapes of engines and status, built from desired and observed state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sagellmd.instance import Instance
+from sagellmd.reconcile.plan import DesiredEngine
+from sagellmd.store.repository import iso
+
+
+def engine_entry(engine_id: str, desired: DesiredEngine | None,
+                 instance: Instance | None) -> dict[str, Any]:
+    """One engine as `/v1/status` and `/v1/engines` show it."""
+    spec = desired.spec if desired else None
+    last_exit = None
+    if instance is not None and instance.exited_at is not None:
+        last_exit = {"code": instance.last_exit_code, "signal": instance.last_exit_signal,
+                     "at": iso(instance.exited_at)}
+    state = instance.state.value if instance else "pending"
+    message = instance.message if instance else "waiting for the reconcile loop"
+    if desired is None and instance is not None:
+        message = f"being removed: {instance.message}"
+    return {
+        "id": engine_id,
+        "preset": desired.preset if desired else None,
+        "name": spec.name if spec else engine_id.rsplit(".", 1)[-1],
+        "kind": spec.kind if spec else None,
+        "model": spec.model if spec else None,
+        "runtime": spec.runtime if spec else None,
+        "label": spec.label if spec else None,
+        "desired": desired is not None,
+        "state": state,
+        "pid": instance.pid if instance else None,
+        "port": instance.port if instance else (spec.port if spec else None),
+        "gpus": [],
+        "restarts": instance.restarts if instance else 0,
+        "message": message,
+        "generation": instance.generation if instance else None,
+        "started_at": iso(instance.started_at) if instance else None,
+        "ready_at": iso(instance.ready_at) if instance else None,
+        "last_exit": last_exit,
+        "spec_hash": spec.spec_hash if spec else None,
+        "running_spec_hash": instance.spec_hash if instance else None,
+        "metadata": dict(spec.metadata) if spec else {},
+        "spec": spec.to_dict() if spec else None,
+    }
+
+
+def engine_entries(desired: list[DesiredEngine],
+                   instances: Mapping[str, Instance]) -> list[dict[str, Any]]:
+    by_id = {engine.id: engine for engine in desired}
+    return [engine_entry(engine_id, by_id.get(engine_id), instances.get(engine_id))
+            for engine_id in sorted(set(by_id) | set(instances))]

@@ -1,0 +1,1 @@
+"""The `sagellm` command line: a thin HTTP client of the sagellmd API."""

@@ -1,0 +1,125 @@
+"""The `sagellm` Typer app: its command tree, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+
+from sagellmd.cli.context import CliContext, cli_context
+from sagellmd.cli.engine_commands import engine_app
+from sagellmd.cli.preset_commands import preset_app
+from sagellmd.cli.render import console, engines_table, event_line, gpus_line, print_json
+from sagellmd.errors import SagellmError, SpecError
+
+app = typer.Typer(
+    name="sagellm",
+    help="Control sagellmd, the daemon that keeps LLM and embedding engines running.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Locals in a traceback could show the API token.
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(preset_app, name="preset")
+app.add_typer(engine_app, name="engine")
+
+FOLLOW_WAIT_S = 30
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    url: str | None = typer.Option(
+        None, "--url", metavar="URL",
+        help="Daemon URL (default: SAGELLM_URL or http://127.0.0.1:8765).",
+    ),
+) -> None:
+    """Control sagellmd, the daemon that keeps LLM and embedding engines running."""
+    state = ctx.obj if isinstance(ctx.obj, CliContext) else CliContext()
+    if url:
+        state.url = url
+    ctx.obj = state
+
+
+@app.command()
+def status(ctx: typer.Context,
+           as_json: bool = typer.Option(False, "--json", help="Print the raw JSON.")) -> None:
+    """Generation, daemon, GPUs and every engine's state."""
+    client = cli_context(ctx).client()
+    try:
+        answer: dict[str, Any] = client.get("/v1/status") or {}
+    finally:
+        client.close()
+    if as_json:
+        print_json(answer)
+        return
+    daemon = answer.get("daemon") or {}
+    typer.echo(f"generation {answer.get('generation', '?')}   daemon pid {daemon.get('pid', '?')}"
+               + (f"   version {daemon['version']}" if daemon.get("version") else ""))
+    typer.echo(f"gpus: {gpus_line(answer.get('gpus'))}")
+    presets = answer.get("presets")
+    if isinstance(presets, list):
+        typer.echo(f"presets: {', '.join(map(str, presets)) or 'none'}")
+    engines = answer.get("engines") or []
+    if not engines:
+        typer.echo("no engines (start some with `sagellm preset set NAME`)")
+        return
+    console().print(engines_table(engines))
+
+
+def _print_events(events: list[dict[str, Any]], as_json: bool) -> None:
+    for event in events:
+        typer.echo(json.dumps(event, default=str) if as_json else event_line(event))
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    after: int | None = typer.Option(None, "--after", metavar="ID", help="Only events after ID."),
+    engine: str | None = typer.Option(None, "--engine", metavar="ID", help="Only this engine."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the raw JSON (one event per line with -f)."
+    ),
+) -> None:
+    """Recent events: ts, engine, type, message."""
+    client = cli_context(ctx).client()
+    try:
+        answer = client.events(after=after, engine=engine)
+        if as_json and not follow:
+            print_json(answer)
+            return
+        batch = answer.get("events") or []
+        _print_events(batch, as_json)
+        cursor = _next_cursor(after, answer)
+        while follow:
+            answer = client.events(after=cursor, wait=FOLLOW_WAIT_S, engine=engine)
+            _print_events(answer.get("events") or [], as_json)
+            cursor = _next_cursor(cursor, answer)
+    except KeyboardInterrupt:
+        # Ctrl-C is how a user ends -f; it is not a failure.
+        return
+    finally:
+        client.close()
+
+
+def _next_cursor(cursor: int | None, answer: dict[str, Any]) -> int:
+    ids = [int(e["id"]) for e in answer.get("events") or [] if e.get("id") is not None]
+    return max([cursor or 0, int(answer.get("last_id") or 0), *ids])
+
+
+def main() -> None:
+    """Entry point of `sagellm`: run the app and turn a SagellmError into its exit code."""
+    try:
+        app(prog_name="sagellm")
+    except SagellmError as exc:
+        lines = exc.errors if isinstance(exc, SpecError) else [exc.message]
+        for line in lines:
+            typer.echo(f"error: {line}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

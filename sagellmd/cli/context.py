@@ -1,0 +1,35 @@
+"""The per-invocation options of `sagellm`, handed from the root command to its subcommands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import typer
+
+from sagellmd.cli.client import ApiClient, read_token, resolve_url
+from sagellmd.config import default_home
+
+
+@dataclass
+class CliContext:
+    """Where the daemon and the home are; `transport` lets tests stand in for the daemon."""
+
+    url: str | None = None
+    transport: httpx.BaseTransport | None = None
+
+    @property
+    def home(self) -> Path:
+        return default_home()
+
+    def client(self) -> ApiClient:
+        return ApiClient(resolve_url(self.url), read_token(self.home), transport=self.transport)
+
+
+def cli_context(ctx: typer.Context) -> CliContext:
+    """The CliContext the root callback stored (a default one outside the full app)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliContext):
+        root.obj = CliContext()
+    return root.obj

@@ -1,0 +1,159 @@
+"""The `sagellm engine` commands: list, start and stop ad-hoc engines, restart and read logs."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, Literal
+
+import typer
+
+from sagellmd.cli.client import segment
+from sagellmd.cli.context import cli_context
+from sagellmd.cli.render import console, engines_table, plan_lines, print_json
+from sagellmd.errors import BadInputError
+from sagellmd.spec import parse_engine
+
+engine_app = typer.Typer(
+    help="List engines; start, stop, restart ad-hoc engines; show logs.", no_args_is_help=True
+)
+
+ID_ARG = typer.Argument(..., metavar="ID", help="Engine id (<preset>.<name> or <name>).")
+
+
+def slug(model: str) -> str:
+    """An engine name from a model id: its last path part, lowercased, other runs -> '-'."""
+    last = model.rstrip("/").split("/")[-1]
+    return re.sub(r"[^a-z0-9]+", "-", last.lower()).strip("-")[:63].strip("-")
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """`--env K=V` options as a mapping; a value may itself contain '='."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInputError(f"--env {pair!r}: must be KEY=VALUE, e.g. --env HF_HUB_OFFLINE=1")
+        env[key] = value
+    return env
+
+
+@engine_app.command("list")
+def list_engines(ctx: typer.Context,
+                 as_json: bool = typer.Option(False, "--json", help="Print the raw JSON.")) -> None:
+    """Every engine the daemon knows, with its state."""
+    client = cli_context(ctx).client()
+    try:
+        answer = client.get("/v1/engines") or {}
+    finally:
+        client.close()
+    if as_json:
+        print_json(answer)
+        return
+    engines = answer.get("engines") or []
+    if not engines:
+        typer.echo("no engines")
+        return
+    console().print(engines_table(engines))
+
+
+@engine_app.command("start")
+def start(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., metavar="MODEL", help="Hugging Face id or local path."),
+    name: str | None = typer.Option(None, "--name", help="Engine name (default: from MODEL)."),
+    kind: Literal["llm", "embedding"] | None = typer.Option(
+        None, "--kind", help="Engine kind (default llm)."
+    ),
+    runtime: str | None = typer.Option(None, "--runtime", help="Runtime from the config."),
+    port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Fixed port."),
+    tensor_parallel: int | None = typer.Option(
+        None, "--tensor-parallel", min=1, metavar="N", help="GPUs per pipeline stage."
+    ),
+    pipeline_parallel: int | None = typer.Option(
+        None, "--pipeline-parallel", min=1, metavar="N", help="Pipeline stages."
+    ),
+    use_gpu: bool | None = typer.Option(
+        None, "--use-gpu/--no-gpu", help="Force GPU use on or off.", show_default=False
+    ),
+    label: str | None = typer.Option(None, "--label", help="Free-text label."),
+    max_concurrent_requests: int | None = typer.Option(
+        None, "--max-concurrent-requests", min=1, metavar="N", help="Concurrency cap."
+    ),
+    extra_args: list[str] | None = typer.Option(
+        None, "--arg", metavar="X", help="Extra argument for the engine (repeatable)."
+    ),
+    env: list[str] | None = typer.Option(
+        None, "--env", metavar="K=V", help="Environment variable (repeatable)."
+    ),
+) -> None:
+    """Create or replace the ad-hoc engine NAME running MODEL."""
+    engine_name = name or slug(model)
+    if not engine_name:
+        raise BadInputError(f"cannot derive an engine name from {model!r}; give --name")
+    spec: dict[str, Any] = {"model": model}
+    options: dict[str, Any] = {
+        "kind": kind,
+        "runtime": runtime,
+        "port": port,
+        "tensor_parallel": tensor_parallel,
+        "pipeline_parallel": pipeline_parallel,
+        "use_gpu": use_gpu,
+        "label": label,
+        "max_concurrent_requests": max_concurrent_requests,
+        "extra_args": list(extra_args) if extra_args else None,
+        "env": parse_env(env) if env else None,
+    }
+    spec.update({key: value for key, value in options.items() if value is not None})
+    # Validate here too so a typo fails fast with the field named, daemon or not.
+    parse_engine({**spec, "name": engine_name})
+    client = cli_context(ctx).client()
+    try:
+        answer = client.put(f"/v1/engines/{segment(engine_name)}", body=spec) or {}
+    finally:
+        client.close()
+    typer.echo(f"engine {engine_name}")
+    for line in plan_lines(answer):
+        typer.echo(line)
+
+
+@engine_app.command("stop")
+def stop(ctx: typer.Context, engine_id: str = ID_ARG) -> None:
+    """Remove an ad-hoc engine (use `preset unset` for a preset's engines)."""
+    client = cli_context(ctx).client()
+    try:
+        answer = client.delete(f"/v1/engines/{segment(engine_id)}") or {}
+    finally:
+        client.close()
+    for line in plan_lines(answer):
+        typer.echo(line)
+
+
+@engine_app.command("restart")
+def restart(ctx: typer.Context, engine_id: str = ID_ARG) -> None:
+    """Restart one engine's process."""
+    client = cli_context(ctx).client()
+    try:
+        answer = client.post(f"/v1/engines/{segment(engine_id)}/restart") or {}
+    finally:
+        client.close()
+    when = answer.get("requested_at")
+    typer.echo(f"restart of {answer.get('engine', engine_id)} requested"
+               + (f" at {when}" if when else ""))
+
+
+@engine_app.command("logs")
+def logs(
+    ctx: typer.Context,
+    engine_id: str = ID_ARG,
+    tail: int = typer.Option(100, "--tail", min=1, metavar="N", help="Number of lines."),
+) -> None:
+    """Print the end of an engine's log."""
+    client = cli_context(ctx).client()
+    try:
+        answer = client.get(f"/v1/engines/{segment(engine_id)}/logs", {"tail": tail}) or {}
+    finally:
+        client.close()
+    # Plain writes: log lines are arbitrary text, not rich markup.
+    for line in answer.get("lines") or []:
+        sys.stdout.write(f"{str(line).rstrip(chr(10))}\n")

@@ -1,0 +1,110 @@
+"""How API answers look on a terminal: rich tables, state colours and one-line summaries."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLES = {
+    "ready": "green",
+    "starting": "yellow",
+    "pending": "yellow",
+    "backoff": "red",
+    "unhealthy": "red",
+    "failed": "red",
+}
+
+
+def console() -> Console:
+    # highlight=False: rich would otherwise colour numbers and paths inside user text.
+    return Console(highlight=False)
+
+
+def print_json(data: Any) -> None:
+    """The raw answer for scripts: plain JSON, never wrapped or coloured."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def cell(value: Any) -> Text:
+    # Text, not str: labels and messages come from users and must not be read as rich markup.
+    return Text("-" if value is None or value == "" else str(value))
+
+
+def state_text(state: Any) -> Text:
+    return Text(str(state or "-"), style=STATE_STYLES.get(str(state), ""))
+
+
+def engines_table(engines: Iterable[Mapping[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "KIND", "MODEL", "STATE", "PID", "PORT", "RESTARTS", "LABEL"):
+        table.add_column(column, no_wrap=column in ("ID", "STATE", "PID", "PORT"))
+    table.add_column("MESSAGE", overflow="fold")
+    for engine in engines:
+        table.add_row(
+            cell(engine.get("id")),
+            cell(engine.get("kind")),
+            cell(engine.get("model")),
+            state_text(engine.get("state")),
+            cell(engine.get("pid")),
+            cell(engine.get("port")),
+            cell(engine.get("restarts")),
+            cell(engine.get("label")),
+            cell(engine.get("message")),
+        )
+    return table
+
+
+def gpus_line(gpus: Any) -> str:
+    """The status answer's GPU summary: its `message`, or a count if only devices are given."""
+    if isinstance(gpus, Mapping):
+        if gpus.get("message"):
+            return str(gpus["message"])
+        return f"{len(gpus.get('devices') or [])} GPU(s) ({gpus.get('mode', 'unknown mode')})"
+    if isinstance(gpus, list):
+        return f"{len(gpus)} GPU(s)"
+    return "unknown"
+
+
+def presets_table(rows: Iterable[Mapping[str, Any]], show_active: bool) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("NAME", no_wrap=True)
+    table.add_column("SOURCE", no_wrap=True)
+    if show_active:
+        table.add_column("ACTIVE", no_wrap=True)
+    table.add_column("ENGINES")
+    table.add_column("DESCRIPTION", overflow="fold")
+    for row in rows:
+        cells = [cell(row.get("name")), cell(row.get("source"))]
+        if show_active:
+            cells.append(Text("yes", style="green") if row.get("active") else Text("no"))
+        cells.append(cell(", ".join(row.get("engines") or [])))
+        cells.append(cell(" ".join(str(row.get("description") or "").split())))
+        table.add_row(*cells)
+    return table
+
+
+def event_line(event: Mapping[str, Any]) -> str:
+    """`ts  engine  type  message`, the shape `events` and `--wait` print."""
+    return "  ".join(
+        str(event.get(key) if event.get(key) not in (None, "") else "-")
+        for key in ("ts", "engine", "type", "message")
+    )
+
+
+def plan_lines(answer: Mapping[str, Any]) -> list[str]:
+    """The generation a change made and one line per planned action."""
+    lines = [f"generation {answer.get('generation', '?')}"]
+    plan = answer.get("plan") or []
+    if not plan:
+        lines.append("  nothing to do: the engines already match")
+    for item in plan:
+        reason = item.get("reason")
+        text = f"  {item.get('action', '?'):<9} {item.get('engine', '-')}"
+        lines.append(f"{text}  ({reason})" if reason else text)
+    return lines

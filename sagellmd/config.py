@@ -1,0 +1,214 @@
+"""Settings: defaults < config.yaml < SAGELLM_* environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sagellmd.errors import ConfigError
+
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 8765
+
+DEFAULT_RUNTIMES: dict[str, list[str]] = {
+    "vllm": ["python", "-m", "vllm.entrypoints.openai.api_server"],
+    "embedding": ["python", "-m", "sagellmd.engines.embedding"],
+}
+
+
+def default_home() -> Path:
+    """SAGELLM_HOME, else systemd's STATE_DIRECTORY, else ~/.local/share/sagellm."""
+    if os.environ.get("SAGELLM_HOME"):
+        return Path(os.environ["SAGELLM_HOME"]).expanduser()
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return Path.home() / ".local" / "share" / "sagellm"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon reads from its configuration, with defaults filled in."""
+
+    home: Path
+    api_host: str = DEFAULT_API_HOST
+    api_port: int = DEFAULT_API_PORT
+    gpus: str = "auto"
+    port_start: int = 20000
+    port_end: int = 20999
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 300.0
+    reset_after_s: float = 600.0
+    stop_grace_s: float = 10.0
+    startup_probe_interval_s: float = 0.25
+    liveness_interval_s: float = 5.0
+    liveness_failures: int = 3
+    probe_timeout_s: float = 2.0
+    tick_s: float = 30.0
+    stop_engines_on_exit: bool = False
+    runtimes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "sagellm.db"
+
+    @property
+    def token_path(self) -> Path:
+        return self.home / "token"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.home / "sagellmd.lock"
+
+    @property
+    def api_url(self) -> str:
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"http://{host}:{self.api_port}"
+
+    def runtime_command(self, runtime: str) -> list[str]:
+        """The argv template of a runtime; a bare `python` means this daemon's interpreter."""
+        command = list(self.runtimes[runtime])
+        if command and command[0] in ("python", "python3"):
+            command[0] = sys.executable
+        return command
+
+
+def _number(value: Any, where: str, kind: type, minimum: float | None = None) -> Any:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: must be a number, got {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: must be a number, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{where}: must be >= {minimum}, got {value!r}")
+    return number
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{where}: must be true or false, got {value!r}")
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: must be a mapping, got {value!r}")
+    return value
+
+
+KNOWN_KEYS = {"api", "gpus", "ports", "restart", "runtimes", "probes", "stop_grace_s",
+              "tick_s", "stop_engines_on_exit"}
+
+
+def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> Settings:
+    unknown = sorted(set(data) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_KEYS))}"
+        )
+    changes: dict[str, Any] = {}
+    api = _mapping(data.get("api"), f"{where}: api")
+    if "host" in api:
+        changes["api_host"] = str(api["host"])
+    if "port" in api:
+        changes["api_port"] = _number(api["port"], f"{where}: api.port", int, 1)
+    if "gpus" in data:
+        changes["gpus"] = str(data["gpus"])
+    ports = _mapping(data.get("ports"), f"{where}: ports")
+    if "start" in ports:
+        changes["port_start"] = _number(ports["start"], f"{where}: ports.start", int, 1)
+    if "end" in ports:
+        changes["port_end"] = _number(ports["end"], f"{where}: ports.end", int, 1)
+    restart = _mapping(data.get("restart"), f"{where}: restart")
+    for key in ("backoff_base_s", "backoff_max_s", "reset_after_s"):
+        if key in restart:
+            changes[key] = _number(restart[key], f"{where}: restart.{key}", float, 0)
+    probes = _mapping(data.get("probes"), f"{where}: probes")
+    for key, kind in (("startup_probe_interval_s", float), ("liveness_interval_s", float),
+                      ("liveness_failures", int), ("probe_timeout_s", float)):
+        if key in probes:
+            changes[key] = _number(probes[key], f"{where}: probes.{key}", kind, 0)
+    for key in ("stop_grace_s", "tick_s"):
+        if key in data:
+            changes[key] = _number(data[key], f"{where}: {key}", float, 0)
+    if "stop_engines_on_exit" in data:
+        changes["stop_engines_on_exit"] = _bool(data["stop_engines_on_exit"], where)
+    runtimes = _mapping(data.get("runtimes"), f"{where}: runtimes")
+    if runtimes:
+        merged = dict(settings.runtimes)
+        for name, body in runtimes.items():
+            command = _mapping(body, f"{where}: runtimes.{name}").get("command")
+            if (not isinstance(command, list) or not command
+                    or not all(isinstance(part, str) for part in command)):
+                raise ConfigError(
+                    f"{where}: runtimes.{name}.command: must be a non-empty list of strings"
+                    " (an argv template, never a shell line)"
+                )
+            merged[str(name)] = tuple(command)
+        changes["runtimes"] = merged
+    return replace(settings, **changes)
+
+
+def _from_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    document: dict[str, Any] = {}
+    if "SAGELLM_API_HOST" in environ:
+        document.setdefault("api", {})["host"] = environ["SAGELLM_API_HOST"]
+    if "SAGELLM_API_PORT" in environ:
+        document.setdefault("api", {})["port"] = environ["SAGELLM_API_PORT"]
+    if "SAGELLM_GPUS" in environ:
+        document["gpus"] = environ["SAGELLM_GPUS"]
+    if "SAGELLM_PORTS" in environ:
+        start, _, end = environ["SAGELLM_PORTS"].partition("-")
+        document["ports"] = {"start": start, "end": end or start}
+    if "SAGELLM_STOP_ENGINES_ON_EXIT" in environ:
+        document["stop_engines_on_exit"] = environ["SAGELLM_STOP_ENGINES_ON_EXIT"]
+    return _from_document(settings, document, "environment")
+
+
+def load_settings(
+    home: Path | None = None,
+    config_file: Path | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from every layer; a bad value raises ConfigError naming it."""
+    environ = os.environ if environ is None else environ
+    home = (home or default_home()).expanduser().resolve()
+    settings = Settings(home=home, runtimes={k: tuple(v) for k, v in DEFAULT_RUNTIMES.items()})
+    path = config_file or (Path(environ["SAGELLM_CONFIG"]) if environ.get("SAGELLM_CONFIG") else None)
+    path = path or home / "config.yaml"
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        settings = _from_document(settings, _mapping(data, str(path)), str(path))
+    elif config_file is not None:
+        raise ConfigError(f"--config {config_file}: no such file")
+    settings = _from_environment(settings, environ)
+    if host is not None:
+        settings = replace(settings, api_host=host)
+    if port is not None:
+        settings = replace(settings, api_port=port)
+    if settings.port_end < settings.port_start:
+        raise ConfigError(
+            f"ports: end ({settings.port_end}) must be >= start ({settings.port_start})"
+        )
+    return settings

@@ -1,0 +1,174 @@
+"""`sagellmd`: lock the home, migrate, recover engines, then run the loop and the API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import uvicorn
+
+from sagellmd import __version__
+from sagellmd.api.app import create_app
+from sagellmd.api.auth import ensure_token
+from sagellmd.api.context import ApiContext
+from sagellmd.config import Settings, load_settings
+from sagellmd.errors import AlreadyRunningError, SagellmError
+from sagellmd.events import EventHub
+from sagellmd.presets import find_preset
+from sagellmd.reconcile.loop import Reconciler
+from sagellmd.store.db import migrate, open_database
+from sagellmd.store.repository import Store
+
+log = logging.getLogger("sagellmd")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def acquire_lock(path: Path) -> IO[str]:
+    """Hold an exclusive lock on the home for the daemon's lifetime."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise AlreadyRunningError(
+            f"another sagellmd (pid {holder}) is already running on {path.parent};"
+            " stop it first or use another --home"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def bind_api_socket(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.api_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.api_host, settings.api_port))
+    except OSError as exc:
+        sock.close()
+        raise SagellmError(
+            f"cannot listen on {settings.api_host}:{settings.api_port}: {exc.strerror};"
+            " choose another with --port or api.port in config.yaml"
+        ) from exc
+    sock.listen(128)
+    sock.set_inheritable(False)
+    return sock
+
+
+def declare_presets(store: Store, settings: Settings, names: list[str]) -> None:
+    """`--preset NAME`: the same as `sagellm preset set NAME` once the daemon is up."""
+    active = {preset.name: preset.document for preset in store.active_presets()}
+    for name in names:
+        entry = find_preset(name, settings.home)
+        if active.get(name) == entry.preset.to_dict():
+            continue
+        store.set_preset(entry.preset, entry.source, f"sagellmd --preset {name}")
+
+
+async def serve(settings: Settings, presets: list[str]) -> int:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(settings.lock_path)
+    token = ensure_token(settings.token_path)
+    database = open_database(settings.db_path)
+    migrate(database)
+    store = Store(database)
+    declare_presets(store, settings, presets)
+    sock = bind_api_socket(settings)
+    hub = EventHub()
+    reconciler = Reconciler(settings, store, hub)
+    reconciler.recover()
+    ctx = ApiContext(settings, store, hub, reconciler, token, time.time())
+    config = uvicorn.Config(create_app(ctx), log_level="warning", lifespan="off",
+                            access_log=False)
+    server = _Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    store.add_event(None, "daemon", f"sagellmd {__version__} started (pid {os.getpid()})",
+                    store.current_generation())
+    log.info("sagellmd %s pid=%s home=%s api=%s", __version__, os.getpid(), settings.home,
+             settings.api_url)
+    loop_task = asyncio.create_task(reconciler.run(), name="reconcile")
+    api_task = asyncio.create_task(server.serve(sockets=[sock]), name="api")
+    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    done, _ = await asyncio.wait({loop_task, api_task, stop_task},
+                                 return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not stop_task and task.exception() is not None:
+            log.error("%s crashed", task.get_name(), exc_info=task.exception())
+    log.info("sagellmd stopping (engines %s)",
+             "stopped" if settings.stop_engines_on_exit else "left running")
+    server.should_exit = True
+    await reconciler.shutdown(settings.stop_engines_on_exit)
+    store.add_event(None, "daemon", f"sagellmd stopped (pid {os.getpid()})",
+                    store.current_generation())
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(api_task, timeout=2.0)
+    loop_task.cancel()
+    database.dispose()
+    lock.close()
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sagellmd",
+        description="Keep the declared LLM and embedding engines running.",
+    )
+    parser.add_argument("--home", type=Path, help="state directory (default: $SAGELLM_HOME)")
+    parser.add_argument("--config", type=Path, help="config file (default: HOME/config.yaml)")
+    parser.add_argument("--host", help="API bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="API port (default 8765)")
+    parser.add_argument("--preset", action="append", default=[], metavar="NAME",
+                        help="declare this preset at start, like `sagellm preset set NAME`")
+    parser.add_argument("--log-level", default=os.environ.get("SAGELLM_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"sagellmd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(home=args.home, config_file=args.config, host=args.host,
+                                 port=args.port)
+        code = asyncio.run(serve(settings, args.preset))
+    except SagellmError as exc:
+        print(f"sagellmd: error: {exc.message}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

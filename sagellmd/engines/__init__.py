@@ -1,0 +1,1 @@
+"""Engine servers that ship with sagellm and run as processes the daemon supervises."""

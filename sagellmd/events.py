@@ -1,0 +1,25 @@
+"""Wakes long-polling readers of /v1/events when something new is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class EventHub:
+    """A broadcast signal: every waiter wakes on the next `notify`."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait(self, timeout_s: float) -> bool:
+        """True if something was recorded within the timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
+            return True
+        except TimeoutError:
+            return False

@@ -1,0 +1,224 @@
+"""The observed state of one engine's process and every legal transition of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from sagellmd.reconcile.backoff import backoff_delay
+
+
+class InstanceState(str, Enum):
+    PENDING = "pending"
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+LIVE_STATES = frozenset({InstanceState.STARTING, InstanceState.READY, InstanceState.UNHEALTHY})
+# A process may exist in these states (STOPPING: it is on its way out).
+PROCESS_STATES = LIVE_STATES | {InstanceState.STOPPING}
+
+
+class StopIntent(str, Enum):
+    """Why a stop was asked for; decides what the exit means."""
+
+    REMOVE = "remove"  # no longer desired, or about to be replaced
+    FAILURE = "failure"  # unhealthy or too slow: the exit counts as a crash
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One engine's process slot as the daemon last observed it."""
+
+    engine_id: str
+    generation: int
+    spec_hash: str
+    state: InstanceState
+    message: str = ""
+    pid: int | None = None
+    create_time: float | None = None
+    port: int | None = None
+    restarts: int = 0
+    failures: int = 0
+    last_exit_code: int | None = None
+    last_exit_signal: int | None = None
+    started_at: float | None = None
+    ready_at: float | None = None
+    exited_at: float | None = None
+    stop_intent: StopIntent | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A new instance value and the event that records the change."""
+
+    instance: Instance
+    event_type: str
+    message: str
+
+
+class IllegalTransitionError(Exception):
+    pass
+
+
+ALLOWED: dict[InstanceState | None, frozenset[InstanceState]] = {
+    None: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
+    InstanceState.PENDING: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
+    InstanceState.STARTING: frozenset(
+        {InstanceState.READY, InstanceState.UNHEALTHY, InstanceState.STOPPING,
+         InstanceState.BACKOFF, InstanceState.STOPPED, InstanceState.FAILED}
+    ),
+    InstanceState.READY: frozenset(
+        {InstanceState.UNHEALTHY, InstanceState.STOPPING, InstanceState.BACKOFF,
+         InstanceState.STOPPED, InstanceState.FAILED}
+    ),
+    InstanceState.UNHEALTHY: frozenset(
+        {InstanceState.READY, InstanceState.STOPPING, InstanceState.BACKOFF,
+         InstanceState.STOPPED, InstanceState.FAILED}
+    ),
+    InstanceState.STOPPING: frozenset(
+        {InstanceState.STOPPED, InstanceState.BACKOFF, InstanceState.FAILED}
+    ),
+    InstanceState.BACKOFF: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
+    InstanceState.STOPPED: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
+    InstanceState.FAILED: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
+}
+
+
+def _check(current: Instance | None, target: InstanceState) -> None:
+    state = current.state if current else None
+    if target not in ALLOWED[state]:
+        engine = current.engine_id if current else "?"
+        raise IllegalTransitionError(f"{engine}: {state} -> {target.value} is not allowed")
+
+
+def begin_start(
+    current: Instance | None,
+    engine_id: str,
+    spec_hash: str,
+    generation: int,
+    port: int,
+    now: float,
+    counts_as_restart: bool,
+) -> Transition:
+    """Intent to spawn: written before the process exists."""
+    _check(current, InstanceState.STARTING)
+    replaced = current is not None and current.spec_hash != spec_hash
+    base = current if current is not None and not replaced else None
+    restarts = (base.restarts if base else 0) + (1 if counts_as_restart else 0)
+    instance = Instance(
+        engine_id=engine_id,
+        generation=generation,
+        spec_hash=spec_hash,
+        state=InstanceState.STARTING,
+        message="starting",
+        port=port,
+        restarts=restarts,
+        failures=base.failures if base else 0,
+        last_exit_code=base.last_exit_code if base else None,
+        last_exit_signal=base.last_exit_signal if base else None,
+        exited_at=base.exited_at if base else None,
+        started_at=now,
+    )
+    kind = "restarting" if counts_as_restart else "starting"
+    return Transition(instance, kind, f"port {port}" + (f", restart #{restarts}" if counts_as_restart else ""))
+
+
+def spawned(current: Instance, pid: int, create_time: float) -> Transition:
+    instance = replace(current, pid=pid, create_time=create_time,
+                       message="waiting for /health")
+    return Transition(instance, "started", f"pid {pid} on port {current.port}")
+
+
+def spawn_failed(current: Instance, reason: str, now: float, next_state: InstanceState) -> Transition:
+    _check(current, next_state)
+    instance = replace(current, state=next_state, failures=current.failures + 1, exited_at=now,
+                       message=f"cannot start: {reason}", pid=None, create_time=None)
+    return Transition(instance, "failed" if next_state is InstanceState.FAILED else "exited",
+                      f"cannot start: {reason}")
+
+
+def became_ready(current: Instance, now: float) -> Transition:
+    _check(current, InstanceState.READY)
+    took = now - current.started_at if current.started_at else 0.0
+    instance = replace(current, state=InstanceState.READY, ready_at=now, message="healthy")
+    if current.state is InstanceState.UNHEALTHY:
+        return Transition(instance, "ready", "health check passes again")
+    return Transition(instance, "ready", f"healthy after {took:.1f}s")
+
+
+def became_unhealthy(current: Instance, reason: str) -> Transition:
+    _check(current, InstanceState.UNHEALTHY)
+    instance = replace(current, state=InstanceState.UNHEALTHY, message=reason)
+    return Transition(instance, "unhealthy", reason)
+
+
+def made_pending(current: Instance | None, engine_id: str, spec_hash: str, generation: int,
+                 reason: str) -> Transition:
+    _check(current, InstanceState.PENDING)
+    if current is None:
+        instance = Instance(engine_id=engine_id, generation=generation, spec_hash=spec_hash,
+                            state=InstanceState.PENDING, message=reason)
+    else:
+        instance = replace(current, state=InstanceState.PENDING, message=reason,
+                           spec_hash=spec_hash, generation=generation, pid=None,
+                           create_time=None)
+    return Transition(instance, "pending", reason)
+
+
+def begin_stop(current: Instance, intent: StopIntent, reason: str) -> Transition:
+    _check(current, InstanceState.STOPPING)
+    instance = replace(current, state=InstanceState.STOPPING, stop_intent=intent, message=reason)
+    return Transition(instance, "stopping", reason)
+
+
+def describe_exit(code: int | None, signal: int | None) -> str:
+    if signal is not None:
+        return f"signal {signal}"
+    if code is None:
+        return "exit status unknown (process was not our child)"
+    return f"exit code {code}"
+
+
+def exited(
+    current: Instance,
+    code: int | None,
+    signal: int | None,
+    now: float,
+    restart_policy: str,
+    reset_after_s: float,
+    backoff_base_s: float,
+    backoff_max_s: float,
+) -> Transition:
+    """The process is gone: decide stopped, failed or backoff from intent and policy."""
+    how = describe_exit(code, signal)
+    common = dict(pid=None, create_time=None, last_exit_code=code, last_exit_signal=signal,
+                  exited_at=now, stop_intent=None)
+    if current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.REMOVE:
+        _check(current, InstanceState.STOPPED)
+        return Transition(replace(current, state=InstanceState.STOPPED, message="stopped",
+                                  **common), "stopped", how)
+    clean = code == 0 and current.stop_intent is not StopIntent.FAILURE
+    stayed_up = current.ready_at is not None and now - current.ready_at >= reset_after_s
+    # Every unexpected exit counts toward the backoff, clean ones too: an engine
+    # that keeps exiting 0 must not be respawned in a tight loop.
+    failures = 1 if stayed_up else current.failures + 1
+    if restart_policy == "always" or (restart_policy == "on-failure" and not clean):
+        delay = backoff_delay(failures, backoff_base_s, backoff_max_s)
+        note = "restarting now" if delay == 0 else f"next start in {delay:g}s"
+        target = InstanceState.BACKOFF
+    elif clean:
+        target, note = InstanceState.STOPPED, f"not restarted (restart: {restart_policy})"
+    else:
+        target, note = InstanceState.FAILED, f"not restarted (restart: {restart_policy})"
+    _check(current, target)
+    reason = current.message if current.stop_intent is StopIntent.FAILURE else how
+    instance = replace(current, state=target, failures=failures, message=f"{reason}; {note}",
+                       **common)
+    return Transition(instance, "exited", f"{how} ({reason}); {note}" if reason != how else
+                      f"{how}; {note}")

@@ -1,0 +1,125 @@
+"""Carries out the planner's actions: spawn, stop, forget; intent is written before acting."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from sagellmd.instance import (
+    PROCESS_STATES,
+    InstanceState,
+    StopIntent,
+    begin_start,
+    begin_stop,
+    made_pending,
+    spawn_failed,
+    spawned,
+)
+from sagellmd.reconcile.observe import Prober, on_exit
+from sagellmd.reconcile.plan import (
+    Action,
+    DesiredEngine,
+    Forget,
+    Replace,
+    Restart,
+    Start,
+    Stop,
+    Wait,
+)
+from sagellmd.reconcile.world import World
+from sagellmd.runtime.argv import build_argv, build_env
+from sagellmd.runtime.logs import log_path
+from sagellmd.runtime.ports import port_is_free, pick_port
+from sagellmd.runtime.process import spawn
+
+log = logging.getLogger(__name__)
+
+
+class Executor:
+    """Turns actions into process operations and recorded transitions."""
+
+    def __init__(self, world: World, prober: Prober) -> None:
+        self._world = world
+        self._prober = prober
+
+    def execute(self, action: Action, desired: Mapping[str, DesiredEngine],
+                generation: int) -> None:
+        if isinstance(action, Start | Restart):
+            self._start(desired[action.engine_id], generation, isinstance(action, Restart))
+        elif isinstance(action, Stop):
+            self._stop(action.engine_id, action.intent, action.reason)
+        elif isinstance(action, Replace):
+            self._stop(action.engine_id, StopIntent.REMOVE, f"replacing: {action.reason}")
+        elif isinstance(action, Forget):
+            self._prober.cancel(action.engine_id)
+            self._world.forget(action.engine_id)
+        elif isinstance(action, Wait):
+            pass  # the loop turns waits into timers
+
+    def _taken_ports(self, engine_id: str) -> set[int]:
+        holding = PROCESS_STATES | {InstanceState.BACKOFF}
+        return {
+            instance.port
+            for instance in self._world.instances.values()
+            if instance.engine_id != engine_id and instance.port is not None
+            and instance.state in holding
+        }
+
+    def _choose_port(self, engine: DesiredEngine) -> tuple[int | None, str]:
+        settings = self._world.settings
+        taken = self._taken_ports(engine.id)
+        fixed = engine.spec.port
+        if fixed is not None:
+            if fixed in taken:
+                return None, f"port {fixed} is held by another engine"
+            if not port_is_free(fixed):
+                return None, f"port {fixed} is in use by another process"
+            return fixed, ""
+        current = self._world.instances.get(engine.id)
+        port = pick_port(settings.port_start, settings.port_end, taken,
+                         preferred=current.port if current else None)
+        if port is None:
+            return None, f"no free port in {settings.port_start}-{settings.port_end}"
+        return port, ""
+
+    def _start(self, engine: DesiredEngine, generation: int, counts_as_restart: bool) -> None:
+        world, settings, spec = self._world, self._world.settings, engine.spec
+        current = world.instances.get(engine.id)
+        port, why = self._choose_port(engine)
+        if port is None:
+            if current is None or current.state is not InstanceState.PENDING \
+                    or current.message != why:
+                world.record(made_pending(current, engine.id, spec.spec_hash, generation, why))
+            return
+        if spec.runtime not in settings.runtimes:
+            reason = f"runtime {spec.runtime!r} is not configured (known: " \
+                     f"{', '.join(sorted(settings.runtimes))})"
+            world.record(made_pending(current, engine.id, spec.spec_hash, generation, reason))
+            return
+        starting = world.record(begin_start(current, engine.id, spec.spec_hash, generation, port,
+                                            world.clock(), counts_as_restart), generation)
+        argv = build_argv(spec, settings, engine.id, port)
+        env = build_env(spec, settings, engine.id, port)
+        try:
+            popen = spawn(argv, env, log_path(settings.logs_dir, engine.id))
+        except OSError as exc:
+            next_state = InstanceState.FAILED if spec.restart == "never" else \
+                InstanceState.BACKOFF
+            world.record(spawn_failed(starting, f"{argv[0]}: {exc.strerror or exc}",
+                                      world.clock(), next_state))
+            return
+        process = world.watcher.watch_child(engine.id, popen)
+        world.record(spawned(starting, process.pid, process.create_time))
+        self._prober.start(engine.id, process.pid)
+
+    def _stop(self, engine_id: str, intent: StopIntent, reason: str) -> None:
+        world = self._world
+        instance = world.instances[engine_id]
+        self._prober.cancel(engine_id)
+        if engine_id not in world.watcher:
+            # Nothing to signal: the process is already gone, so record its end now.
+            world.record(begin_stop(instance, intent, reason))
+            on_exit(world, engine_id, instance.pid, None, None)
+            return
+        world.record(begin_stop(instance, intent, reason))
+        world.watcher.stop(engine_id, world.settings.stop_grace_s)

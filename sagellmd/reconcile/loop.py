@@ -1,0 +1,132 @@
+"""The level-triggered reconcile loop: wake, read everything, plan, execute, set timers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from sagellmd.config import Settings
+from sagellmd.events import EventHub
+from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
+from sagellmd.reconcile.executor import Executor
+from sagellmd.reconcile.observe import Prober, on_exit
+from sagellmd.reconcile.plan import BackoffPolicy, Plan, Stop, Wait, plan_actions
+from sagellmd.reconcile.recovery import recover
+from sagellmd.reconcile.world import World
+from sagellmd.runtime.process import ProcessWatcher
+from sagellmd.store.repository import Store
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    """Owns the loop; everything else wakes it rather than acting on the world itself."""
+
+    def __init__(self, settings: Settings, store: Store, hub: EventHub,
+                 clock: Callable[[], float] = time.time) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake_event = asyncio.Event()
+        self.world = World(
+            settings=settings,
+            store=store,
+            hub=hub,
+            watcher=ProcessWatcher(loop, self._on_exit),
+            clock=clock,
+            wake=self.wake,
+        )
+        self._prober = Prober(self.world)
+        self._executor = Executor(self.world, self._prober)
+        self._scheduler = AsyncIOScheduler(event_loop=loop)
+        self._stopping = False
+        self.passes = 0
+        self.last_pass_at: float | None = None
+
+    def _on_exit(self, engine_id: str, pid: int, code: int | None, signum: int | None) -> None:
+        on_exit(self.world, engine_id, pid, code, signum)
+
+    def wake(self) -> None:
+        self._wake_event.set()
+
+    async def _timer_fired(self) -> None:
+        self.wake()
+
+    def recover(self) -> None:
+        recover(self.world, self._prober)
+
+    def current_plan(self) -> Plan:
+        settings = self.world.settings
+        return plan_actions(
+            self.world.store.desired(),
+            self.world.instances,
+            self.world.clock(),
+            BackoffPolicy(settings.backoff_base_s, settings.backoff_max_s),
+        )
+
+    def reconcile_once(self) -> Plan:
+        """One pass; running it again with nothing changed does nothing more."""
+        desired = {engine.id: engine for engine in self.world.store.desired()}
+        settings = self.world.settings
+        plan = plan_actions(list(desired.values()), self.world.instances, self.world.clock(),
+                            BackoffPolicy(settings.backoff_base_s, settings.backoff_max_s))
+        generation = self.world.store.current_generation()
+        for action in plan.actions:
+            if isinstance(action, Wait):
+                self._wake_at(action.engine_id, action.until)
+                continue
+            try:
+                self._executor.execute(action, desired, generation)
+            except Exception:
+                log.exception("engine=%s action=%s failed", action.engine_id, action.action)
+        self.passes += 1
+        self.last_pass_at = self.world.clock()
+        return plan
+
+    def _wake_at(self, engine_id: str, until: float) -> None:
+        self._scheduler.add_job(
+            self._timer_fired, "date", run_date=datetime.fromtimestamp(until),
+            id=f"wake:{engine_id}", replace_existing=True, misfire_grace_time=None,
+        )
+
+    async def run(self) -> None:
+        """Run passes until `shutdown`; a slow tick is the safety net for missed wakes."""
+        self._scheduler.start()
+        self._scheduler.add_job(self._timer_fired, "interval",
+                                seconds=self.world.settings.tick_s, id="tick")
+        self.wake()
+        while not self._stopping:
+            await self._wake_event.wait()
+            self._wake_event.clear()
+            if self._stopping:
+                break
+            try:
+                self.reconcile_once()
+            except Exception:
+                log.exception("reconcile pass failed")
+                await asyncio.sleep(1.0)
+
+    async def shutdown(self, stop_engines: bool, timeout_s: float = 4.0) -> None:
+        """Stop the loop; leave the engines running unless asked to stop them."""
+        self._stopping = True
+        self.wake()
+        self._scheduler.shutdown(wait=False)
+        if stop_engines:
+            for engine_id, instance in list(self.world.instances.items()):
+                if instance.state in PROCESS_STATES and engine_id in self.world.watcher:
+                    self._executor.execute(
+                        Stop(engine_id, "daemon stopping", StopIntent.REMOVE), {}, 0)
+            deadline = time.monotonic() + timeout_s
+            while self.world.watcher.engine_ids() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            for engine_id in self.world.watcher.engine_ids():
+                self.world.watcher.kill(engine_id)
+            # Stopped by the daemon, not by the user: the next start begins afresh.
+            for engine_id, instance in list(self.world.instances.items()):
+                if instance.state is InstanceState.STOPPED:
+                    self.world.forget(engine_id)
+        self._prober.cancel_all()
+        self.world.watcher.release_all()

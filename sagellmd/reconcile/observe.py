@@ -1,0 +1,96 @@
+"""Observations that drive the loop: process exits (pidfd) and health-probe results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sagellmd.instance import (
+    LIVE_STATES,
+    InstanceState,
+    became_ready,
+    became_unhealthy,
+    exited,
+)
+from sagellmd.reconcile.world import World
+from sagellmd.runtime.argv import ENGINE_HOST
+from sagellmd.runtime.probe import probe_health
+
+log = logging.getLogger(__name__)
+
+
+def on_exit(world: World, engine_id: str, pid: int | None, code: int | None, signum: int | None) -> None:
+    """A watched process is gone: record how, decide what follows, wake the loop."""
+    instance = world.instances.get(engine_id)
+    if instance is None or instance.pid != pid:
+        log.warning("engine=%s pid=%s exited but is not the current process", engine_id, pid)
+        return
+    desired = world.store.desired_engine(engine_id)
+    policy = desired.spec.restart if desired else "never"
+    settings = world.settings
+    transition = exited(instance, code, signum, world.clock(), policy, settings.reset_after_s,
+                        settings.backoff_base_s, settings.backoff_max_s)
+    world.record(transition)
+    world.wake()
+
+
+class Prober:
+    """One asyncio task per live process: fast startup probes, then slower liveness probes."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, engine_id: str, pid: int) -> None:
+        self.cancel(engine_id)
+        self._tasks[engine_id] = asyncio.get_running_loop().create_task(
+            self._run(engine_id, pid), name=f"probe {engine_id}"
+        )
+
+    def cancel(self, engine_id: str) -> None:
+        task = self._tasks.pop(engine_id, None)
+        if task is not None:
+            task.cancel()
+
+    def cancel_all(self) -> None:
+        for engine_id in list(self._tasks):
+            self.cancel(engine_id)
+
+    def _current(self, engine_id: str, pid: int):  # noqa: ANN202 - Instance | None
+        instance = self._world.instances.get(engine_id)
+        if instance is None or instance.pid != pid or instance.state not in LIVE_STATES:
+            return None
+        return instance
+
+    async def _run(self, engine_id: str, pid: int) -> None:
+        settings = self._world.settings
+        failures = 0
+        while True:
+            instance = self._current(engine_id, pid)
+            if instance is None or instance.port is None:
+                return
+            healthy, detail = await probe_health(ENGINE_HOST, instance.port,
+                                                 settings.probe_timeout_s)
+            instance = self._current(engine_id, pid)
+            if instance is None:
+                return
+            if instance.state is InstanceState.STARTING:
+                if healthy:
+                    self._world.record(became_ready(instance, self._world.clock()))
+                    self._world.wake()
+                    await asyncio.sleep(settings.liveness_interval_s)
+                else:
+                    await asyncio.sleep(settings.startup_probe_interval_s)
+                continue
+            if healthy:
+                failures = 0
+                if instance.state is InstanceState.UNHEALTHY:
+                    self._world.record(became_ready(instance, self._world.clock()))
+            else:
+                failures += 1
+                if failures >= settings.liveness_failures and \
+                        instance.state is InstanceState.READY:
+                    reason = f"health check failed {failures} times in a row: {detail}"
+                    self._world.record(became_unhealthy(instance, reason))
+                    self._world.wake()
+            await asyncio.sleep(settings.liveness_interval_s)

@@ -1,0 +1,49 @@
+"""What the reconcile loop knows and holds: instances, processes, store, and how it records."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sagellmd.config import Settings
+from sagellmd.events import EventHub
+from sagellmd.instance import Instance, Transition
+from sagellmd.runtime.process import ProcessWatcher
+from sagellmd.store.repository import Store
+
+log = logging.getLogger("sagellmd.reconcile")
+
+
+@dataclass
+class World:
+    """The loop's shared state; `record` is the one place a transition is applied."""
+
+    settings: Settings
+    store: Store
+    hub: EventHub
+    watcher: ProcessWatcher
+    clock: Callable[[], float] = time.time
+    instances: dict[str, Instance] = field(default_factory=dict)
+    wake: Callable[[], None] = lambda: None
+
+    def record(self, transition: Transition, generation: int | None = None) -> Instance:
+        """Persist the new instance value with its event, then let watchers know."""
+        instance = transition.instance
+        self.instances[instance.engine_id] = instance
+        self.store.save_instance(instance, (transition.event_type, transition.message),
+                                 generation if generation is not None else instance.generation)
+        log.info("engine=%s event=%s state=%s pid=%s %s", instance.engine_id,
+                 transition.event_type, instance.state.value, instance.pid, transition.message)
+        self.hub.notify()
+        return instance
+
+    def event(self, engine: str | None, type_: str, message: str) -> None:
+        self.store.add_event(engine, type_, message, self.store.current_generation())
+        log.info("engine=%s event=%s %s", engine, type_, message)
+        self.hub.notify()
+
+    def forget(self, engine_id: str) -> None:
+        self.instances.pop(engine_id, None)
+        self.store.forget_instance(engine_id)

@@ -1,0 +1,1 @@
+"""Engine processes: argv, spawn, stop, exit watching, ports, health probes, logs."""

@@ -1,0 +1,175 @@
+"""Engine processes: spawn in a new session, identify, stop by group, watch exits by pidfd."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+ExitCallback = Callable[[str, int, "int | None", "int | None"], None]
+
+
+@dataclass
+class EngineProcess:
+    """A live engine process the daemon watches; `popen` is None for an adopted one."""
+
+    engine_id: str
+    pid: int
+    create_time: float
+    popen: subprocess.Popen[bytes] | None
+    pidfd: int
+    kill_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+def process_create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def identity_matches(pid: int, create_time: float, engine_id: str | None = None) -> bool:
+    """True if `pid` is still the process started at `create_time` (pids get reused)."""
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - create_time) > 0.05:
+            return False
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if engine_id is not None:
+            return process.environ().get("SAGELLM_ENGINE_ID") == engine_id
+        return True
+    except psutil.Error:
+        return False
+
+
+def spawn(argv: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
+    """Start an engine in its own session, output appended to its log file, never a pipe."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        out.write(f"=== sagellm {stamp}: {' '.join(argv)}\n".encode())
+        out.flush()
+        # A new session makes the engine a process-group leader, so a stop reaches
+        # every worker it forks; output goes to a file so engines outlive the daemon.
+        return subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def signal_group(pid: int, signum: int) -> bool:
+    """Send a signal to the process group led by `pid`; False if it has no member left."""
+    try:
+        os.killpg(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        log.warning("no permission to signal process group pgid=%s", pid)
+        return False
+
+
+class ProcessWatcher:
+    """Watches engine processes with pidfds on the event loop: exits are events, not polls."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback) -> None:
+        self._loop = loop
+        self._on_exit = on_exit
+        self._processes: dict[str, EngineProcess] = {}
+
+    def get(self, engine_id: str) -> EngineProcess | None:
+        return self._processes.get(engine_id)
+
+    def __contains__(self, engine_id: str) -> bool:
+        return engine_id in self._processes
+
+    def watch_child(self, engine_id: str, popen: subprocess.Popen[bytes]) -> EngineProcess:
+        create_time = process_create_time(popen.pid) or time.time()
+        pidfd = os.pidfd_open(popen.pid)
+        return self._add(EngineProcess(engine_id, popen.pid, create_time, popen, pidfd))
+
+    def adopt(self, engine_id: str, pid: int, create_time: float) -> EngineProcess | None:
+        """Watch a process this daemon did not start (it survived a daemon restart)."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        # The pidfd pins the identity: check it after opening, so a pid reused in
+        # between is caught rather than watched.
+        if not identity_matches(pid, create_time, engine_id):
+            os.close(pidfd)
+            return None
+        return self._add(EngineProcess(engine_id, pid, create_time, None, pidfd))
+
+    def _add(self, process: EngineProcess) -> EngineProcess:
+        self._processes[process.engine_id] = process
+        self._loop.add_reader(process.pidfd, self._exited, process.engine_id)
+        return process
+
+    def _exited(self, engine_id: str) -> None:
+        process = self._processes.pop(engine_id, None)
+        if process is None:
+            return
+        self._loop.remove_reader(process.pidfd)
+        if process.kill_timer is not None:
+            process.kill_timer.cancel()
+        # Workers the leader forked must not outlive it (they hold GPU memory and
+        # ports). For our own child the zombie still holds the pgid, so this
+        # cannot hit a reused pid.
+        signal_group(process.pid, signal.SIGKILL)
+        code, signum = self._reap(process)
+        os.close(process.pidfd)
+        self._on_exit(engine_id, process.pid, code, signum)
+
+    @staticmethod
+    def _reap(process: EngineProcess) -> tuple[int | None, int | None]:
+        if process.popen is None:
+            return None, None
+        returncode = process.popen.wait()
+        if returncode < 0:
+            return None, -returncode
+        return returncode, None
+
+    def stop(self, engine_id: str, grace_s: float) -> None:
+        """SIGTERM to the group now, SIGKILL to the group if it is still there after grace."""
+        process = self._processes.get(engine_id)
+        if process is None:
+            return
+        signal_group(process.pid, signal.SIGTERM)
+        if process.kill_timer is None:
+            process.kill_timer = self._loop.call_later(
+                grace_s, signal_group, process.pid, signal.SIGKILL
+            )
+
+    def kill(self, engine_id: str) -> None:
+        process = self._processes.get(engine_id)
+        if process is not None:
+            signal_group(process.pid, signal.SIGKILL)
+
+    def release_all(self) -> None:
+        """Stop watching without touching the processes (the daemon is exiting)."""
+        for process in self._processes.values():
+            self._loop.remove_reader(process.pidfd)
+            if process.kill_timer is not None:
+                process.kill_timer.cancel()
+            os.close(process.pidfd)
+        self._processes.clear()
+
+    def engine_ids(self) -> list[str]:
+        return list(self._processes)

@@ -1,0 +1,299 @@
+"""Engine specs and preset documents: validation, defaults and the spec hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import jsonschema
+
+from sagellmd.errors import SpecError
+
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NAME_RULE = "must be lowercase letters, digits and '-', start and end alphanumeric, at most 63 chars"
+KINDS = ("llm", "embedding")
+RESTART_POLICIES = ("always", "on-failure", "never")
+DEFAULT_RUNTIME = {"llm": "vllm", "embedding": "embedding"}
+DEFAULT_STARTUP_TIMEOUT_S = {"llm": 900.0, "embedding": 180.0}
+DEFAULT_MAX_CONCURRENT_REQUESTS = 256
+
+# The fields whose change means a new process; label, metadata, restart policy and
+# timeouts are applied to the running one.
+PROCESS_FIELDS = (
+    "kind",
+    "model",
+    "runtime",
+    "tensor_parallel",
+    "pipeline_parallel",
+    "port",
+    "use_gpu",
+    "gpu_memory_gb",
+    "max_concurrent_requests",
+    "extra_args",
+    "env",
+)
+
+ENGINE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "model"],
+    "properties": {
+        "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
+        "kind": {"enum": list(KINDS)},
+        "model": {"type": "string", "minLength": 1, "maxLength": 1024},
+        "runtime": {"type": "string", "pattern": r"^[A-Za-z0-9][-_.A-Za-z0-9]*$", "maxLength": 63},
+        "tensor_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
+        "pipeline_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
+        "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
+        "label": {"type": ["string", "null"], "maxLength": 256},
+        "max_concurrent_requests": {"type": "integer", "minimum": 1, "maximum": 65536},
+        "use_gpu": {"type": ["boolean", "null"]},
+        "gpu_memory_gb": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 4096},
+        "extra_args": {"type": "array", "items": {"type": "string"}, "maxItems": 256},
+        "env": {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+            "additionalProperties": {"type": "string"},
+        },
+        "metadata": {"type": "object"},
+        "restart": {"enum": list(RESTART_POLICIES)},
+        "startup_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+        "restart_schedule": {"type": ["string", "null"], "minLength": 1, "maxLength": 128},
+    },
+}
+
+PRESET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version", "name", "engines"],
+    "properties": {
+        "version": {"const": 1},
+        "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
+        "description": {"type": "string", "maxLength": 4096},
+        "engines": {"type": "array", "minItems": 1, "maxItems": 64, "items": ENGINE_SCHEMA},
+    },
+}
+
+# What each field allows, in words, for error messages that tell the fix.
+FIELD_RULES = {
+    "name": NAME_RULE,
+    "kind": "must be one of: llm, embedding",
+    "model": "must be a non-empty string (a Hugging Face id or a local path)",
+    "runtime": "must be a runtime name (vllm, embedding or one from config runtimes)",
+    "tensor_parallel": "must be an integer >= 1",
+    "pipeline_parallel": "must be an integer >= 1",
+    "port": "must be an integer from 1 to 65535, or null for automatic",
+    "label": "must be a string or null",
+    "max_concurrent_requests": "must be an integer >= 1",
+    "use_gpu": "must be true, false or null",
+    "gpu_memory_gb": "must be a number > 0 (GiB per GPU) or null for an estimate",
+    "extra_args": "must be a list of strings",
+    "env": "must be a mapping of VARIABLE_NAME to string",
+    "metadata": "must be a mapping",
+    "restart": "must be one of: always, on-failure, never",
+    "startup_timeout_s": "must be a number of seconds > 0",
+    "restart_schedule": "must be a cron expression string or null",
+    "version": "must be 1",
+    "description": "must be a string",
+    "engines": "must be a non-empty list of engine specs",
+}
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One declared engine, with every default filled in."""
+
+    name: str
+    model: str
+    kind: str = "llm"
+    runtime: str = "vllm"
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    port: int | None = None
+    label: str | None = None
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
+    use_gpu: bool | None = None
+    gpu_memory_gb: float | None = None
+    extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    restart: str = "always"
+    startup_timeout_s: float = 900.0
+    restart_schedule: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["extra_args"] = list(self.extra_args)
+        data["env"] = dict(self.env)
+        data["metadata"] = dict(self.metadata)
+        return data
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of the fields that shape the process; equal hashes need no restart."""
+        data = self.to_dict()
+        relevant = {key: data[key] for key in PROCESS_FIELDS}
+        encoded = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(encoded.encode()).hexdigest()[:16]
+
+    @property
+    def wants_gpu(self) -> bool:
+        if self.use_gpu is not None:
+            return self.use_gpu
+        return self.kind == "llm"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named bundle of engines: `{version: 1, name, description, engines}`."""
+
+    name: str
+    engines: tuple[EngineSpec, ...]
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "name": self.name,
+            "description": self.description,
+            "engines": [engine.to_dict() for engine in self.engines],
+        }
+
+
+def engine_id(preset: str | None, name: str) -> str:
+    return f"{preset}.{name}" if preset else name
+
+
+def _format_path(path: list[Any], prefix: str) -> str:
+    text = prefix
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(document)"
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _error_message(error: jsonschema.ValidationError, prefix: str) -> str:
+    path = list(error.absolute_path)
+    where = _format_path(path, prefix)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        unknown = ", ".join(repr(name) for name in extra)
+        return f"{where}: unknown field {unknown}; allowed fields: {', '.join(allowed)}"
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        field_where = _format_path([*path, missing], prefix)
+        return f"{field_where}: required field is missing; it {FIELD_RULES.get(missing, 'is required')}"
+    if error.validator == "propertyNames":
+        return f"{where}: keys must be environment variable names (A-Z, 0-9, _), got {_describe(error.instance)}"
+    field_name = next(
+        (part for part in reversed(path) if isinstance(part, str) and part in FIELD_RULES), ""
+    )
+    if error.validator in ("maxItems", "minItems") and field_name == "engines":
+        return f"{where}: must list between 1 and 64 engines, got {len(error.instance)}"
+    if error.validator == "maxLength":
+        limit = error.validator_value
+        return f"{where}: must be at most {limit} characters, got {len(error.instance)}"
+    if error.validator == "maximum":
+        rule = FIELD_RULES.get(field_name, "is too large")
+        if str(error.validator_value) not in rule:
+            rule += f" and at most {error.validator_value}"
+        return f"{where}: {rule}, got {_describe(error.instance)}"
+    rule = FIELD_RULES.get(field_name, error.message)
+    return f"{where}: {rule}, got {_describe(error.instance)}"
+
+
+def _validate(data: Any, schema: dict[str, Any], prefix: str) -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise SpecError([_error_message(error, prefix) for error in errors])
+
+
+def _build_engine(data: Mapping[str, Any]) -> EngineSpec:
+    kind = data.get("kind", "llm")
+    values = dict(data)
+    values["kind"] = kind
+    values.setdefault("runtime", DEFAULT_RUNTIME[kind])
+    values.setdefault("startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S[kind])
+    values["startup_timeout_s"] = float(values["startup_timeout_s"])
+    # JSON Schema counts 2.0 as an integer; the process wants 2.
+    for key in ("tensor_parallel", "pipeline_parallel", "max_concurrent_requests"):
+        if key in values:
+            values[key] = int(values[key])
+    if values.get("port") is not None:
+        values["port"] = int(values["port"])
+    if values.get("gpu_memory_gb") is not None:
+        values["gpu_memory_gb"] = float(values["gpu_memory_gb"])
+    values["extra_args"] = tuple(values.get("extra_args", ()))
+    values["env"] = dict(values.get("env", {}))
+    values["metadata"] = dict(values.get("metadata", {}))
+    return EngineSpec(**values)
+
+
+def _check_shell_free(spec: EngineSpec, prefix: str) -> list[str]:
+    problems = []
+    for index, arg in enumerate(spec.extra_args):
+        if "\x00" in arg:
+            problems.append(f"{prefix}.extra_args[{index}]: must not contain NUL bytes")
+    return problems
+
+
+def parse_engine(data: Any, prefix: str = "") -> EngineSpec:
+    """Validate one engine spec (a dict from JSON or YAML) and fill in its defaults."""
+    _validate(data, ENGINE_SCHEMA, prefix)
+    spec = _build_engine(data)
+    problems = _check_shell_free(spec, prefix or "")
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def parse_preset(data: Any) -> Preset:
+    """Validate a preset document and return it with every engine's defaults filled in."""
+    _validate(data, PRESET_SCHEMA, "")
+    engines = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    ports: dict[int, int] = {}
+    for index, raw in enumerate(data["engines"]):
+        prefix = f"engines[{index}]"
+        spec = parse_engine(raw, prefix)
+        if spec.name in seen:
+            problems.append(
+                f"{prefix}.name: {spec.name!r} is already used by engines[{seen[spec.name]}];"
+                " engine names must be unique in a preset"
+            )
+        seen.setdefault(spec.name, index)
+        if spec.port is not None:
+            if spec.port in ports:
+                problems.append(
+                    f"{prefix}.port: {spec.port} is already used by engines[{ports[spec.port]}]"
+                )
+            ports.setdefault(spec.port, index)
+        engines.append(spec)
+    if problems:
+        raise SpecError(problems)
+    return Preset(name=data["name"], description=data.get("description", ""), engines=tuple(engines))
+
+
+def check_runtime_known(spec: EngineSpec, runtimes: Mapping[str, Any], where: str) -> None:
+    """Reject a spec whose runtime is not configured, naming the ones that are."""
+    if spec.runtime not in runtimes:
+        known = ", ".join(sorted(runtimes))
+        raise SpecError([f"{where}.runtime: unknown runtime {spec.runtime!r}; configured: {known}"])
+
+
+def is_valid_name(name: str) -> bool:
+    return len(name) <= 63 and re.match(NAME_PATTERN, name) is not None

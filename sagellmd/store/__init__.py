@@ -1,0 +1,1 @@
+"""Persistent state in SQLite: desired engines, generations, instances and events."""

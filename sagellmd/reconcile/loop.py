@@ -74,6 +74,7 @@ class Reconciler:
         plan = plan_actions(list(desired.values()), self.world.instances, self.world.clock(),
                             BackoffPolicy(settings.backoff_base_s, settings.backoff_max_s))
         generation = self.world.store.current_generation()
+        before = dict(self.world.instances)
         for action in plan.actions:
             if isinstance(action, Wait):
                 self._wake_at(action.engine_id, action.until)
@@ -82,6 +83,10 @@ class Reconciler:
                 self._executor.execute(action, desired, generation)
             except Exception:
                 log.exception("engine=%s action=%s failed", action.engine_id, action.action)
+        if self.world.instances != before:
+            # Acting changed the world (a start sets a deadline, a stop frees a
+            # port): plan again at once rather than waiting for the next wake.
+            self.wake()
         self.passes += 1
         self.last_pass_at = self.world.clock()
         return plan

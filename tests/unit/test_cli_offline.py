@@ -19,6 +19,7 @@ from sagellmd.cli.app import app
 from sagellmd.cli.client import ApiClient, error_from_response
 from sagellmd.cli.context import CliContext
 from sagellmd.cli.engine_commands import slug
+from sagellmd.cli.waiting import Progress, Rollout, follow_rollout, judge
 from sagellmd.errors import (
     ConflictError,
     NotFoundError,
@@ -71,10 +72,10 @@ def env(tmp_path: Path, dead_url: str) -> dict[str, str]:
     return environ
 
 
-def sagellm(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def sagellm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sagellmd.cli.app", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=20,
+        env=env, capture_output=True, text=True, timeout=20,
     )
 
 
@@ -208,6 +209,39 @@ def test_slug_from_model():
     assert len(slug("x" * 100)) == 63
 
 
+def test_judge_waits_for_a_fresh_ready_of_restarted_engines():
+    rollout = Rollout.from_answer("p", {"generation": 5, "plan": [
+        {"action": "replace", "engine": "p.a"}, {"action": "keep", "engine": "p.b"}]})
+    status = {"generation": 5, "presets": ["p"], "engines": [
+        {"id": "p.a", "preset": "p", "state": "ready"},
+        {"id": "p.b", "preset": "p", "state": "ready"}]}
+    # p.a still shows the old instance's `ready` until the loop replaces it.
+    assert not judge(rollout, status, Progress()).done
+    assert judge(rollout, status, Progress(ready_seen={"p.a"})).ok
+
+
+def test_judge_fails_when_the_preset_is_gone_at_a_newer_generation():
+    rollout = Rollout("p", 5, frozenset())
+    verdict = judge(rollout, {"generation": 6, "presets": [], "engines": []}, Progress())
+    assert verdict.done and not verdict.ok and "no longer active" in verdict.reason
+
+
+def test_follow_rollout_times_out():
+    now = [0.0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/events":
+            now[0] += 10
+            return httpx.Response(200, json={"events": [], "last_id": 3})
+        return httpx.Response(200, json={"generation": 2, "engines": [
+            {"id": "p.a", "preset": "p", "state": "starting", "message": "loading"}]})
+
+    client = ApiClient("http://d", transport=httpx.MockTransport(handler))
+    verdict = follow_rollout(client, Rollout("p", 2, frozenset()), 3, 25, print, lambda: now[0])
+    assert verdict.done and not verdict.ok
+    assert verdict.reason == "timed out after 25 s; waiting for: p.a starting (loading)"
+
+
 def _response(status: int, body: Any) -> httpx.Response:
     return httpx.Response(status, json=body, request=httpx.Request("GET", "http://d/"))
 
@@ -300,6 +334,23 @@ class FakeDaemon:
 def run_with(daemon: FakeDaemon, *args: str) -> Any:
     obj = CliContext(url="http://fake", transport=httpx.MockTransport(daemon.handler))
     return CliRunner().invoke(app, list(args), obj=obj)
+
+
+def test_status_table_shows_user_text_verbatim():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={
+            "generation": 7, "daemon": {"pid": 123}, "presets": ["p"],
+            "gpus": {"mode": "none", "message": "no GPUs (gpus: none)", "devices": []},
+            "engines": [{"id": "p.a", "kind": "llm", "model": "m", "state": "backoff",
+                         "pid": None, "port": 20001, "restarts": 2, "label": "[bold]x[/bold]",
+                         "message": "exit 1"}]})
+
+    obj = CliContext(url="http://fake", transport=httpx.MockTransport(handler))
+    result = CliRunner().invoke(app, ["status"], obj=obj, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "generation 7   daemon pid 123" in result.output
+    assert "gpus: no GPUs (gpus: none)" in result.output
+    assert "[bold]x[/bold]" in result.output and "backoff" in result.output
 
 
 def test_set_wait_follows_events_until_ready(tmp_path):

@@ -1,0 +1,203 @@
+"""A real sagellmd in a temp home on free ports, with the stand-in vLLM engine as runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE_VLLM = ROOT / "tests" / "fixtures" / "fake_vllm.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def engine_processes(home: Path) -> list[psutil.Process]:
+    """Every live process (leaders and workers) that carries this home's marker."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            env = process.environ()
+            if env.get("SAGELLM_HOME") == str(home) and "SAGELLM_ENGINE_ID" in env:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+class Daemon:
+    """Handle on one sagellmd process and its home."""
+
+    def __init__(self, home: Path, config: dict[str, Any]) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "daemon.log"
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.yaml").write_text(yaml.safe_dump(config))
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"SAGELLM_HOME": str(self.home), "SAGELLM_URL": self.url,
+                    "SAGELLM_LOG_LEVEL": "debug"})
+        env.pop("SAGELLM_TOKEN", None)
+        return env
+
+    def start(self, wait: bool = True) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sagellmd.daemon", "--port", str(self.port)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        if wait:
+            self.wait_for(self._healthy, 30, "daemon /healthz")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"sagellmd exited {self.process.returncode}:\n{self.log()}")
+        try:
+            return self.client.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def token(self) -> str:
+        return (self.home / "token").read_text().strip()
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(path, **kwargs)
+
+    def put(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
+        content = None if body is None else (body if isinstance(body, str | bytes)
+                                              else json.dumps(body))
+        return self.client.put(path, content=content, headers=self.auth(), **kwargs)
+
+    def delete(self, path: str) -> httpx.Response:
+        return self.client.delete(path, headers=self.auth())
+
+    def post(self, path: str, body: Any = None) -> httpx.Response:
+        return self.client.post(path, json=body, headers=self.auth())
+
+    def engine(self, engine_id: str) -> dict[str, Any]:
+        response = self.get(f"/v1/engines/{engine_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def events(self, engine: str | None = None, after: int = 0) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"after": after, "limit": 1000}
+        if engine:
+            params["engine"] = engine
+        return self.get("/v1/events", params=params).json()["events"]
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n"
+                             f"--- daemon log ---\n{self.log()[-4000:]}")
+
+    def wait_state(self, engine_id: str, state: str, timeout: float = 20) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            entry = self.engine(engine_id)
+            return entry if entry["state"] == state else None
+        return self.wait_for(check, timeout, f"{engine_id} to be {state}")
+
+    def cli(self, *args: str, input_text: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sagellmd.cli.app", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, input=input_text)
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        for process in engine_processes(self.home):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        self.client.close()
+
+
+def base_config(**overrides: Any) -> dict[str, Any]:
+    start = random.randrange(30000, 59000, 100)
+    config: dict[str, Any] = {
+        "runtimes": {"vllm": {"command": [sys.executable, str(FAKE_VLLM)]}},
+        "ports": {"start": start, "end": start + 99},
+        "restart": {"backoff_base_s": 0.2, "backoff_max_s": 2, "reset_after_s": 600},
+        "probes": {"liveness_interval_s": 0.5, "liveness_failures": 2},
+        "stop_grace_s": 2,
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def make(start: bool = True, home: Path | None = None, **overrides: Any) -> Daemon:
+        daemon = Daemon(home or tmp_path / f"home{len(daemons)}", base_config(**overrides))
+        daemons.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    yield make
+    for daemon in daemons:
+        daemon.cleanup()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    return make_daemon()
+
+
+def fake_preset(name: str, *engines: dict[str, Any]) -> dict[str, Any]:
+    """A preset document whose engines run the stand-in engine."""
+    return {"version": 1, "name": name, "description": "test preset",
+            "engines": [{"kind": "llm", "model": "fake/model-1B", **engine} for engine in engines]}

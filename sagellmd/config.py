@@ -112,8 +112,17 @@ def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-KNOWN_KEYS = {"api", "gpus", "ports", "restart", "runtimes", "probes", "stop_grace_s",
-              "tick_s", "stop_engines_on_exit"}
+KNOWN_KEYS = {
+    "api",
+    "gpus",
+    "ports",
+    "restart",
+    "runtimes",
+    "probes",
+    "stop_grace_s",
+    "tick_s",
+    "stop_engines_on_exit",
+}
 
 
 def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> Settings:
@@ -140,8 +149,12 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
         if key in restart:
             changes[key] = _number(restart[key], f"{where}: restart.{key}", float, 0)
     probes = _mapping(data.get("probes"), f"{where}: probes")
-    for key, kind in (("startup_probe_interval_s", float), ("liveness_interval_s", float),
-                      ("liveness_failures", int), ("probe_timeout_s", float)):
+    for key, kind in (
+        ("startup_probe_interval_s", float),
+        ("liveness_interval_s", float),
+        ("liveness_failures", int),
+        ("probe_timeout_s", float),
+    ):
         if key in probes:
             changes[key] = _number(probes[key], f"{where}: probes.{key}", kind, 0)
     for key in ("stop_grace_s", "tick_s"):
@@ -154,8 +167,11 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
         merged = dict(settings.runtimes)
         for name, body in runtimes.items():
             command = _mapping(body, f"{where}: runtimes.{name}").get("command")
-            if (not isinstance(command, list) or not command
-                    or not all(isinstance(part, str) for part in command)):
+            if (
+                not isinstance(command, list)
+                or not command
+                or not all(isinstance(part, str) for part in command)
+            ):
                 raise ConfigError(
                     f"{where}: runtimes.{name}.command: must be a non-empty list of strings"
                     " (an argv template, never a shell line)"
@@ -192,7 +208,9 @@ def load_settings(
     environ = os.environ if environ is None else environ
     home = (home or default_home()).expanduser().resolve()
     settings = Settings(home=home, runtimes={k: tuple(v) for k, v in DEFAULT_RUNTIMES.items()})
-    path = config_file or (Path(environ["SAGELLM_CONFIG"]) if environ.get("SAGELLM_CONFIG") else None)
+    path = config_file or (
+        Path(environ["SAGELLM_CONFIG"]) if environ.get("SAGELLM_CONFIG") else None
+    )
     path = path or home / "config.yaml"
     if path.exists():
         try:

@@ -103,31 +103,43 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     reconciler = Reconciler(settings, store, hub)
     reconciler.recover()
     ctx = ApiContext(settings, store, hub, reconciler, token, time.time())
-    config = uvicorn.Config(create_app(ctx), log_level="warning", lifespan="off",
-                            access_log=False)
+    config = uvicorn.Config(create_app(ctx), log_level="warning", lifespan="off", access_log=False)
     server = _Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    store.add_event(None, "daemon", f"sagellmd {__version__} started (pid {os.getpid()})",
-                    store.current_generation())
-    log.info("sagellmd %s pid=%s home=%s api=%s", __version__, os.getpid(), settings.home,
-             settings.api_url)
+    store.add_event(
+        None,
+        "daemon",
+        f"sagellmd {__version__} started (pid {os.getpid()})",
+        store.current_generation(),
+    )
+    log.info(
+        "sagellmd %s pid=%s home=%s api=%s",
+        __version__,
+        os.getpid(),
+        settings.home,
+        settings.api_url,
+    )
     loop_task = asyncio.create_task(reconciler.run(), name="reconcile")
     api_task = asyncio.create_task(server.serve(sockets=[sock]), name="api")
     stop_task = asyncio.create_task(stop.wait(), name="stop")
-    done, _ = await asyncio.wait({loop_task, api_task, stop_task},
-                                 return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        {loop_task, api_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+    )
     for task in done:
         if task is not stop_task and task.exception() is not None:
             log.error("%s crashed", task.get_name(), exc_info=task.exception())
-    log.info("sagellmd stopping (engines %s)",
-             "stopped" if settings.stop_engines_on_exit else "left running")
+    log.info(
+        "sagellmd stopping (engines %s)",
+        "stopped" if settings.stop_engines_on_exit else "left running",
+    )
     server.should_exit = True
     await reconciler.shutdown(settings.stop_engines_on_exit)
-    store.add_event(None, "daemon", f"sagellmd stopped (pid {os.getpid()})",
-                    store.current_generation())
+    store.add_event(
+        None, "daemon", f"sagellmd stopped (pid {os.getpid()})", store.current_generation()
+    )
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(api_task, timeout=2.0)
     loop_task.cancel()
@@ -145,10 +157,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="config file (default: HOME/config.yaml)")
     parser.add_argument("--host", help="API bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="API port (default 8765)")
-    parser.add_argument("--preset", action="append", default=[], metavar="NAME",
-                        help="declare this preset at start, like `sagellm preset set NAME`")
-    parser.add_argument("--log-level", default=os.environ.get("SAGELLM_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="declare this preset at start, like `sagellm preset set NAME`",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("SAGELLM_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
     parser.add_argument("--version", action="version", version=f"sagellmd {__version__}")
     return parser.parse_args(argv)
 
@@ -161,8 +181,9 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     try:
-        settings = load_settings(home=args.home, config_file=args.config, host=args.host,
-                                 port=args.port)
+        settings = load_settings(
+            home=args.home, config_file=args.config, host=args.host, port=args.port
+        )
         code = asyncio.run(serve(settings, args.preset))
     except SagellmError as exc:
         print(f"sagellmd: error: {exc.message}", file=sys.stderr)

@@ -77,4 +77,3 @@ class AlreadyRunningError(SagellmError):
 
     code = "already_running"
     exit_code = 2
-

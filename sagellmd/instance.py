@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 
 from sagellmd.reconcile.backoff import backoff_delay
 
 
-class InstanceState(str, Enum):
+class InstanceState(StrEnum):
     PENDING = "pending"
     STARTING = "starting"
     READY = "ready"
@@ -24,7 +24,7 @@ LIVE_STATES = frozenset({InstanceState.STARTING, InstanceState.READY, InstanceSt
 PROCESS_STATES = LIVE_STATES | {InstanceState.STOPPING}
 
 
-class StopIntent(str, Enum):
+class StopIntent(StrEnum):
     """Why a stop was asked for; decides what the exit means."""
 
     REMOVE = "remove"  # no longer desired, or about to be replaced
@@ -70,16 +70,32 @@ ALLOWED: dict[InstanceState | None, frozenset[InstanceState]] = {
     None: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
     InstanceState.PENDING: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
     InstanceState.STARTING: frozenset(
-        {InstanceState.READY, InstanceState.UNHEALTHY, InstanceState.STOPPING,
-         InstanceState.BACKOFF, InstanceState.STOPPED, InstanceState.FAILED}
+        {
+            InstanceState.READY,
+            InstanceState.UNHEALTHY,
+            InstanceState.STOPPING,
+            InstanceState.BACKOFF,
+            InstanceState.STOPPED,
+            InstanceState.FAILED,
+        }
     ),
     InstanceState.READY: frozenset(
-        {InstanceState.UNHEALTHY, InstanceState.STOPPING, InstanceState.BACKOFF,
-         InstanceState.STOPPED, InstanceState.FAILED}
+        {
+            InstanceState.UNHEALTHY,
+            InstanceState.STOPPING,
+            InstanceState.BACKOFF,
+            InstanceState.STOPPED,
+            InstanceState.FAILED,
+        }
     ),
     InstanceState.UNHEALTHY: frozenset(
-        {InstanceState.READY, InstanceState.STOPPING, InstanceState.BACKOFF,
-         InstanceState.STOPPED, InstanceState.FAILED}
+        {
+            InstanceState.READY,
+            InstanceState.STOPPING,
+            InstanceState.BACKOFF,
+            InstanceState.STOPPED,
+            InstanceState.FAILED,
+        }
     ),
     InstanceState.STOPPING: frozenset(
         {InstanceState.STOPPED, InstanceState.BACKOFF, InstanceState.FAILED}
@@ -126,21 +142,34 @@ def begin_start(
         started_at=now,
     )
     kind = "restarting" if counts_as_restart else "starting"
-    return Transition(instance, kind, f"port {port}" + (f", restart #{restarts}" if counts_as_restart else ""))
+    return Transition(
+        instance, kind, f"port {port}" + (f", restart #{restarts}" if counts_as_restart else "")
+    )
 
 
 def spawned(current: Instance, pid: int, create_time: float) -> Transition:
-    instance = replace(current, pid=pid, create_time=create_time,
-                       message="waiting for /health")
+    instance = replace(current, pid=pid, create_time=create_time, message="waiting for /health")
     return Transition(instance, "started", f"pid {pid} on port {current.port}")
 
 
-def spawn_failed(current: Instance, reason: str, now: float, next_state: InstanceState) -> Transition:
+def spawn_failed(
+    current: Instance, reason: str, now: float, next_state: InstanceState
+) -> Transition:
     _check(current, next_state)
-    instance = replace(current, state=next_state, failures=current.failures + 1, exited_at=now,
-                       message=f"cannot start: {reason}", pid=None, create_time=None)
-    return Transition(instance, "failed" if next_state is InstanceState.FAILED else "exited",
-                      f"cannot start: {reason}")
+    instance = replace(
+        current,
+        state=next_state,
+        failures=current.failures + 1,
+        exited_at=now,
+        message=f"cannot start: {reason}",
+        pid=None,
+        create_time=None,
+    )
+    return Transition(
+        instance,
+        "failed" if next_state is InstanceState.FAILED else "exited",
+        f"cannot start: {reason}",
+    )
 
 
 def became_ready(current: Instance, now: float) -> Transition:
@@ -158,16 +187,28 @@ def became_unhealthy(current: Instance, reason: str) -> Transition:
     return Transition(instance, "unhealthy", reason)
 
 
-def made_pending(current: Instance | None, engine_id: str, spec_hash: str, generation: int,
-                 reason: str) -> Transition:
+def made_pending(
+    current: Instance | None, engine_id: str, spec_hash: str, generation: int, reason: str
+) -> Transition:
     _check(current, InstanceState.PENDING)
     if current is None:
-        instance = Instance(engine_id=engine_id, generation=generation, spec_hash=spec_hash,
-                            state=InstanceState.PENDING, message=reason)
+        instance = Instance(
+            engine_id=engine_id,
+            generation=generation,
+            spec_hash=spec_hash,
+            state=InstanceState.PENDING,
+            message=reason,
+        )
     else:
-        instance = replace(current, state=InstanceState.PENDING, message=reason,
-                           spec_hash=spec_hash, generation=generation, pid=None,
-                           create_time=None)
+        instance = replace(
+            current,
+            state=InstanceState.PENDING,
+            message=reason,
+            spec_hash=spec_hash,
+            generation=generation,
+            pid=None,
+            create_time=None,
+        )
     return Transition(instance, "pending", reason)
 
 
@@ -197,12 +238,21 @@ def exited(
 ) -> Transition:
     """The process is gone: decide stopped, failed or backoff from intent and policy."""
     how = describe_exit(code, signal)
-    common = dict(pid=None, create_time=None, last_exit_code=code, last_exit_signal=signal,
-                  exited_at=now, stop_intent=None)
+    common = dict(
+        pid=None,
+        create_time=None,
+        last_exit_code=code,
+        last_exit_signal=signal,
+        exited_at=now,
+        stop_intent=None,
+    )
     if current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.REMOVE:
         _check(current, InstanceState.STOPPED)
-        return Transition(replace(current, state=InstanceState.STOPPED, message="stopped",
-                                  **common), "stopped", how)
+        return Transition(
+            replace(current, state=InstanceState.STOPPED, message="stopped", **common),
+            "stopped",
+            how,
+        )
     clean = code == 0 and current.stop_intent is not StopIntent.FAILURE
     stayed_up = current.ready_at is not None and now - current.ready_at >= reset_after_s
     # Every unexpected exit counts toward the backoff, clean ones too: an engine
@@ -218,7 +268,9 @@ def exited(
         target, note = InstanceState.FAILED, f"not restarted (restart: {restart_policy})"
     _check(current, target)
     reason = current.message if current.stop_intent is StopIntent.FAILURE else how
-    instance = replace(current, state=target, failures=failures, message=f"{reason}; {note}",
-                       **common)
-    return Transition(instance, "exited", f"{how} ({reason}); {note}" if reason != how else
-                      f"{how}; {note}")
+    instance = replace(
+        current, state=target, failures=failures, message=f"{reason}; {note}", **common
+    )
+    return Transition(
+        instance, "exited", f"{how} ({reason}); {note}" if reason != how else f"{how}; {note}"
+    )

@@ -14,7 +14,9 @@ import jsonschema
 from sagellmd.errors import SpecError
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-NAME_RULE = "must be lowercase letters, digits and '-', start and end alphanumeric, at most 63 chars"
+NAME_RULE = (
+    "must be lowercase letters, digits and '-', start and end alphanumeric, at most 63 chars"
+)
 KINDS = ("llm", "embedding")
 RESTART_POLICIES = ("always", "on-failure", "never")
 DEFAULT_RUNTIME = {"llm": "vllm", "embedding": "embedding"}
@@ -188,15 +190,19 @@ def _error_message(error: jsonschema.ValidationError, prefix: str) -> str:
     where = _format_path(path, prefix)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        extra = (
+            sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        )
         unknown = ", ".join(repr(name) for name in extra)
         return f"{where}: unknown field {unknown}; allowed fields: {', '.join(allowed)}"
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         field_where = _format_path([*path, missing], prefix)
-        return f"{field_where}: required field is missing; it {FIELD_RULES.get(missing, 'is required')}"
+        rule = FIELD_RULES.get(missing, "is required")
+        return f"{field_where}: required field is missing; it {rule}"
     if error.validator == "propertyNames":
-        return f"{where}: keys must be environment variable names (A-Z, 0-9, _), got {_describe(error.instance)}"
+        got = _describe(error.instance)
+        return f"{where}: keys must be environment variable names (A-Z, 0-9, _), got {got}"
     field_name = next(
         (part for part in reversed(path) if isinstance(part, str) and part in FIELD_RULES), ""
     )
@@ -285,7 +291,9 @@ def parse_preset(data: Any) -> Preset:
         engines.append(spec)
     if problems:
         raise SpecError(problems)
-    return Preset(name=data["name"], description=data.get("description", ""), engines=tuple(engines))
+    return Preset(
+        name=data["name"], description=data.get("description", ""), engines=tuple(engines)
+    )
 
 
 def check_runtime_known(spec: EngineSpec, runtimes: Mapping[str, Any], where: str) -> None:

@@ -48,11 +48,13 @@ class AuthMiddleware(BaseHTTPMiddleware):
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error_response(404, "not_found", f"no such endpoint: {request.url.path}"
-                              " (see docs/api.md)")
+        return error_response(
+            404, "not_found", f"no such endpoint: {request.url.path} (see docs/api.md)"
+        )
     if exc.status_code == 405:
-        return error_response(405, "method_not_allowed",
-                              f"{request.method} is not allowed on {request.url.path}")
+        return error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}"
+        )
     return error_response(exc.status_code, "http_error", str(exc.detail))
 
 
@@ -60,8 +62,7 @@ def create_app(ctx: ApiContext) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         middleware=[Middleware(AuthMiddleware)],
-        exception_handlers={SagellmError: sagellm_error_handler,
-                            HTTPException: http_error_handler},
+        exception_handlers={SagellmError: sagellm_error_handler, HTTPException: http_error_handler},
     )
     app.state.ctx = ctx
     return app

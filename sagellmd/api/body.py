@@ -35,8 +35,14 @@ async def read_json(request: Request, required: bool = True) -> Any:
         raise BadInputError(f"body: not valid JSON: {exc}") from exc
 
 
-def query_number(request: Request, name: str, default: float | None, minimum: float = 0,
-                 maximum: float | None = None, integer: bool = True) -> float | None:
+def query_number(
+    request: Request,
+    name: str,
+    default: float | None,
+    minimum: float = 0,
+    maximum: float | None = None,
+    integer: bool = True,
+) -> float | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default

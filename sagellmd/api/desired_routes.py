@@ -41,10 +41,16 @@ async def put_engine(request: Request) -> JSONResponse:
     _check_name(engine_id, "engine id")
     data = await read_json(request)
     if not isinstance(data, dict):
-        raise SpecError([f"body: must be a JSON object (an engine spec), got {type(data).__name__}"])
+        raise SpecError(
+            [f"body: must be a JSON object (an engine spec), got {type(data).__name__}"]
+        )
     if "name" in data and data["name"] != engine_id:
-        raise SpecError([f"name: must equal the engine id in the path ({engine_id!r}),"
-                         f" got {data['name']!r}; leave it out or make them match"])
+        raise SpecError(
+            [
+                f"name: must equal the engine id in the path ({engine_id!r}),"
+                f" got {data['name']!r}; leave it out or make them match"
+            ]
+        )
     spec = parse_engine({**data, "name": engine_id})
     check_runtime_known(spec, ctx.settings.runtimes, engine_id)
     generation, created = ctx.store.put_engine(engine_id, spec, f"engine put {engine_id}")
@@ -77,14 +83,22 @@ async def list_presets(request: Request) -> JSONResponse:
     active = _active_documents(ctx)
     entries: dict[str, dict[str, Any]] = {}
     for name, entry in catalogue(ctx.settings.home).items():
-        entries[name] = {"name": name, "description": entry.preset.description,
-                         "source": entry.source, "active": name in active,
-                         "engines": [spec.name for spec in entry.preset.engines]}
+        entries[name] = {
+            "name": name,
+            "description": entry.preset.description,
+            "source": entry.source,
+            "active": name in active,
+            "engines": [spec.name for spec in entry.preset.engines],
+        }
     for name, (document, source) in active.items():
         if name not in entries:
-            entries[name] = {"name": name, "description": document.get("description", ""),
-                             "source": source, "active": True,
-                             "engines": [engine["name"] for engine in document["engines"]]}
+            entries[name] = {
+                "name": name,
+                "description": document.get("description", ""),
+                "source": source,
+                "active": True,
+                "engines": [engine["name"] for engine in document["engines"]],
+            }
     return JSONResponse({"presets": [entries[name] for name in sorted(entries)]})
 
 
@@ -96,8 +110,9 @@ async def get_preset(request: Request) -> JSONResponse:
         document, source = active[name]
         return JSONResponse({"name": name, "source": source, "active": True, "document": document})
     entry = find_preset(name, ctx.settings.home)
-    return JSONResponse({"name": name, "source": entry.source, "active": False,
-                         "document": entry.preset.to_dict()})
+    return JSONResponse(
+        {"name": name, "source": entry.source, "active": False, "document": entry.preset.to_dict()}
+    )
 
 
 def _preset_from_body(ctx: ApiContext, name: str, data: Any) -> tuple[Preset, str]:
@@ -105,12 +120,14 @@ def _preset_from_body(ctx: ApiContext, name: str, data: Any) -> tuple[Preset, st
         entry = find_preset(name, ctx.settings.home)
         return entry.preset, entry.source
     if not isinstance(data, dict):
-        raise SpecError([f"body: must be a preset document (a JSON object), got"
-                         f" {type(data).__name__}"])
+        raise SpecError(
+            [f"body: must be a preset document (a JSON object), got {type(data).__name__}"]
+        )
     preset = parse_preset(data)
     if preset.name != name:
-        raise SpecError([f"name: must equal the preset name in the path ({name!r}),"
-                         f" got {preset.name!r}"])
+        raise SpecError(
+            [f"name: must equal the preset name in the path ({name!r}), got {preset.name!r}"]
+        )
     return preset, "api"
 
 

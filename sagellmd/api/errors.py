@@ -10,8 +10,9 @@ from starlette.responses import JSONResponse
 from sagellmd.errors import SagellmError
 
 
-def error_response(status: int, code: str, message: str,
-                   details: dict[str, Any] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message, "details": details or {}}}, status_code=status
     )

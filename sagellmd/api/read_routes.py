@@ -24,8 +24,11 @@ def gpu_summary(ctx: ApiContext) -> dict[str, object]:
     mode = ctx.settings.gpus
     # GPU inventory and placement come with their own issue; until then the daemon
     # runs CPU engines only and says so instead of pretending to see GPUs.
-    return {"mode": mode, "devices": [],
-            "message": "no GPUs (GPU inventory and placement are not implemented yet)"}
+    return {
+        "mode": mode,
+        "devices": [],
+        "message": "no GPUs (GPU inventory and placement are not implemented yet)",
+    }
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -35,21 +38,23 @@ async def healthz(request: Request) -> JSONResponse:
 async def status(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     desired = ctx.store.desired()
-    return JSONResponse({
-        "generation": ctx.store.current_generation(),
-        "daemon": {
-            "pid": os.getpid(),
-            "version": __version__,
-            "home": str(ctx.settings.home),
-            "api": ctx.settings.api_url,
-            "started_at": iso(ctx.started_at),
-            "reconcile_passes": ctx.reconciler.passes,
-            "last_pass_at": iso(ctx.reconciler.last_pass_at),
-        },
-        "gpus": gpu_summary(ctx),
-        "presets": [preset.name for preset in ctx.store.active_presets()],
-        "engines": engine_entries(desired, ctx.reconciler.world.instances),
-    })
+    return JSONResponse(
+        {
+            "generation": ctx.store.current_generation(),
+            "daemon": {
+                "pid": os.getpid(),
+                "version": __version__,
+                "home": str(ctx.settings.home),
+                "api": ctx.settings.api_url,
+                "started_at": iso(ctx.started_at),
+                "reconcile_passes": ctx.reconciler.passes,
+                "last_pass_at": iso(ctx.reconciler.last_pass_at),
+            },
+            "gpus": gpu_summary(ctx),
+            "presets": [preset.name for preset in ctx.store.active_presets()],
+            "engines": engine_entries(desired, ctx.reconciler.world.instances),
+        }
+    )
 
 
 async def list_engines(request: Request) -> JSONResponse:

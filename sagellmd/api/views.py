@@ -10,14 +10,18 @@ from sagellmd.reconcile.plan import DesiredEngine
 from sagellmd.store.repository import iso
 
 
-def engine_entry(engine_id: str, desired: DesiredEngine | None,
-                 instance: Instance | None) -> dict[str, Any]:
+def engine_entry(
+    engine_id: str, desired: DesiredEngine | None, instance: Instance | None
+) -> dict[str, Any]:
     """One engine as `/v1/status` and `/v1/engines` show it."""
     spec = desired.spec if desired else None
     last_exit = None
     if instance is not None and instance.exited_at is not None:
-        last_exit = {"code": instance.last_exit_code, "signal": instance.last_exit_signal,
-                     "at": iso(instance.exited_at)}
+        last_exit = {
+            "code": instance.last_exit_code,
+            "signal": instance.last_exit_signal,
+            "at": iso(instance.exited_at),
+        }
     state = instance.state.value if instance else "pending"
     message = instance.message if instance else "waiting for the reconcile loop"
     if desired is None and instance is not None:
@@ -48,8 +52,11 @@ def engine_entry(engine_id: str, desired: DesiredEngine | None,
     }
 
 
-def engine_entries(desired: list[DesiredEngine],
-                   instances: Mapping[str, Instance]) -> list[dict[str, Any]]:
+def engine_entries(
+    desired: list[DesiredEngine], instances: Mapping[str, Instance]
+) -> list[dict[str, Any]]:
     by_id = {engine.id: engine for engine in desired}
-    return [engine_entry(engine_id, by_id.get(engine_id), instances.get(engine_id))
-            for engine_id in sorted(set(by_id) | set(instances))]
+    return [
+        engine_entry(engine_id, by_id.get(engine_id), instances.get(engine_id))
+        for engine_id in sorted(set(by_id) | set(instances))
+    ]

@@ -29,7 +29,7 @@ from sagellmd.reconcile.plan import (
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import build_argv, build_env
 from sagellmd.runtime.logs import log_path
-from sagellmd.runtime.ports import port_is_free, pick_port
+from sagellmd.runtime.ports import pick_port, port_is_free
 from sagellmd.runtime.process import spawn
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ class Executor:
         self._world = world
         self._prober = prober
 
-    def execute(self, action: Action, desired: Mapping[str, DesiredEngine],
-                generation: int) -> None:
+    def execute(
+        self, action: Action, desired: Mapping[str, DesiredEngine], generation: int
+    ) -> None:
         if isinstance(action, Start | Restart):
             self._start(desired[action.engine_id], generation, isinstance(action, Restart))
         elif isinstance(action, Stop):
@@ -61,7 +62,8 @@ class Executor:
         return {
             instance.port
             for instance in self._world.instances.values()
-            if instance.engine_id != engine_id and instance.port is not None
+            if instance.engine_id != engine_id
+            and instance.port is not None
             and instance.state in holding
         }
 
@@ -76,8 +78,12 @@ class Executor:
                 return None, f"port {fixed} is in use by another process"
             return fixed, ""
         current = self._world.instances.get(engine.id)
-        port = pick_port(settings.port_start, settings.port_end, taken,
-                         preferred=current.port if current else None)
+        port = pick_port(
+            settings.port_start,
+            settings.port_end,
+            taken,
+            preferred=current.port if current else None,
+        )
         if port is None:
             return None, f"no free port in {settings.port_start}-{settings.port_end}"
         return port, ""
@@ -87,26 +93,43 @@ class Executor:
         current = world.instances.get(engine.id)
         port, why = self._choose_port(engine)
         if port is None:
-            if current is None or current.state is not InstanceState.PENDING \
-                    or current.message != why:
+            if (
+                current is None
+                or current.state is not InstanceState.PENDING
+                or current.message != why
+            ):
                 world.record(made_pending(current, engine.id, spec.spec_hash, generation, why))
             return
         if spec.runtime not in settings.runtimes:
-            reason = f"runtime {spec.runtime!r} is not configured (known: " \
-                     f"{', '.join(sorted(settings.runtimes))})"
+            reason = (
+                f"runtime {spec.runtime!r} is not configured (known: "
+                f"{', '.join(sorted(settings.runtimes))})"
+            )
             world.record(made_pending(current, engine.id, spec.spec_hash, generation, reason))
             return
-        starting = world.record(begin_start(current, engine.id, spec.spec_hash, generation, port,
-                                            world.clock(), counts_as_restart), generation)
+        starting = world.record(
+            begin_start(
+                current,
+                engine.id,
+                spec.spec_hash,
+                generation,
+                port,
+                world.clock(),
+                counts_as_restart,
+            ),
+            generation,
+        )
         argv = build_argv(spec, settings, engine.id, port)
         env = build_env(spec, settings, engine.id, port)
         try:
             popen = spawn(argv, env, log_path(settings.logs_dir, engine.id))
         except OSError as exc:
-            next_state = InstanceState.FAILED if spec.restart == "never" else \
-                InstanceState.BACKOFF
-            world.record(spawn_failed(starting, f"{argv[0]}: {exc.strerror or exc}",
-                                      world.clock(), next_state))
+            next_state = InstanceState.FAILED if spec.restart == "never" else InstanceState.BACKOFF
+            world.record(
+                spawn_failed(
+                    starting, f"{argv[0]}: {exc.strerror or exc}", world.clock(), next_state
+                )
+            )
             return
         process = world.watcher.watch_child(engine.id, popen)
         world.record(spawned(starting, process.pid, process.create_time))

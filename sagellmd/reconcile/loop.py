@@ -27,8 +27,13 @@ log = logging.getLogger(__name__)
 class Reconciler:
     """Owns the loop; everything else wakes it rather than acting on the world itself."""
 
-    def __init__(self, settings: Settings, store: Store, hub: EventHub,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        hub: EventHub,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
         self.world = World(
@@ -71,8 +76,12 @@ class Reconciler:
         """One pass; running it again with nothing changed does nothing more."""
         desired = {engine.id: engine for engine in self.world.store.desired()}
         settings = self.world.settings
-        plan = plan_actions(list(desired.values()), self.world.instances, self.world.clock(),
-                            BackoffPolicy(settings.backoff_base_s, settings.backoff_max_s))
+        plan = plan_actions(
+            list(desired.values()),
+            self.world.instances,
+            self.world.clock(),
+            BackoffPolicy(settings.backoff_base_s, settings.backoff_max_s),
+        )
         generation = self.world.store.current_generation()
         before = dict(self.world.instances)
         for action in plan.actions:
@@ -93,15 +102,20 @@ class Reconciler:
 
     def _wake_at(self, engine_id: str, until: float) -> None:
         self._scheduler.add_job(
-            self._timer_fired, "date", run_date=datetime.fromtimestamp(until),
-            id=f"wake:{engine_id}", replace_existing=True, misfire_grace_time=None,
+            self._timer_fired,
+            "date",
+            run_date=datetime.fromtimestamp(until),
+            id=f"wake:{engine_id}",
+            replace_existing=True,
+            misfire_grace_time=None,
         )
 
     async def run(self) -> None:
         """Run passes until `shutdown`; a slow tick is the safety net for missed wakes."""
         self._scheduler.start()
-        self._scheduler.add_job(self._timer_fired, "interval",
-                                seconds=self.world.settings.tick_s, id="tick")
+        self._scheduler.add_job(
+            self._timer_fired, "interval", seconds=self.world.settings.tick_s, id="tick"
+        )
         self.wake()
         while not self._stopping:
             await self._wake_event.wait()
@@ -123,7 +137,8 @@ class Reconciler:
             for engine_id, instance in list(self.world.instances.items()):
                 if instance.state in PROCESS_STATES and engine_id in self.world.watcher:
                     self._executor.execute(
-                        Stop(engine_id, "daemon stopping", StopIntent.REMOVE), {}, 0)
+                        Stop(engine_id, "daemon stopping", StopIntent.REMOVE), {}, 0
+                    )
             deadline = time.monotonic() + timeout_s
             while self.world.watcher.engine_ids() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)

@@ -19,7 +19,9 @@ from sagellmd.runtime.probe import probe_health
 log = logging.getLogger(__name__)
 
 
-def on_exit(world: World, engine_id: str, pid: int | None, code: int | None, signum: int | None) -> None:
+def on_exit(
+    world: World, engine_id: str, pid: int | None, code: int | None, signum: int | None
+) -> None:
     """A watched process is gone: record how, decide what follows, wake the loop."""
     instance = world.instances.get(engine_id)
     if instance is None or instance.pid != pid:
@@ -28,8 +30,16 @@ def on_exit(world: World, engine_id: str, pid: int | None, code: int | None, sig
     desired = world.store.desired_engine(engine_id)
     policy = desired.spec.restart if desired else "never"
     settings = world.settings
-    transition = exited(instance, code, signum, world.clock(), policy, settings.reset_after_s,
-                        settings.backoff_base_s, settings.backoff_max_s)
+    transition = exited(
+        instance,
+        code,
+        signum,
+        world.clock(),
+        policy,
+        settings.reset_after_s,
+        settings.backoff_base_s,
+        settings.backoff_max_s,
+    )
     world.record(transition)
     world.wake()
 
@@ -69,8 +79,9 @@ class Prober:
             instance = self._current(engine_id, pid)
             if instance is None or instance.port is None:
                 return
-            healthy, detail = await probe_health(ENGINE_HOST, instance.port,
-                                                 settings.probe_timeout_s)
+            healthy, detail = await probe_health(
+                ENGINE_HOST, instance.port, settings.probe_timeout_s
+            )
             instance = self._current(engine_id, pid)
             if instance is None:
                 return
@@ -88,8 +99,7 @@ class Prober:
                     self._world.record(became_ready(instance, self._world.clock()))
             else:
                 failures += 1
-                if failures >= settings.liveness_failures and \
-                        instance.state is InstanceState.READY:
+                if failures >= settings.liveness_failures and instance.state is InstanceState.READY:
                     reason = f"health check failed {failures} times in a row: {detail}"
                     self._world.record(became_unhealthy(instance, reason))
                     self._world.wake()

@@ -96,8 +96,10 @@ class Plan:
 
     def to_list(self) -> list[dict[str, object]]:
         return [
-            {key: (value.value if isinstance(value, StopIntent) else value)
-             for key, value in vars(action).items()}
+            {
+                key: (value.value if isinstance(value, StopIntent) else value)
+                for key, value in vars(action).items()
+            }
             for action in self.actions
         ]
 
@@ -164,8 +166,11 @@ def plan_actions(
         engine = wanted.get(engine_id)
         if engine is None:
             assert instance is not None
-            if instance.state in (InstanceState.STARTING, InstanceState.READY,
-                                  InstanceState.UNHEALTHY):
+            if instance.state in (
+                InstanceState.STARTING,
+                InstanceState.READY,
+                InstanceState.UNHEALTHY,
+            ):
                 actions.append(Stop(engine_id, "no longer desired"))
             elif instance.state is not InstanceState.STOPPING:
                 actions.append(Forget(engine_id, "no longer desired"))

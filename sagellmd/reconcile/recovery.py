@@ -41,8 +41,9 @@ def recover(world: World, prober: Prober) -> None:
             continue
         process = world.watcher.adopt(engine_id, instance.pid, instance.create_time or 0.0)
         if process is None:
-            world.event(engine_id, "exited",
-                        f"pid {instance.pid} ended while the daemon was not running")
+            world.event(
+                engine_id, "exited", f"pid {instance.pid} ended while the daemon was not running"
+            )
             on_exit(world, engine_id, instance.pid, None, None)
             continue
         adopted.add(instance.pid)
@@ -57,12 +58,17 @@ def recover(world: World, prober: Prober) -> None:
         instance = world.instances.get(engine_id)
         # The daemon died between spawning this process and recording its pid.
         orphan_of_intent = (
-            instance is not None and engine_id in desired and instance.pid is None
+            instance is not None
+            and engine_id in desired
+            and instance.pid is None
             and instance.state is InstanceState.STARTING
         )
         create_time = psutil.Process(pid).create_time() if psutil.pid_exists(pid) else None
-        if orphan_of_intent and create_time is not None and \
-                world.watcher.adopt(engine_id, pid, create_time) is not None:
+        if (
+            orphan_of_intent
+            and create_time is not None
+            and world.watcher.adopt(engine_id, pid, create_time) is not None
+        ):
             world.record(spawned(instance, pid, create_time))
             world.event(engine_id, "adopted", f"pid {pid} was started just before the daemon died")
             prober.start(engine_id, pid)

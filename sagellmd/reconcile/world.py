@@ -32,10 +32,19 @@ class World:
         """Persist the new instance value with its event, then let watchers know."""
         instance = transition.instance
         self.instances[instance.engine_id] = instance
-        self.store.save_instance(instance, (transition.event_type, transition.message),
-                                 generation if generation is not None else instance.generation)
-        log.info("engine=%s event=%s state=%s pid=%s %s", instance.engine_id,
-                 transition.event_type, instance.state.value, instance.pid, transition.message)
+        self.store.save_instance(
+            instance,
+            (transition.event_type, transition.message),
+            generation if generation is not None else instance.generation,
+        )
+        log.info(
+            "engine=%s event=%s state=%s pid=%s %s",
+            instance.engine_id,
+            transition.event_type,
+            instance.state.value,
+            instance.pid,
+            transition.message,
+        )
         self.hub.notify()
         return instance
 

@@ -22,12 +22,18 @@ def _fill(template: list[str], values: Mapping[str, str]) -> list[str]:
 
 def vllm_flags(spec: EngineSpec, port: int) -> list[str]:
     return [
-        "--model", spec.model,
-        "--host", ENGINE_HOST,
-        "--port", str(port),
-        "--tensor-parallel-size", str(spec.tensor_parallel),
-        "--pipeline-parallel-size", str(spec.pipeline_parallel),
-        "--max-num-seqs", str(spec.max_concurrent_requests),
+        "--model",
+        spec.model,
+        "--host",
+        ENGINE_HOST,
+        "--port",
+        str(port),
+        "--tensor-parallel-size",
+        str(spec.tensor_parallel),
+        "--pipeline-parallel-size",
+        str(spec.pipeline_parallel),
+        "--max-num-seqs",
+        str(spec.max_concurrent_requests),
     ]
 
 
@@ -41,8 +47,13 @@ BUILTIN_FLAGS = {"vllm": vllm_flags, "embedding": embedding_flags}
 
 def build_argv(spec: EngineSpec, settings: Settings, engine_id: str, port: int) -> list[str]:
     """The runtime's command (placeholders filled), its built-in flags, then extra_args."""
-    values = {"model": spec.model, "port": str(port), "host": ENGINE_HOST, "id": engine_id,
-              "name": spec.name}
+    values = {
+        "model": spec.model,
+        "port": str(port),
+        "host": ENGINE_HOST,
+        "id": engine_id,
+        "name": spec.name,
+    }
     argv = _fill(settings.runtime_command(spec.runtime), values)
     flags = BUILTIN_FLAGS.get(spec.runtime)
     if flags is not None:

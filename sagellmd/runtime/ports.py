@@ -19,7 +19,9 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def pick_port(start: int, end: int, taken: Collection[int], preferred: int | None = None) -> int | None:
+def pick_port(
+    start: int, end: int, taken: Collection[int], preferred: int | None = None
+) -> int | None:
     """The preferred port if still free, else the lowest free port of the range not taken."""
     if preferred is not None and preferred not in taken and port_is_free(preferred):
         return preferred

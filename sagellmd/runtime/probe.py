@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 
-async def probe_health(host: str, port: int, timeout_s: float, path: str = "/health") -> tuple[bool, str]:
+async def probe_health(
+    host: str, port: int, timeout_s: float, path: str = "/health"
+) -> tuple[bool, str]:
     """(healthy, detail): healthy means an HTTP 2xx answer within the timeout."""
     writer = None
     try:

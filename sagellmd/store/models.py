@@ -85,4 +85,3 @@ class EventRow(Base):
     type: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
-

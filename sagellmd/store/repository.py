@@ -61,9 +61,14 @@ class GenerationRecord:
     healthy: bool | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "ts": iso(self.ts), "cause": self.cause, "healthy": self.healthy,
-                "presets": sorted(self.snapshot.get("presets", {})),
-                "engines": self.snapshot.get("engines", [])}
+        return {
+            "id": self.id,
+            "ts": iso(self.ts),
+            "cause": self.cause,
+            "healthy": self.healthy,
+            "presets": sorted(self.snapshot.get("presets", {})),
+            "engines": self.snapshot.get("engines", []),
+        }
 
 
 def iso(ts: float | None) -> str | None:
@@ -161,8 +166,15 @@ class Store:
         generation = GenerationRow(ts=self._clock(), cause=cause, snapshot=snapshot)
         session.add(generation)
         session.flush()
-        session.add(EventRow(ts=self._clock(), engine=None, type="generation",
-                             message=cause, generation=generation.id))
+        session.add(
+            EventRow(
+                ts=self._clock(),
+                engine=None,
+                type="generation",
+                message=cause,
+                generation=generation.id,
+            )
+        )
         return generation.id
 
     def set_preset(self, preset: Preset, source: str, cause: str) -> int:
@@ -174,8 +186,9 @@ class Store:
             existing = session.get(ActivePresetRow, preset.name)
             document = json.dumps(preset.to_dict(), sort_keys=True)
             if existing is None:
-                session.add(ActivePresetRow(name=preset.name, document=document, source=source,
-                                            set_at=now))
+                session.add(
+                    ActivePresetRow(name=preset.name, document=document, source=source, set_at=now)
+                )
             else:
                 existing.document, existing.source, existing.set_at = document, source, now
             session.flush()
@@ -199,12 +212,27 @@ class Store:
             session.delete(row)
             return self._new_generation(session, cause)
 
-    def _upsert_engine(self, session: Session, row: DesiredEngineRow | None, new_id: str,
-                       preset: str | None, spec: EngineSpec, now: float) -> None:
+    def _upsert_engine(
+        self,
+        session: Session,
+        row: DesiredEngineRow | None,
+        new_id: str,
+        preset: str | None,
+        spec: EngineSpec,
+        now: float,
+    ) -> None:
         encoded = json.dumps(spec.to_dict(), sort_keys=True)
         if row is None:
-            session.add(DesiredEngineRow(id=new_id, preset=preset, name=spec.name, spec=encoded,
-                                         spec_hash=spec.spec_hash, updated_at=now))
+            session.add(
+                DesiredEngineRow(
+                    id=new_id,
+                    preset=preset,
+                    name=spec.name,
+                    spec=encoded,
+                    spec_hash=spec.spec_hash,
+                    updated_at=now,
+                )
+            )
         elif row.spec != encoded:
             row.spec, row.spec_hash, row.updated_at = encoded, spec.spec_hash, now
 
@@ -246,31 +274,48 @@ class Store:
 
     def generations(self, limit: int = 50) -> list[GenerationRecord]:
         with self.session() as session:
-            rows = session.scalars(select(GenerationRow).order_by(GenerationRow.id.desc())
-                                   .limit(limit))
-            return [GenerationRecord(r.id, r.ts, r.cause, json.loads(r.snapshot), r.healthy)
-                    for r in rows]
+            rows = session.scalars(
+                select(GenerationRow).order_by(GenerationRow.id.desc()).limit(limit)
+            )
+            return [
+                GenerationRecord(r.id, r.ts, r.cause, json.loads(r.snapshot), r.healthy)
+                for r in rows
+            ]
 
     # -- observed state ------------------------------------------------------
 
     def instances(self) -> dict[str, Instance]:
         with self.session() as session:
-            return {row.engine_id: _instance_from_row(row)
-                    for row in session.scalars(select(InstanceRow))}
+            return {
+                row.engine_id: _instance_from_row(row)
+                for row in session.scalars(select(InstanceRow))
+            }
 
-    def save_instance(self, instance: Instance, event: tuple[str, str] | None = None,
-                      generation: int | None = None) -> EventRecord | None:
+    def save_instance(
+        self,
+        instance: Instance,
+        event: tuple[str, str] | None = None,
+        generation: int | None = None,
+    ) -> EventRecord | None:
         """Persist an instance (and the event of its transition) in one commit."""
         now = self._clock()
         values = {
-            "generation": instance.generation, "spec_hash": instance.spec_hash,
-            "state": instance.state.value, "message": instance.message,
-            "stop_intent": instance.stop_intent.value if instance.stop_intent else None, "pid": instance.pid,
-            "create_time": instance.create_time, "port": instance.port,
-            "restarts": instance.restarts, "failures": instance.failures,
+            "generation": instance.generation,
+            "spec_hash": instance.spec_hash,
+            "state": instance.state.value,
+            "message": instance.message,
+            "stop_intent": instance.stop_intent.value if instance.stop_intent else None,
+            "pid": instance.pid,
+            "create_time": instance.create_time,
+            "port": instance.port,
+            "restarts": instance.restarts,
+            "failures": instance.failures,
             "last_exit_code": instance.last_exit_code,
-            "last_exit_signal": instance.last_exit_signal, "started_at": instance.started_at,
-            "ready_at": instance.ready_at, "exited_at": instance.exited_at, "updated_at": now,
+            "last_exit_signal": instance.last_exit_signal,
+            "started_at": instance.started_at,
+            "ready_at": instance.ready_at,
+            "exited_at": instance.exited_at,
+            "updated_at": now,
         }
         with self.session() as session, session.begin():
             row = session.get(InstanceRow, instance.engine_id)
@@ -281,8 +326,13 @@ class Store:
                     setattr(row, key, value)
             if event is None:
                 return None
-            event_row = EventRow(ts=now, engine=instance.engine_id, type=event[0],
-                                 message=event[1], generation=generation)
+            event_row = EventRow(
+                ts=now,
+                engine=instance.engine_id,
+                type=event[0],
+                message=event[1],
+                generation=generation,
+            )
             session.add(event_row)
             session.flush()
             return _event(event_row)
@@ -293,11 +343,13 @@ class Store:
 
     # -- events --------------------------------------------------------------
 
-    def add_event(self, engine: str | None, type_: str, message: str,
-                  generation: int | None = None) -> EventRecord:
+    def add_event(
+        self, engine: str | None, type_: str, message: str, generation: int | None = None
+    ) -> EventRecord:
         with self.session() as session, session.begin():
-            row = EventRow(ts=self._clock(), engine=engine, type=type_, message=message,
-                           generation=generation)
+            row = EventRow(
+                ts=self._clock(), engine=engine, type=type_, message=message, generation=generation
+            )
             session.add(row)
             session.flush()
             return _event(row)
@@ -319,10 +371,11 @@ class Store:
 
     def count_rows(self) -> dict[str, int]:
         with self.session() as session:
-            return {model.__tablename__: session.scalar(select(func.count()).select_from(model))
-                    for model in (ActivePresetRow, DesiredEngineRow, GenerationRow)}
+            return {
+                model.__tablename__: session.scalar(select(func.count()).select_from(model))
+                for model in (ActivePresetRow, DesiredEngineRow, GenerationRow)
+            }
 
 
 def _event(row: EventRow) -> EventRecord:
     return EventRecord(row.id, row.ts, row.engine, row.type, row.message, row.generation)
-

@@ -61,8 +61,9 @@ class Daemon:
     @property
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"SAGELLM_HOME": str(self.home), "SAGELLM_URL": self.url,
-                    "SAGELLM_LOG_LEVEL": "debug"})
+        env.update(
+            {"SAGELLM_HOME": str(self.home), "SAGELLM_URL": self.url, "SAGELLM_LOG_LEVEL": "debug"}
+        )
         env.pop("SAGELLM_TOKEN", None)
         return env
 
@@ -70,7 +71,10 @@ class Daemon:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sagellmd.daemon", "--port", str(self.port)],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         if wait:
             self.wait_for(self._healthy, 30, "daemon /healthz")
@@ -105,8 +109,9 @@ class Daemon:
         return self.client.get(path, **kwargs)
 
     def put(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
-        content = None if body is None else (body if isinstance(body, str | bytes)
-                                              else json.dumps(body))
+        content = (
+            None if body is None else (body if isinstance(body, str | bytes) else json.dumps(body))
+        )
         return self.client.put(path, content=content, headers=self.auth(), **kwargs)
 
     def delete(self, path: str) -> httpx.Response:
@@ -133,19 +138,29 @@ class Daemon:
             if value:
                 return value
             time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n"
-                             f"--- daemon log ---\n{self.log()[-4000:]}")
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}\n"
+            f"--- daemon log ---\n{self.log()[-4000:]}"
+        )
 
     def wait_state(self, engine_id: str, state: str, timeout: float = 20) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             entry = self.engine(engine_id)
             return entry if entry["state"] == state else None
+
         return self.wait_for(check, timeout, f"{engine_id} to be {state}")
 
-    def cli(self, *args: str, input_text: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "sagellmd.cli.app", *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout, input=input_text)
+    def cli(
+        self, *args: str, input_text: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sagellmd.cli.app", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input_text,
+        )
 
     def cleanup(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -199,5 +214,9 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
 
 def fake_preset(name: str, *engines: dict[str, Any]) -> dict[str, Any]:
     """A preset document whose engines run the stand-in engine."""
-    return {"version": 1, "name": name, "description": "test preset",
-            "engines": [{"kind": "llm", "model": "fake/model-1B", **engine} for engine in engines]}
+    return {
+        "version": 1,
+        "name": name,
+        "description": "test preset",
+        "engines": [{"kind": "llm", "model": "fake/model-1B", **engine} for engine in engines],
+    }

@@ -21,8 +21,12 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("/v1/engines/solo", {}, 400, "model: required field is missing"),
     ("/v1/engines/solo", {**GOOD, "colour": "red"}, 400, "unknown field 'colour'"),
     ("/v1/engines/solo", {**GOOD, "kind": "chat"}, 400, "kind: must be one of: llm, embedding"),
-    ("/v1/engines/solo", {**GOOD, "tensor_parallel": 0}, 400,
-     "tensor_parallel: must be an integer >= 1, got 0"),
+    (
+        "/v1/engines/solo",
+        {**GOOD, "tensor_parallel": 0},
+        400,
+        "tensor_parallel: must be an integer >= 1, got 0",
+    ),
     ("/v1/engines/solo", {**GOOD, "pipeline_parallel": "2"}, 400, "pipeline_parallel"),
     ("/v1/engines/solo", {**GOOD, "port": 70000}, 400, "port: must be an integer from 1 to 65535"),
     ("/v1/engines/solo", {**GOOD, "port": "80"}, 400, "port:"),
@@ -41,18 +45,38 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("/v1/engines/Bad_Name", GOOD, 400, "engine id 'Bad_Name'"),
     ("/v1/engines/solo", {**GOOD, "model": ""}, 400, "model: must be a non-empty string"),
     ("/v1/presets/p", {"version": 2, "name": "p", "engines": [GOOD]}, 400, "version: must be 1"),
-    ("/v1/presets/p", {"version": 1, "name": "p", "engines": []}, 400,
-     "engines: must list between 1 and 64 engines"),
+    (
+        "/v1/presets/p",
+        {"version": 1, "name": "p", "engines": []},
+        400,
+        "engines: must list between 1 and 64 engines",
+    ),
     ("/v1/presets/p", {"version": 1, "name": "p"}, 400, "engines: required field is missing"),
-    ("/v1/presets/p", fake_preset("p", {"name": "a"}, {"name": "b", "tensor_parallel": 0}), 400,
-     "engines[1].tensor_parallel: must be an integer >= 1, got 0"),
-    ("/v1/presets/p", fake_preset("p", {"name": "a"}, {"name": "a"}), 400,
-     "engines[1].name: 'a' is already used by engines[0]"),
-    ("/v1/presets/p", fake_preset("p", {"name": "a", "port": 9000}, {"name": "b", "port": 9000}),
-     400, "engines[1].port: 9000 is already used by engines[0]"),
+    (
+        "/v1/presets/p",
+        fake_preset("p", {"name": "a"}, {"name": "b", "tensor_parallel": 0}),
+        400,
+        "engines[1].tensor_parallel: must be an integer >= 1, got 0",
+    ),
+    (
+        "/v1/presets/p",
+        fake_preset("p", {"name": "a"}, {"name": "a"}),
+        400,
+        "engines[1].name: 'a' is already used by engines[0]",
+    ),
+    (
+        "/v1/presets/p",
+        fake_preset("p", {"name": "a", "port": 9000}, {"name": "b", "port": 9000}),
+        400,
+        "engines[1].port: 9000 is already used by engines[0]",
+    ),
     ("/v1/presets/p", fake_preset("q", {"name": "a"}), 400, "name: must equal the preset name"),
-    ("/v1/presets/p", fake_preset("p", {"name": "a", "bogus": 1}), 400,
-     "engines[0]: unknown field 'bogus'"),
+    (
+        "/v1/presets/p",
+        fake_preset("p", {"name": "a", "bogus": 1}),
+        400,
+        "engines[0]: unknown field 'bogus'",
+    ),
     ("/v1/presets/p", "[]", 400, "body: must be a preset document"),
     ("/v1/presets/no-such-preset", None, 404, "no preset named 'no-such-preset'"),
     ("/v1/presets/p", "x" * (1024 * 1024 + 10), 413, "larger than the limit"),
@@ -61,8 +85,10 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
 
 def _rows(daemon: Daemon) -> dict[str, list[tuple[Any, ...]]]:
     with sqlite3.connect(daemon.home / "sagellm.db") as connection:
-        return {table: connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-                for table in ("active_presets", "desired_engines", "generations", "instances")}
+        return {
+            table: connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+            for table in ("active_presets", "desired_engines", "generations", "instances")
+        }
 
 
 @pytest.fixture
@@ -82,8 +108,14 @@ def test_bad_requests_are_rejected_and_change_nothing(seeded: Daemon):
         response = seeded.put(path, body)
         error = response.json().get("error", {}) if response.content else {}
         if response.status_code != status or needle not in error.get("message", ""):
-            failures.append((path, body if len(str(body)) < 80 else "<long>",
-                             response.status_code, error.get("message")))
+            failures.append(
+                (
+                    path,
+                    body if len(str(body)) < 80 else "<long>",
+                    response.status_code,
+                    error.get("message"),
+                )
+            )
         assert set(error) == {"code", "message", "details"}
     assert not failures, failures
     assert _rows(seeded) == rows_before

@@ -31,8 +31,20 @@ def test_preset_set_answers_before_the_engine_is_up_then_it_becomes_ready(daemon
     assert types[:3] == ["starting", "started", "ready"]
     status = daemon.get("/v1/status").json()
     assert status["presets"] == ["p"]
-    assert {"id", "preset", "name", "kind", "model", "runtime", "state", "pid", "port",
-            "restarts", "label", "message"} <= set(status["engines"][0])
+    assert {
+        "id",
+        "preset",
+        "name",
+        "kind",
+        "model",
+        "runtime",
+        "state",
+        "pid",
+        "port",
+        "restarts",
+        "label",
+        "message",
+    } <= set(status["engines"][0])
 
 
 def test_sigkill_is_noticed_and_the_engine_restarted(daemon: Daemon):
@@ -40,8 +52,12 @@ def test_sigkill_is_noticed_and_the_engine_restarted(daemon: Daemon):
     first = daemon.wait_state("p.chat", "ready")
     os.kill(first["pid"], signal.SIGKILL)
     second = daemon.wait_for(
-        lambda: (e := daemon.engine("p.chat"))["state"] == "ready" and e["pid"] != first["pid"]
-        and e, 20, "a new ready process")
+        lambda: (
+            (e := daemon.engine("p.chat"))["state"] == "ready" and e["pid"] != first["pid"] and e
+        ),
+        20,
+        "a new ready process",
+    )
     assert second["restarts"] == 1
     assert second["port"] == first["port"]
     assert second["last_exit"]["signal"] == signal.SIGKILL
@@ -80,13 +96,16 @@ def test_crash_loop_backs_off_with_growing_delays(daemon: Daemon):
 
 def _ts(text: str) -> float:
     from datetime import datetime
+
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
 
 
 def test_unset_stops_the_whole_process_tree(daemon: Daemon, tmp_path: Path):
     record = tmp_path / "record.jsonl"
-    engine = {"name": "forky", "env": {"FAKE_VLLM_FORK_CHILD": "1",
-                                       "FAKE_VLLM_RECORD": str(record)}}
+    engine = {
+        "name": "forky",
+        "env": {"FAKE_VLLM_FORK_CHILD": "1", "FAKE_VLLM_RECORD": str(record)},
+    }
     daemon.put("/v1/presets/p", fake_preset("p", engine))
     entry = daemon.wait_state("p.forky", "ready")
     child_pid = json.loads(record.read_text().splitlines()[-1])["child_pid"]
@@ -96,10 +115,13 @@ def test_unset_stops_the_whole_process_tree(daemon: Daemon, tmp_path: Path):
     assert response.status_code == 200, response.text
     assert [a["action"] for a in response.json()["plan"]] == ["stop"]
     daemon.wait_for(lambda: not engine_processes(daemon.home), 10, "no engine process left")
-    assert not psutil.pid_exists(child_pid) or \
-        psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
-    daemon.wait_for(lambda: daemon.get("/v1/engines").json()["engines"] == [], 10,
-                    "engine forgotten")
+    assert (
+        not psutil.pid_exists(child_pid)
+        or psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+    )
+    daemon.wait_for(
+        lambda: daemon.get("/v1/engines").json()["engines"] == [], 10, "engine forgotten"
+    )
     assert [e["type"] for e in daemon.events("p.forky")][-2:] == ["stopping", "stopped"]
 
 
@@ -139,7 +161,9 @@ def test_an_engine_that_died_while_the_daemon_was_down_is_restarted(daemon: Daem
     daemon.start()
     entry = daemon.wait_for(
         lambda: (e := daemon.engine("solo"))["state"] == "ready" and e["pid"] != pid and e,
-        20, "a new process")
+        20,
+        "a new process",
+    )
     assert entry["restarts"] == 1
 
 
@@ -162,7 +186,9 @@ def test_label_change_restarts_nothing_but_a_model_change_replaces(daemon: Daemo
     assert [a["action"] for a in response.json()["plan"]] == ["replace"]
     entry = daemon.wait_for(
         lambda: (e := daemon.engine("solo"))["state"] == "ready" and e["pid"] != pid and e,
-        20, "the replacement")
+        20,
+        "the replacement",
+    )
     assert entry["model"] == "fake/other-1B" and entry["restarts"] == 0
 
 
@@ -171,8 +197,10 @@ def test_restart_endpoint_starts_a_new_process(daemon: Daemon):
     pid = daemon.wait_state("solo", "ready")["pid"]
     assert daemon.post("/v1/engines/solo/restart").status_code == 200
     daemon.wait_for(
-        lambda: (e := daemon.engine("solo"))["state"] == "ready" and e["pid"] != pid, 20,
-        "a new process")
+        lambda: (e := daemon.engine("solo"))["state"] == "ready" and e["pid"] != pid,
+        20,
+        "a new process",
+    )
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
@@ -180,18 +208,27 @@ def test_unhealthy_engine_is_restarted(daemon: Daemon):
     engine = {"model": "fake/sick-1B", "env": {"FAKE_VLLM_HEALTH_FAIL_AFTER": "0.5"}}
     daemon.put("/v1/engines/sick", engine)
     pid = daemon.wait_state("sick", "ready")["pid"]
-    daemon.wait_for(lambda: daemon.engine("sick")["pid"] not in (None, pid), 20,
-                    "a restart after failed health checks")
+    daemon.wait_for(
+        lambda: daemon.engine("sick")["pid"] not in (None, pid),
+        20,
+        "a restart after failed health checks",
+    )
     types = [e["type"] for e in daemon.events("sick")]
     assert "unhealthy" in types and "restarting" in types
 
 
 def test_startup_timeout_counts_as_a_failure(daemon: Daemon):
-    engine = {"model": "fake/slow-1B", "startup_timeout_s": 0.5,
-              "env": {"FAKE_VLLM_STARTUP_DELAY": "30"}}
+    engine = {
+        "model": "fake/slow-1B",
+        "startup_timeout_s": 0.5,
+        "env": {"FAKE_VLLM_STARTUP_DELAY": "30"},
+    }
     daemon.put("/v1/engines/slow", engine)
-    daemon.wait_for(lambda: any(e["type"] == "restarting" for e in daemon.events("slow")), 20,
-                    "a restart after the startup timeout")
+    daemon.wait_for(
+        lambda: any(e["type"] == "restarting" for e in daemon.events("slow")),
+        20,
+        "a restart after the startup timeout",
+    )
     messages = " ".join(e["message"] for e in daemon.events("slow"))
     assert "startup_timeout_s=0.5" in messages
 

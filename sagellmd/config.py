@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -82,16 +83,23 @@ class Settings:
         return command
 
 
-def _number(value: Any, where: str, kind: type, minimum: float | None = None) -> Any:
+def _number(
+    value: Any, where: str, kind: type, minimum: float | None = None, maximum: float | None = None
+) -> Any:
+    what = "an integer" if kind is int else "a number"
     if isinstance(value, bool):
-        raise ConfigError(f"{where}: must be a number, got {value!r}")
+        raise ConfigError(f"{where}: must be {what}, got {value!r}")
     try:
-        number = kind(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: must be a number, got {value!r}") from None
+        raise ConfigError(f"{where}: must be {what}, got {value!r}") from None
+    if not math.isfinite(number) or (kind is int and not number.is_integer()):
+        raise ConfigError(f"{where}: must be {what}, got {value!r}")
     if minimum is not None and number < minimum:
-        raise ConfigError(f"{where}: must be >= {minimum}, got {value!r}")
-    return number
+        raise ConfigError(f"{where}: must be >= {minimum:g}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{where}: must be <= {maximum:g}, got {value!r}")
+    return int(number) if kind is int else number
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -136,14 +144,14 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
     if "host" in api:
         changes["api_host"] = str(api["host"])
     if "port" in api:
-        changes["api_port"] = _number(api["port"], f"{where}: api.port", int, 1)
+        changes["api_port"] = _number(api["port"], f"{where}: api.port", int, 1, 65535)
     if "gpus" in data:
         changes["gpus"] = str(data["gpus"])
     ports = _mapping(data.get("ports"), f"{where}: ports")
     if "start" in ports:
-        changes["port_start"] = _number(ports["start"], f"{where}: ports.start", int, 1)
+        changes["port_start"] = _number(ports["start"], f"{where}: ports.start", int, 1, 65535)
     if "end" in ports:
-        changes["port_end"] = _number(ports["end"], f"{where}: ports.end", int, 1)
+        changes["port_end"] = _number(ports["end"], f"{where}: ports.end", int, 1, 65535)
     restart = _mapping(data.get("restart"), f"{where}: restart")
     for key in ("backoff_base_s", "backoff_max_s", "reset_after_s"):
         if key in restart:
@@ -156,12 +164,15 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
         ("probe_timeout_s", float),
     ):
         if key in probes:
-            changes[key] = _number(probes[key], f"{where}: probes.{key}", kind, 0)
+            minimum = 1 if key == "liveness_failures" else 0
+            changes[key] = _number(probes[key], f"{where}: probes.{key}", kind, minimum)
     for key in ("stop_grace_s", "tick_s"):
         if key in data:
             changes[key] = _number(data[key], f"{where}: {key}", float, 0)
     if "stop_engines_on_exit" in data:
-        changes["stop_engines_on_exit"] = _bool(data["stop_engines_on_exit"], where)
+        changes["stop_engines_on_exit"] = _bool(
+            data["stop_engines_on_exit"], f"{where}: stop_engines_on_exit"
+        )
     runtimes = _mapping(data.get("runtimes"), f"{where}: runtimes")
     if runtimes:
         merged = dict(settings.runtimes)

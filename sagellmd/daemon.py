@@ -25,6 +25,7 @@ from sagellmd.api.context import ApiContext
 from sagellmd.config import Settings, load_settings
 from sagellmd.errors import AlreadyRunningError, SagellmError
 from sagellmd.events import EventHub
+from sagellmd.notify import Notifier
 from sagellmd.presets import find_preset
 from sagellmd.reconcile.loop import Reconciler
 from sagellmd.store.db import migrate, open_database
@@ -102,6 +103,9 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     hub = EventHub()
     reconciler = Reconciler(settings, store, hub)
     reconciler.recover()
+    notifier = Notifier()
+    if notifier.watchdog_interval_s:
+        reconciler.set_heartbeat(notifier.watchdog, notifier.watchdog_interval_s / 2)
     ctx = ApiContext(settings, store, hub, reconciler, token, time.time())
     config = uvicorn.Config(create_app(ctx), log_level="warning", lifespan="off", access_log=False)
     server = _Server(config)
@@ -122,8 +126,12 @@ async def serve(settings: Settings, presets: list[str]) -> int:
         settings.home,
         settings.api_url,
     )
-    loop_task = asyncio.create_task(reconciler.run(), name="reconcile")
     api_task = asyncio.create_task(server.serve(sockets=[sock]), name="api")
+    while not server.started and not api_task.done():
+        await asyncio.sleep(0.01)
+    engines = len(reconciler.world.instances)
+    notifier.ready(f"serving {settings.api_url}; {engines} engine(s) recovered")
+    loop_task = asyncio.create_task(reconciler.run(), name="reconcile")
     stop_task = asyncio.create_task(stop.wait(), name="stop")
     done, _ = await asyncio.wait(
         {loop_task, api_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
@@ -135,6 +143,7 @@ async def serve(settings: Settings, presets: list[str]) -> int:
         "sagellmd stopping (engines %s)",
         "stopped" if settings.stop_engines_on_exit else "left running",
     )
+    notifier.stopping()
     server.should_exit = True
     await reconciler.shutdown(settings.stop_engines_on_exit)
     store.add_event(

@@ -148,6 +148,10 @@ def begin_start(
 
 
 def spawned(current: Instance, pid: int, create_time: float) -> Transition:
+    if current.state is not InstanceState.STARTING or current.pid is not None:
+        raise IllegalTransitionError(
+            f"{current.engine_id}: a process can only be recorded for a start in progress"
+        )
     instance = replace(current, pid=pid, create_time=create_time, message="waiting for /health")
     return Transition(instance, "started", f"pid {pid} on port {current.port}")
 
@@ -155,6 +159,8 @@ def spawned(current: Instance, pid: int, create_time: float) -> Transition:
 def spawn_failed(
     current: Instance, reason: str, now: float, next_state: InstanceState
 ) -> Transition:
+    if next_state not in (InstanceState.BACKOFF, InstanceState.FAILED):
+        raise IllegalTransitionError(f"{current.engine_id}: a failed spawn cannot be {next_state}")
     _check(current, next_state)
     instance = replace(
         current,
@@ -248,11 +254,10 @@ def exited(
     )
     if current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.REMOVE:
         _check(current, InstanceState.STOPPED)
-        return Transition(
-            replace(current, state=InstanceState.STOPPED, message="stopped", **common),
-            "stopped",
-            how,
-        )
+        # The intent stays recorded: the planner starts a deliberately stopped engine
+        # again if it is desired, but not one its restart policy left stopped.
+        stopped = replace(current, state=InstanceState.STOPPED, message="stopped", **common)
+        return Transition(replace(stopped, stop_intent=StopIntent.REMOVE), "stopped", how)
     clean = code == 0 and current.stop_intent is not StopIntent.FAILURE
     stayed_up = current.ready_at is not None and now - current.ready_at >= reset_after_s
     # Every unexpected exit counts toward the backoff, clean ones too: an engine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -200,12 +201,14 @@ def _error_message(error: jsonschema.ValidationError, prefix: str) -> str:
         field_where = _format_path([*path, missing], prefix)
         rule = FIELD_RULES.get(missing, "is required")
         return f"{field_where}: required field is missing; it {rule}"
-    if error.validator == "propertyNames":
+    if "propertyNames" in error.schema_path:
         got = _describe(error.instance)
         return f"{where}: keys must be environment variable names (A-Z, 0-9, _), got {got}"
-    field_name = next(
-        (part for part in reversed(path) if isinstance(part, str) and part in FIELD_RULES), ""
-    )
+    # The field is the first key below the engine (env.model is about env, not model).
+    relative = path[2:] if path[:1] == ["engines"] and len(path) >= 2 else path
+    if path[:1] == ["engines"] and len(path) == 2 and error.validator == "type":
+        return f"{where}: must be an engine spec (a mapping), got {_describe(error.instance)}"
+    field_name = relative[0] if relative and isinstance(relative[0], str) else ""
     if error.validator in ("maxItems", "minItems") and field_name == "engines":
         return f"{where}: must list between 1 and 64 engines, got {len(error.instance)}"
     if error.validator == "maxLength":
@@ -248,11 +251,25 @@ def _build_engine(data: Mapping[str, Any]) -> EngineSpec:
     return EngineSpec(**values)
 
 
-def _check_shell_free(spec: EngineSpec, prefix: str) -> list[str]:
+def _field(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _check_values(spec: EngineSpec, prefix: str) -> list[str]:
+    """What JSON Schema cannot say: no NUL bytes in argv, no NaN or infinite numbers."""
     problems = []
     for index, arg in enumerate(spec.extra_args):
         if "\x00" in arg:
-            problems.append(f"{prefix}.extra_args[{index}]: must not contain NUL bytes")
+            problems.append(f"{_field(prefix, 'extra_args')}[{index}]: must not contain NUL bytes")
+    for name in ("startup_timeout_s", "gpu_memory_gb"):
+        value = getattr(spec, name)
+        if value is not None and not math.isfinite(value):
+            problems.append(f"{_field(prefix, name)}: {FIELD_RULES[name]}, got {value}")
+    if spec.restart_schedule is not None:
+        problems.append(
+            f"{_field(prefix, 'restart_schedule')}: planned restarts are not implemented yet;"
+            " remove the field (restart an engine now with `sagellm engine restart ID`)"
+        )
     return problems
 
 
@@ -260,7 +277,7 @@ def parse_engine(data: Any, prefix: str = "") -> EngineSpec:
     """Validate one engine spec (a dict from JSON or YAML) and fill in its defaults."""
     _validate(data, ENGINE_SCHEMA, prefix)
     spec = _build_engine(data)
-    problems = _check_shell_free(spec, prefix or "")
+    problems = _check_values(spec, prefix)
     if problems:
         raise SpecError(problems)
     return spec

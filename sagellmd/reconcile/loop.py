@@ -48,11 +48,18 @@ class Reconciler:
         self._executor = Executor(self.world, self._prober)
         self._scheduler = AsyncIOScheduler(event_loop=loop)
         self._stopping = False
+        self._heartbeat: Callable[[], object] | None = None
+        self._heartbeat_interval_s: float | None = None
         self.passes = 0
         self.last_pass_at: float | None = None
 
     def _on_exit(self, engine_id: str, pid: int, code: int | None, signum: int | None) -> None:
         on_exit(self.world, engine_id, pid, code, signum)
+
+    def set_heartbeat(self, beat: Callable[[], object], interval_s: float) -> None:
+        """Call `beat` after every pass, and pass at least every `interval_s` seconds."""
+        self._heartbeat = beat
+        self._heartbeat_interval_s = interval_s
 
     def wake(self) -> None:
         self._wake_event.set()
@@ -116,6 +123,10 @@ class Reconciler:
         self._scheduler.add_job(
             self._timer_fired, "interval", seconds=self.world.settings.tick_s, id="tick"
         )
+        if self._heartbeat_interval_s:
+            self._scheduler.add_job(
+                self._timer_fired, "interval", seconds=self._heartbeat_interval_s, id="heartbeat"
+            )
         self.wake()
         while not self._stopping:
             await self._wake_event.wait()
@@ -127,6 +138,10 @@ class Reconciler:
             except Exception:
                 log.exception("reconcile pass failed")
                 await asyncio.sleep(1.0)
+                continue
+            if self._heartbeat is not None:
+                # Only a pass that completed proves the loop is alive (systemd watchdog).
+                self._heartbeat()
 
     async def shutdown(self, stop_engines: bool, timeout_s: float = 4.0) -> None:
         """Stop the loop; leave the engines running unless asked to stop them."""

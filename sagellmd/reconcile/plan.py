@@ -95,9 +95,12 @@ class Plan:
         return tuple(action for action in self.actions if not isinstance(action, Wait))
 
     def to_list(self) -> list[dict[str, object]]:
+        # "engine" is the key of the API contract (docs/api.md).
         return [
             {
-                key: (value.value if isinstance(value, StopIntent) else value)
+                ("engine" if key == "engine_id" else key): (
+                    value.value if isinstance(value, StopIntent) else value
+                )
                 for key, value in vars(action).items()
             }
             for action in self.actions
@@ -129,7 +132,8 @@ def _plan_engine(
         if state is InstanceState.UNHEALTHY:
             return Stop(engine.id, instance.message or "unhealthy", StopIntent.FAILURE)
         if state is InstanceState.STARTING:
-            deadline = (instance.started_at or now) + spec.startup_timeout_s
+            started_at = now if instance.started_at is None else instance.started_at
+            deadline = started_at + spec.startup_timeout_s
             if now >= deadline:
                 return Stop(
                     engine.id,
@@ -141,14 +145,17 @@ def _plan_engine(
     if changed:
         return Start(engine.id, "spec changed")
     if state is InstanceState.BACKOFF:
-        due = (instance.exited_at or now) + backoff_delay(
-            instance.failures, backoff.base_s, backoff.max_s
-        )
+        exited_at = now if instance.exited_at is None else instance.exited_at
+        due = exited_at + backoff_delay(instance.failures, backoff.base_s, backoff.max_s)
         if now >= due:
             return Restart(engine.id, f"crash #{instance.failures} in a row")
         return Wait(engine.id, f"backoff after crash #{instance.failures}", due)
     if _restart_requested(engine, instance):
         return Start(engine.id, "restart requested")
+    if state is InstanceState.STOPPED and instance.stop_intent is StopIntent.REMOVE:
+        # Stopped because it was removed or replaced, not by its restart policy:
+        # it is desired again (e.g. unset then set before the old process exited).
+        return Start(engine.id, "desired again")
     return None
 
 

@@ -134,12 +134,15 @@ class Store:
         with self.session() as session:
             return session.scalar(select(func.max(GenerationRow.id))) or 0
 
-    def _check_ports(self, session: Session, specs: dict[str, EngineSpec]) -> None:
+    def _check_ports(
+        self, session: Session, specs: dict[str, EngineSpec], replacing_preset: str | None = None
+    ) -> None:
         """Two desired engines may not ask for the same fixed port."""
         others = session.scalars(select(DesiredEngineRow)).all()
         claimed: dict[int, str] = {}
         for row in others:
-            if row.id in specs:
+            # A preset being set replaces all its engines, so their ports are free to take.
+            if row.id in specs or (replacing_preset and row.preset == replacing_preset):
                 continue
             port = json.loads(row.spec).get("port")
             if port is not None:
@@ -182,7 +185,7 @@ class Store:
         now = self._clock()
         specs = {engine_id(preset.name, spec.name): spec for spec in preset.engines}
         with self.session() as session, session.begin():
-            self._check_ports(session, specs)
+            self._check_ports(session, specs, replacing_preset=preset.name)
             existing = session.get(ActivePresetRow, preset.name)
             document = json.dumps(preset.to_dict(), sort_keys=True)
             if existing is None:

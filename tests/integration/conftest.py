@@ -55,6 +55,7 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = home / "daemon.log"
         self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.extra_env: dict[str, str] = {}
         home.mkdir(parents=True, exist_ok=True)
         (home / "config.yaml").write_text(yaml.safe_dump(config))
 
@@ -65,6 +66,7 @@ class Daemon:
             {"SAGELLM_HOME": str(self.home), "SAGELLM_URL": self.url, "SAGELLM_LOG_LEVEL": "debug"}
         )
         env.pop("SAGELLM_TOKEN", None)
+        env.update(self.extra_env)
         return env
 
     def start(self, wait: bool = True) -> None:

@@ -21,7 +21,7 @@ def test_preset_set_answers_before_the_engine_is_up_then_it_becomes_ready(daemon
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["generation"] == 1
-    assert [(a["action"], a["engine_id"]) for a in body["plan"]] == [("start", "p.chat")]
+    assert [(a["action"], a["engine"]) for a in body["plan"]] == [("start", "p.chat")]
     assert answered_after < 1.0
     assert daemon.engine("p.chat")["state"] in ("pending", "starting")
     entry = daemon.wait_state("p.chat", "ready")

@@ -1,0 +1,221 @@
+"""Owns the tests of sagellmd/config.py: defaults < config.yaml < environment < flags."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from sagellmd.config import DEFAULT_RUNTIMES, Settings, load_settings
+from sagellmd.errors import ConfigError
+
+FULL_CONFIG = """\
+api:
+  host: 0.0.0.0
+  port: 9999
+gpus: "0,1"
+ports:
+  start: 30000
+  end: 30100
+restart:
+  backoff_base_s: 2
+  backoff_max_s: 120
+  reset_after_s: 60
+probes:
+  startup_probe_interval_s: 0.5
+  liveness_interval_s: 3
+  liveness_failures: 5
+  probe_timeout_s: 1.5
+stop_grace_s: 20
+tick_s: 15
+stop_engines_on_exit: yes
+runtimes:
+  mine:
+    command: [python, -m, my.server]
+  vllm:
+    command: [/opt/vllm/bin/python, -m, vllm.entrypoints.openai.api_server]
+"""
+
+
+def load(home: Path, config: str | None = None, environ=None, **flags) -> Settings:
+    if config is not None:
+        (home / "config.yaml").write_text(config)
+    return load_settings(home=home, environ=environ or {}, **flags)
+
+
+def test_defaults(tmp_path):
+    settings = load(tmp_path)
+    assert settings.home == tmp_path.resolve()
+    assert (settings.api_host, settings.api_port) == ("127.0.0.1", 8765)
+    assert settings.api_url == "http://127.0.0.1:8765"
+    assert settings.gpus == "auto"
+    assert (settings.port_start, settings.port_end) == (20000, 20999)
+    assert (settings.backoff_base_s, settings.backoff_max_s, settings.reset_after_s) == (
+        1.0, 300.0, 600.0)
+    assert settings.liveness_failures == 3
+    assert settings.stop_engines_on_exit is False
+    assert dict(settings.runtimes) == {k: tuple(v) for k, v in DEFAULT_RUNTIMES.items()}
+    assert settings.db_path == tmp_path.resolve() / "sagellm.db"
+    assert settings.logs_dir == tmp_path.resolve() / "logs"
+    assert settings.token_path.name == "token"
+    assert settings.lock_path.name == "sagellmd.lock"
+
+
+def test_empty_config_file_means_defaults(tmp_path):
+    assert load(tmp_path, "") == load_settings(home=tmp_path, environ={})
+    assert load(tmp_path, "# nothing\n").api_port == 8765
+
+
+def test_config_file_values(tmp_path):
+    settings = load(tmp_path, FULL_CONFIG)
+    assert (settings.api_host, settings.api_port) == ("0.0.0.0", 9999)
+    assert settings.gpus == "0,1"
+    assert (settings.port_start, settings.port_end) == (30000, 30100)
+    assert (settings.backoff_base_s, settings.backoff_max_s, settings.reset_after_s) == (
+        2.0, 120.0, 60.0)
+    assert (settings.startup_probe_interval_s, settings.liveness_interval_s,
+            settings.liveness_failures, settings.probe_timeout_s) == (0.5, 3.0, 5, 1.5)
+    assert (settings.stop_grace_s, settings.tick_s) == (20.0, 15.0)
+    assert settings.stop_engines_on_exit is True
+    assert settings.runtimes["mine"] == ("python", "-m", "my.server")
+    assert settings.runtimes["vllm"][0] == "/opt/vllm/bin/python"
+    assert settings.runtimes["embedding"] == tuple(DEFAULT_RUNTIMES["embedding"])
+
+
+def test_config_file_from_flag_and_from_environment(tmp_path):
+    other = tmp_path / "elsewhere.yaml"
+    other.write_text("api: {port: 7001}\n")
+    (tmp_path / "config.yaml").write_text("api: {port: 7000}\n")
+    assert load_settings(home=tmp_path, environ={}).api_port == 7000
+    assert load_settings(home=tmp_path, config_file=other, environ={}).api_port == 7001
+    assert load_settings(home=tmp_path, environ={"SAGELLM_CONFIG": str(other)}).api_port == 7001
+
+
+def test_missing_config_flag_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="--config .*nope.yaml: no such file"):
+        load_settings(home=tmp_path, config_file=tmp_path / "nope.yaml", environ={})
+
+
+def test_environment_overrides_config(tmp_path):
+    environ = {"SAGELLM_API_HOST": "::1", "SAGELLM_API_PORT": "8001", "SAGELLM_GPUS": "none",
+               "SAGELLM_PORTS": "40000-40010", "SAGELLM_STOP_ENGINES_ON_EXIT": "false"}
+    settings = load(tmp_path, FULL_CONFIG, environ)
+    assert (settings.api_host, settings.api_port, settings.gpus) == ("::1", 8001, "none")
+    assert (settings.port_start, settings.port_end) == (40000, 40010)
+    assert settings.stop_engines_on_exit is False
+    assert settings.api_url == "http://[::1]:8001"
+    # What the environment does not name keeps the file's value.
+    assert settings.backoff_base_s == 2.0
+
+
+def test_single_port_in_the_environment(tmp_path):
+    settings = load(tmp_path, environ={"SAGELLM_PORTS": "40000"})
+    assert (settings.port_start, settings.port_end) == (40000, 40000)
+
+
+def test_flags_override_environment(tmp_path):
+    environ = {"SAGELLM_API_HOST": "0.0.0.0", "SAGELLM_API_PORT": "8001"}
+    settings = load(tmp_path, FULL_CONFIG, environ, host="127.0.0.2", port=8002)
+    assert (settings.api_host, settings.api_port) == ("127.0.0.2", 8002)
+
+
+def test_home_is_expanded_and_resolved(tmp_path):
+    settings = load_settings(home=tmp_path / "a" / ".." / "b", environ={})
+    assert settings.home == (tmp_path / "b").resolve()
+
+
+# (config.yaml text, environment, expected part of the message)
+BAD = [
+    ("unknown-key", "colour: red\n", {}, "unknown key(s) colour; known: api,"),
+    ("ports-end-before-start", "ports: {start: 200, end: 100}\n", {},
+     "ports: end (100) must be >= start (200)"),
+    ("ports-start-after-default-end", "ports: {start: 30000}\n", {},
+     "ports: end (20999) must be >= start (30000)"),
+    ("runtime-command-string", "runtimes: {mine: {command: python -m x}}\n", {},
+     "runtimes.mine.command: must be a non-empty list of strings"),
+    ("runtime-command-empty", "runtimes: {mine: {command: []}}\n", {},
+     "runtimes.mine.command: must be a non-empty list of strings"),
+    ("runtime-command-number", "runtimes: {mine: {command: [python, 3]}}\n", {},
+     "runtimes.mine.command: must be a non-empty list of strings"),
+    ("runtime-not-mapping", "runtimes: {mine: [python]}\n", {}, "runtimes.mine: must be a mapping"),
+    ("api-port-abc", "api: {port: abc}\n", {}, "api.port: must be an integer, got 'abc'"),
+    ("api-port-zero", "api: {port: 0}\n", {}, "api.port: must be >= 1, got 0"),
+    ("api-port-bool", "api: {port: true}\n", {}, "api.port: must be an integer, got True"),
+    ("api-not-mapping", "api: 8765\n", {}, "api: must be a mapping, got 8765"),
+    ("ports-start-abc", "ports: {start: abc}\n", {}, "ports.start: must be an integer"),
+    ("negative-backoff", "restart: {backoff_base_s: -1}\n", {},
+     "restart.backoff_base_s: must be >= 0, got -1"),
+    ("probe-not-number", "probes: {liveness_failures: many}\n", {},
+     "probes.liveness_failures: must be an integer, got 'many'"),
+    ("stop-grace-negative", "stop_grace_s: -5\n", {}, "stop_grace_s: must be >= 0"),
+    ("document-a-list", "- api\n", {}, "must be a mapping, got ['api']"),
+    ("not-yaml", "api: [unclosed\n", {}, "not valid YAML"),
+    ("env-api-port-abc", None, {"SAGELLM_API_PORT": "abc"},
+     "environment: api.port: must be an integer, got 'abc'"),
+    ("env-ports-abc", None, {"SAGELLM_PORTS": "a-b"}, "environment: ports.start: must be an integer"),
+    ("env-ports-reversed", None, {"SAGELLM_PORTS": "30010-30000"},
+     "ports: end (30000) must be >= start (30010)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "environ", "expected"),
+    [pytest.param(config, environ, expected, id=case) for case, config, environ, expected in BAD],
+)
+def test_bad_values_name_the_key(tmp_path, config, environ, expected):
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, config, environ)
+    assert expected in str(caught.value)
+    if config is not None and "ports: end" not in expected:
+        assert str(tmp_path.resolve() / "config.yaml") in str(caught.value)
+
+
+def test_runtime_command_maps_python_to_this_interpreter(tmp_path):
+    settings = load(tmp_path, FULL_CONFIG)
+    assert settings.runtime_command("mine") == [sys.executable, "-m", "my.server"]
+    assert settings.runtime_command("embedding") == [
+        sys.executable, "-m", "sagellmd.engines.embedding"]
+    # An explicit interpreter path is kept as written.
+    assert settings.runtime_command("vllm")[0] == "/opt/vllm/bin/python"
+    # The template itself is not changed.
+    assert settings.runtimes["mine"][0] == "python"
+
+
+def test_runtime_command_maps_python3_too(tmp_path):
+    settings = load(tmp_path, "runtimes: {x: {command: [python3, serve.py]}}\n")
+    assert settings.runtime_command("x") == [sys.executable, "serve.py"]
+
+
+def test_runtime_command_leaves_other_programs_alone(tmp_path):
+    settings = load(tmp_path, "runtimes: {x: {command: [llama-server, --port, python]}}\n")
+    assert settings.runtime_command("x") == ["llama-server", "--port", "python"]
+
+
+def test_runtime_command_of_an_unknown_runtime(tmp_path):
+    with pytest.raises(KeyError):
+        load(tmp_path).runtime_command("nope")
+
+
+# -- bugs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "environ"),
+    [("stop_engines_on_exit: maybe\n", {}), (None, {"SAGELLM_STOP_ENGINES_ON_EXIT": "maybe"})],
+    ids=["file", "environment"],
+)
+def test_bad_stop_engines_on_exit_names_the_key(tmp_path, config, environ):
+    with pytest.raises(ConfigError, match="stop_engines_on_exit: must be true or false"):
+        load(tmp_path, config, environ)
+
+
+@pytest.mark.parametrize("config", ["api: {port: 70000}\n", "ports: {start: 65000, end: 70000}\n"])
+def test_ports_above_65535_are_rejected(tmp_path, config):
+    with pytest.raises(ConfigError):
+        load(tmp_path, config)
+
+
+def test_fractional_port_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="api.port"):
+        load(tmp_path, "api: {port: 8765.5}\n")

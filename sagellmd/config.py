@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from sagellmd.errors import ConfigError
+from sagellmd.gpu.inventory import parse_gpu_setting
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 8765
@@ -52,6 +53,9 @@ class Settings:
     probe_timeout_s: float = 2.0
     tick_s: float = 30.0
     stop_engines_on_exit: bool = False
+    headroom: float = 0.95
+    kv_cache_gb: float = 4.0
+    overhead_gb: float = 1.0
     runtimes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
@@ -121,6 +125,7 @@ def _mapping(value: Any, where: str) -> Mapping[str, Any]:
 
 
 KNOWN_KEYS = {
+    "placement",
     "api",
     "gpus",
     "ports",
@@ -147,6 +152,24 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
         changes["api_port"] = _number(api["port"], f"{where}: api.port", int, 1, 65535)
     if "gpus" in data:
         changes["gpus"] = str(data["gpus"])
+        try:
+            parse_gpu_setting(changes["gpus"])
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.message}") from None
+    placement = _mapping(data.get("placement"), f"{where}: placement")
+    unknown_placement = sorted(set(placement) - {"headroom", "kv_cache_gb", "overhead_gb"})
+    if unknown_placement:
+        raise ConfigError(
+            f"{where}: placement: unknown key(s) {', '.join(unknown_placement)};"
+            " known: headroom, kv_cache_gb, overhead_gb"
+        )
+    if "headroom" in placement:
+        changes["headroom"] = _number(
+            placement["headroom"], f"{where}: placement.headroom", float, 0.05, 1.0
+        )
+    for key in ("kv_cache_gb", "overhead_gb"):
+        if key in placement:
+            changes[key] = _number(placement[key], f"{where}: placement.{key}", float, 0)
     ports = _mapping(data.get("ports"), f"{where}: ports")
     if "start" in ports:
         changes["port_start"] = _number(ports["start"], f"{where}: ports.start", int, 1, 65535)

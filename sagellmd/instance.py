@@ -22,6 +22,8 @@ class InstanceState(StrEnum):
 LIVE_STATES = frozenset({InstanceState.STARTING, InstanceState.READY, InstanceState.UNHEALTHY})
 # A process may exist in these states (STOPPING: it is on its way out).
 PROCESS_STATES = LIVE_STATES | {InstanceState.STOPPING}
+# A crash-looping engine keeps its GPU memory so nothing else takes it between restarts.
+RESERVING_STATES = PROCESS_STATES | {InstanceState.BACKOFF}
 
 
 class StopIntent(StrEnum):
@@ -51,6 +53,13 @@ class Instance:
     ready_at: float | None = None
     exited_at: float | None = None
     stop_intent: StopIntent | None = None
+    gpus: tuple[int, ...] = ()
+    gpu_bytes: int = 0
+
+    @property
+    def holds_gpus(self) -> bool:
+        """Its GPU reservation stands (released once stopped, failed or pending)."""
+        return bool(self.gpus) and self.state in RESERVING_STATES
 
 
 @dataclass(frozen=True)
@@ -121,8 +130,10 @@ def begin_start(
     port: int,
     now: float,
     counts_as_restart: bool,
+    gpus: tuple[int, ...] = (),
+    gpu_bytes: int = 0,
 ) -> Transition:
-    """Intent to spawn: written before the process exists."""
+    """Intent to spawn, with the GPUs reserved for it: written before the process exists."""
     _check(current, InstanceState.STARTING)
     replaced = current is not None and current.spec_hash != spec_hash
     base = current if current is not None and not replaced else None
@@ -140,11 +151,15 @@ def begin_start(
         last_exit_signal=base.last_exit_signal if base else None,
         exited_at=base.exited_at if base else None,
         started_at=now,
+        gpus=gpus,
+        gpu_bytes=gpu_bytes,
     )
     kind = "restarting" if counts_as_restart else "starting"
-    return Transition(
-        instance, kind, f"port {port}" + (f", restart #{restarts}" if counts_as_restart else "")
-    )
+    note = f", restart #{restarts}" if counts_as_restart else ""
+    if gpus:
+        placed = ",".join(f"GPU{gpu}" for gpu in gpus)
+        note += f", {placed} x {gpu_bytes / 1024**3:.1f} GiB"
+    return Transition(instance, kind, f"port {port}{note}")
 
 
 def spawned(current: Instance, pid: int, create_time: float) -> Transition:

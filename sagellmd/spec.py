@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import jsonschema
@@ -135,7 +136,7 @@ class EngineSpec:
         data["metadata"] = dict(self.metadata)
         return data
 
-    @property
+    @cached_property
     def spec_hash(self) -> str:
         """Hash of the fields that shape the process; equal hashes need no restart."""
         data = self.to_dict()

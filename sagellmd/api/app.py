@@ -31,6 +31,7 @@ ROUTES = [
     Route("/v1/presets/{name}", desired_routes.delete_preset, methods=["DELETE"]),
     Route("/v1/events", events_routes.events, methods=["GET"]),
     Route("/v1/generations", events_routes.generations, methods=["GET"]),
+    Route("/v1/gpus", read_routes.gpus, methods=["GET"]),
 ]
 
 

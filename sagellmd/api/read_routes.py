@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -10,8 +11,10 @@ from starlette.responses import JSONResponse
 from sagellmd import __version__
 from sagellmd.api.body import query_number
 from sagellmd.api.context import ApiContext
+from sagellmd.api.gpu_views import gpus_document
 from sagellmd.api.views import engine_entries, engine_entry
 from sagellmd.errors import NotFoundError
+from sagellmd.reconcile.actions import DesiredEngine
 from sagellmd.runtime.logs import log_path, tail_lines
 from sagellmd.store.repository import iso
 
@@ -20,15 +23,13 @@ def _ctx(request: Request) -> ApiContext:
     return request.app.state.ctx
 
 
-def gpu_summary(ctx: ApiContext) -> dict[str, object]:
-    mode = ctx.settings.gpus
-    # GPU inventory and placement come with their own issue; until then the daemon
-    # runs CPU engines only and says so instead of pretending to see GPUs.
-    return {
-        "mode": mode,
-        "devices": [],
-        "message": "no GPUs (GPU inventory and placement are not implemented yet)",
-    }
+def gpu_summary(ctx: ApiContext) -> dict[str, Any]:
+    world = ctx.reconciler.world
+    return gpus_document(world.inventory, world.gpu_view, world.instances)
+
+
+def _estimates(ctx: ApiContext, desired: list[DesiredEngine]) -> dict[str, Any]:
+    return {e.id: ctx.reconciler.estimates.get(e) for e in desired if e.spec.wants_gpu}
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -52,15 +53,22 @@ async def status(request: Request) -> JSONResponse:
             },
             "gpus": gpu_summary(ctx),
             "presets": [preset.name for preset in ctx.store.active_presets()],
-            "engines": engine_entries(desired, ctx.reconciler.world.instances),
+            "engines": engine_entries(
+                desired, ctx.reconciler.world.instances, _estimates(ctx, desired)
+            ),
         }
     )
 
 
 async def list_engines(request: Request) -> JSONResponse:
     ctx = _ctx(request)
+    desired = ctx.store.desired()
     return JSONResponse(
-        {"engines": engine_entries(ctx.store.desired(), ctx.reconciler.world.instances)}
+        {
+            "engines": engine_entries(
+                desired, ctx.reconciler.world.instances, _estimates(ctx, desired)
+            )
+        }
     )
 
 
@@ -69,7 +77,8 @@ def find_engine(ctx: ApiContext, engine_id: str) -> dict[str, object]:
     instance = ctx.reconciler.world.instances.get(engine_id)
     if desired is None and instance is None:
         raise NotFoundError(f"no engine {engine_id!r}; `sagellm engine list` shows the engines")
-    return engine_entry(engine_id, desired, instance)
+    estimate = ctx.reconciler.estimates.get(desired) if desired and desired.spec.wants_gpu else None
+    return engine_entry(engine_id, desired, instance, estimate)
 
 
 async def get_engine(request: Request) -> JSONResponse:
@@ -83,3 +92,7 @@ async def engine_logs(request: Request) -> JSONResponse:
     tail = int(query_number(request, "tail", 100, minimum=0, maximum=10000) or 0)
     path = log_path(ctx.settings.logs_dir, engine_id)
     return JSONResponse({"engine": engine_id, "path": str(path), "lines": tail_lines(path, tail)})
+
+
+async def gpus(request: Request) -> JSONResponse:
+    return JSONResponse(gpu_summary(_ctx(request)))

@@ -5,16 +5,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sagellmd.gpu.estimate import GIB, MemoryEstimate
 from sagellmd.instance import Instance
 from sagellmd.reconcile.plan import DesiredEngine
 from sagellmd.store.repository import iso
 
 
+def _estimate(estimate: MemoryEstimate | str | None) -> dict[str, Any] | None:
+    if estimate is None:
+        return None
+    if isinstance(estimate, str):
+        return {"gb": None, "source": None, "detail": estimate}
+    return {
+        "gb": round(estimate.per_gpu_gb, 2),
+        "source": estimate.source,
+        "detail": estimate.detail,
+    }
+
+
 def engine_entry(
-    engine_id: str, desired: DesiredEngine | None, instance: Instance | None
+    engine_id: str,
+    desired: DesiredEngine | None,
+    instance: Instance | None,
+    estimate: MemoryEstimate | str | None = None,
 ) -> dict[str, Any]:
     """One engine as `/v1/status` and `/v1/engines` show it."""
     spec = desired.spec if desired else None
+    holds = instance is not None and instance.holds_gpus
     last_exit = None
     if instance is not None and instance.exited_at is not None:
         last_exit = {
@@ -38,7 +55,9 @@ def engine_entry(
         "state": state,
         "pid": instance.pid if instance else None,
         "port": instance.port if instance else (spec.port if spec else None),
-        "gpus": [],
+        "gpus": list(instance.gpus) if holds and instance else [],
+        "gpu_memory_gb": round(instance.gpu_bytes / GIB, 2) if holds and instance else None,
+        "memory_estimate": _estimate(estimate),
         "restarts": instance.restarts if instance else 0,
         "message": message,
         "generation": instance.generation if instance else None,
@@ -53,10 +72,15 @@ def engine_entry(
 
 
 def engine_entries(
-    desired: list[DesiredEngine], instances: Mapping[str, Instance]
+    desired: list[DesiredEngine],
+    instances: Mapping[str, Instance],
+    estimates: Mapping[str, MemoryEstimate | str] | None = None,
 ) -> list[dict[str, Any]]:
     by_id = {engine.id: engine for engine in desired}
+    estimates = estimates or {}
     return [
-        engine_entry(engine_id, by_id.get(engine_id), instances.get(engine_id))
+        engine_entry(
+            engine_id, by_id.get(engine_id), instances.get(engine_id), estimates.get(engine_id)
+        )
         for engine_id in sorted(set(by_id) | set(instances))
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from sagellmd.gpu.placement import memory_fraction
 from sagellmd.instance import (
     PROCESS_STATES,
     InstanceState,
@@ -15,19 +16,20 @@ from sagellmd.instance import (
     spawn_failed,
     spawned,
 )
-from sagellmd.reconcile.observe import Prober, on_exit
-from sagellmd.reconcile.plan import (
+from sagellmd.reconcile.actions import (
     Action,
     DesiredEngine,
     Forget,
+    Pend,
     Replace,
     Restart,
     Start,
     Stop,
     Wait,
 )
+from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.world import World
-from sagellmd.runtime.argv import build_argv, build_env
+from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
 from sagellmd.runtime.logs import log_path
 from sagellmd.runtime.ports import pick_port, port_is_free
 from sagellmd.runtime.process import spawn
@@ -46,7 +48,9 @@ class Executor:
         self, action: Action, desired: Mapping[str, DesiredEngine], generation: int
     ) -> None:
         if isinstance(action, Start | Restart):
-            self._start(desired[action.engine_id], generation, isinstance(action, Restart))
+            self._start(desired[action.engine_id], generation, action)
+        elif isinstance(action, Pend):
+            self._pend(desired[action.engine_id], generation, action.reason)
         elif isinstance(action, Stop):
             self._stop(action.engine_id, action.intent, action.reason)
         elif isinstance(action, Replace):
@@ -88,24 +92,29 @@ class Executor:
             return None, f"no free port in {settings.port_start}-{settings.port_end}"
         return port, ""
 
-    def _start(self, engine: DesiredEngine, generation: int, counts_as_restart: bool) -> None:
+    def _pend(self, engine: DesiredEngine, generation: int, reason: str) -> None:
+        """Record that it waits, once per distinct reason (passes repeat often)."""
+        current = self._world.instances.get(engine.id)
+        if (
+            current is not None
+            and current.state is InstanceState.PENDING
+            and current.message == reason
+        ):
+            return
+        self._world.record(
+            made_pending(current, engine.id, engine.spec.spec_hash, generation, reason)
+        )
+
+    def _start(self, engine: DesiredEngine, generation: int, action: Start | Restart) -> None:
         world, settings, spec = self._world, self._world.settings, engine.spec
         current = world.instances.get(engine.id)
         port, why = self._choose_port(engine)
         if port is None:
-            if (
-                current is None
-                or current.state is not InstanceState.PENDING
-                or current.message != why
-            ):
-                world.record(made_pending(current, engine.id, spec.spec_hash, generation, why))
+            self._pend(engine, generation, why)
             return
         if spec.runtime not in settings.runtimes:
-            reason = (
-                f"runtime {spec.runtime!r} is not configured (known: "
-                f"{', '.join(sorted(settings.runtimes))})"
-            )
-            world.record(made_pending(current, engine.id, spec.spec_hash, generation, reason))
+            known = ", ".join(sorted(settings.runtimes))
+            self._pend(engine, generation, f"runtime {spec.runtime!r} is not configured ({known})")
             return
         starting = world.record(
             begin_start(
@@ -115,12 +124,18 @@ class Executor:
                 generation,
                 port,
                 world.clock(),
-                counts_as_restart,
+                isinstance(action, Restart),
+                action.gpus,
+                action.gpu_bytes,
             ),
             generation,
         )
-        argv = build_argv(spec, settings, engine.id, port)
-        env = build_env(spec, settings, engine.id, port)
+        assignment = None
+        if action.gpus:
+            capacities = [gpu for gpu in world.gpu_view.gpus if gpu.index in action.gpus]
+            assignment = GpuAssignment(action.gpus, memory_fraction(action.gpu_bytes, capacities))
+        argv = build_argv(spec, settings, engine.id, port, assignment)
+        env = build_env(spec, settings, engine.id, port, assignment)
         try:
             popen = spawn(argv, env, log_path(settings.logs_dir, engine.id))
         except OSError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -12,9 +13,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from sagellmd.config import Settings
 from sagellmd.events import EventHub
+from sagellmd.gpu.accounting import EstimateCache, build_view, gpu_needs, process_tree
+from sagellmd.gpu.estimate import EstimateSettings
+from sagellmd.gpu.inventory import read_inventory
 from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
+from sagellmd.reconcile.actions import DesiredEngine, Pend
 from sagellmd.reconcile.executor import Executor
 from sagellmd.reconcile.observe import Prober, on_exit
+from sagellmd.reconcile.placing import GpuView
 from sagellmd.reconcile.plan import BackoffPolicy, Plan, Stop, Wait, plan_actions
 from sagellmd.reconcile.recovery import recover
 from sagellmd.reconcile.world import World
@@ -22,6 +28,8 @@ from sagellmd.runtime.process import ProcessWatcher
 from sagellmd.store.repository import Store
 
 log = logging.getLogger(__name__)
+
+PENDING_RECHECK_S = 5.0
 
 
 class Reconciler:
@@ -46,6 +54,7 @@ class Reconciler:
         )
         self._prober = Prober(self.world)
         self._executor = Executor(self.world, self._prober)
+        self.estimates = EstimateCache(EstimateSettings(settings.kv_cache_gb, settings.overhead_gb))
         self._scheduler = AsyncIOScheduler(event_loop=loop)
         self._stopping = False
         self._heartbeat: Callable[[], object] | None = None
@@ -69,26 +78,45 @@ class Reconciler:
 
     def recover(self) -> None:
         recover(self.world, self._prober)
+        self.observe_gpus(self.world.store.desired())
 
-    def current_plan(self) -> Plan:
+    def observe_gpus(self, desired: list[DesiredEngine]) -> GpuView:
+        """Read the GPU inventory and turn it into what placement sees, for this pass."""
+        world = self.world
+        world.inventory = read_inventory(world.settings.gpus)
+        ours = (
+            process_tree(
+                instance.pid for instance in world.instances.values() if instance.pid is not None
+            )
+            if world.inventory.devices and not world.inventory.simulated
+            else set()
+        )
+        world.gpu_view = build_view(
+            world.inventory, desired, self.estimates, ours, world.settings.headroom
+        )
+        return world.gpu_view
+
+    def _plan(self, desired: list[DesiredEngine], view: GpuView) -> Plan:
         settings = self.world.settings
         return plan_actions(
-            self.world.store.desired(),
+            desired,
             self.world.instances,
             self.world.clock(),
             BackoffPolicy(settings.backoff_base_s, settings.backoff_max_s),
+            view,
         )
+
+    def current_plan(self) -> Plan:
+        """What the next pass would do (no inventory read: the last one stands)."""
+        desired = self.world.store.desired()
+        needs = gpu_needs(desired, self.estimates)
+        return self._plan(desired, dataclasses.replace(self.world.gpu_view, needs=needs))
 
     def reconcile_once(self) -> Plan:
         """One pass; running it again with nothing changed does nothing more."""
-        desired = {engine.id: engine for engine in self.world.store.desired()}
-        settings = self.world.settings
-        plan = plan_actions(
-            list(desired.values()),
-            self.world.instances,
-            self.world.clock(),
-            BackoffPolicy(settings.backoff_base_s, settings.backoff_max_s),
-        )
+        desired_list = self.world.store.desired()
+        desired = {engine.id: engine for engine in desired_list}
+        plan = self._plan(desired_list, self.observe_gpus(desired_list))
         generation = self.world.store.current_generation()
         before = dict(self.world.instances)
         for action in plan.actions:
@@ -103,6 +131,10 @@ class Reconciler:
             # Acting changed the world (a start sets a deadline, a stop frees a
             # port): plan again at once rather than waiting for the next wake.
             self.wake()
+        elif any(isinstance(action, Pend) for action in plan.actions):
+            # Waiting for GPU memory: memory held by other processes can go away
+            # without any event of ours, so look again soon.
+            self._wake_at("pending-gpu", self.world.clock() + PENDING_RECHECK_S)
         self.passes += 1
         self.last_pass_at = self.world.clock()
         return plan

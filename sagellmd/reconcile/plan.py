@@ -3,108 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from sagellmd.instance import Instance, InstanceState, StopIntent
+from sagellmd.reconcile.actions import (
+    Action,
+    BackoffPolicy,
+    DesiredEngine,
+    Forget,
+    Pend,
+    Plan,
+    Replace,
+    Restart,
+    Start,
+    Stop,
+    Wait,
+)
 from sagellmd.reconcile.backoff import backoff_delay
-from sagellmd.spec import EngineSpec
+from sagellmd.reconcile.placing import GpuView, place_starts
 
-
-@dataclass(frozen=True)
-class DesiredEngine:
-    """One engine of the desired state, as the planner sees it."""
-
-    id: str
-    preset: str | None
-    spec: EngineSpec
-    restart_requested_at: float | None = None
-
-
-@dataclass(frozen=True)
-class BackoffPolicy:
-    base_s: float = 1.0
-    max_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class Start:
-    """Spawn the engine's process (first start, or after a stop or a replace)."""
-
-    engine_id: str
-    reason: str
-    action: str = "start"
-
-
-@dataclass(frozen=True)
-class Restart:
-    """Spawn the engine again after a crash, its backoff delay having passed."""
-
-    engine_id: str
-    reason: str
-    action: str = "restart"
-
-
-@dataclass(frozen=True)
-class Stop:
-    """Stop the engine's process group; `intent` says what its exit will mean."""
-
-    engine_id: str
-    reason: str
-    intent: StopIntent = StopIntent.REMOVE
-    action: str = "stop"
-
-
-@dataclass(frozen=True)
-class Replace:
-    """The spec changed: stop the old process; a later pass starts the new one."""
-
-    engine_id: str
-    reason: str
-    action: str = "replace"
-
-
-@dataclass(frozen=True)
-class Forget:
-    """Drop the record of an engine that is no longer desired and has no process."""
-
-    engine_id: str
-    reason: str
-    action: str = "forget"
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Nothing to do until `until` (a startup deadline or a backoff delay)."""
-
-    engine_id: str
-    reason: str
-    until: float
-    action: str = "wait"
-
-
-Action = Start | Restart | Stop | Replace | Forget | Wait
-
-
-@dataclass(frozen=True)
-class Plan:
-    actions: tuple[Action, ...]
-
-    @property
-    def changes(self) -> tuple[Action, ...]:
-        """The actions that do something now (everything but waits)."""
-        return tuple(action for action in self.actions if not isinstance(action, Wait))
-
-    def to_list(self) -> list[dict[str, object]]:
-        # "engine" is the key of the API contract (docs/api.md).
-        return [
-            {
-                ("engine" if key == "engine_id" else key): (
-                    value.value if isinstance(value, StopIntent) else value
-                )
-                for key, value in vars(action).items()
-            }
-            for action in self.actions
-        ]
+__all__ = [
+    "Action",
+    "BackoffPolicy",
+    "DesiredEngine",
+    "Forget",
+    "GpuView",
+    "Pend",
+    "Plan",
+    "Replace",
+    "Restart",
+    "Start",
+    "Stop",
+    "Wait",
+    "plan_actions",
+]
 
 
 def _restart_requested(engine: DesiredEngine, instance: Instance) -> bool:
@@ -164,8 +95,13 @@ def plan_actions(
     observed: Mapping[str, Instance],
     now: float,
     backoff: BackoffPolicy = BackoffPolicy(),
+    gpus: GpuView | None = None,
 ) -> Plan:
-    """What should happen now to make `observed` match `desired`; no I/O."""
+    """What should happen now to make `observed` match `desired`; no I/O.
+
+    With `gpus`, starts of engines that want GPUs are placed (or made to wait);
+    without it, placement is left out (engines start with no GPU accounting).
+    """
     actions: list[Action] = []
     wanted = {engine.id: engine for engine in desired}
     for engine_id in sorted(set(wanted) | set(observed)):
@@ -185,4 +121,6 @@ def plan_actions(
         action = _plan_engine(engine, instance, now, backoff)
         if action is not None:
             actions.append(action)
+    if gpus is not None:
+        actions = place_starts(actions, wanted, observed, gpus)
     return Plan(tuple(actions))

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 from sagellmd.config import Settings
 from sagellmd.events import EventHub
+from sagellmd.gpu.inventory import GpuInventory
 from sagellmd.instance import Instance, Transition
+from sagellmd.reconcile.placing import GpuView
 from sagellmd.runtime.process import ProcessWatcher
 from sagellmd.store.repository import Store
 
@@ -27,6 +29,8 @@ class World:
     clock: Callable[[], float] = time.time
     instances: dict[str, Instance] = field(default_factory=dict)
     wake: Callable[[], None] = lambda: None
+    inventory: GpuInventory = field(default_factory=lambda: GpuInventory("none"))
+    gpu_view: GpuView = field(default_factory=lambda: GpuView(()))
 
     def record(self, transition: Transition, generation: int | None = None) -> Instance:
         """Persist the new instance value with its event, then let watchers know."""

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from sagellmd.config import Settings
 from sagellmd.spec import EngineSpec
 
 ENGINE_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class GpuAssignment:
+    """The GPUs reserved for an engine and the share of each it may use."""
+
+    gpus: tuple[int, ...]
+    memory_fraction: float
 
 
 def _fill(template: list[str], values: Mapping[str, str]) -> list[str]:
@@ -20,8 +29,8 @@ def _fill(template: list[str], values: Mapping[str, str]) -> list[str]:
     return filled
 
 
-def vllm_flags(spec: EngineSpec, port: int) -> list[str]:
-    return [
+def vllm_flags(spec: EngineSpec, port: int, assignment: GpuAssignment | None) -> list[str]:
+    flags = [
         "--model",
         spec.model,
         "--host",
@@ -35,17 +44,27 @@ def vllm_flags(spec: EngineSpec, port: int) -> list[str]:
         "--max-num-seqs",
         str(spec.max_concurrent_requests),
     ]
+    if assignment is not None:
+        # vLLM sizes its KV cache to this share of each GPU: our reservation, no more.
+        flags += ["--gpu-memory-utilization", f"{assignment.memory_fraction:.4f}"]
+    return flags
 
 
-def embedding_flags(spec: EngineSpec, port: int) -> list[str]:
-    device = "cuda" if spec.wants_gpu else "cpu"
+def embedding_flags(spec: EngineSpec, port: int, assignment: GpuAssignment | None) -> list[str]:
+    device = "cuda" if assignment is not None else "cpu"
     return ["--model", spec.model, "--host", ENGINE_HOST, "--port", str(port), "--device", device]
 
 
 BUILTIN_FLAGS = {"vllm": vllm_flags, "embedding": embedding_flags}
 
 
-def build_argv(spec: EngineSpec, settings: Settings, engine_id: str, port: int) -> list[str]:
+def build_argv(
+    spec: EngineSpec,
+    settings: Settings,
+    engine_id: str,
+    port: int,
+    assignment: GpuAssignment | None = None,
+) -> list[str]:
     """The runtime's command (placeholders filled), its built-in flags, then extra_args."""
     values = {
         "model": spec.model,
@@ -57,18 +76,26 @@ def build_argv(spec: EngineSpec, settings: Settings, engine_id: str, port: int) 
     argv = _fill(settings.runtime_command(spec.runtime), values)
     flags = BUILTIN_FLAGS.get(spec.runtime)
     if flags is not None:
-        argv += flags(spec, port)
+        argv += flags(spec, port, assignment)
     return argv + list(spec.extra_args)
 
 
-def build_env(spec: EngineSpec, settings: Settings, engine_id: str, port: int) -> dict[str, str]:
+def build_env(
+    spec: EngineSpec,
+    settings: Settings,
+    engine_id: str,
+    port: int,
+    assignment: GpuAssignment | None = None,
+) -> dict[str, str]:
     """The daemon's environment, the spec's env, and the markers that identify the engine."""
     env = dict(os.environ)
     env.update(spec.env)
     env["SAGELLM_ENGINE_ID"] = engine_id
     env["SAGELLM_HOME"] = str(settings.home)
     env["SAGELLM_ENGINE_PORT"] = str(port)
-    if not spec.wants_gpu:
-        # An engine kept off GPUs must not grab one behind the placer's back.
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    # Only the reserved GPUs are visible; an engine without a reservation sees none,
+    # so it cannot take GPU memory behind the placer's back.
+    env["CUDA_VISIBLE_DEVICES"] = (
+        ",".join(str(gpu) for gpu in assignment.gpus) if assignment else ""
+    )
     return env

@@ -60,6 +60,8 @@ class InstanceRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text, default="")
     stop_intent: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    gpus: Mapped[str] = mapped_column(String(256), default="")
+    gpu_bytes: Mapped[int] = mapped_column(Integer, default=0)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     create_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, select
@@ -77,8 +78,14 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
 
 
+@lru_cache(maxsize=4096)
+def _spec_from_json(text: str) -> EngineSpec:
+    # Every reconcile pass reads the whole desired state; validate each text once.
+    return parse_engine(json.loads(text))
+
+
 def _desired_from_row(row: DesiredEngineRow) -> DesiredEngine:
-    spec = parse_engine(json.loads(row.spec))
+    spec = _spec_from_json(row.spec)
     return DesiredEngine(row.id, row.preset, spec, row.restart_requested_at)
 
 
@@ -100,6 +107,8 @@ def _instance_from_row(row: InstanceRow) -> Instance:
         ready_at=row.ready_at,
         exited_at=row.exited_at,
         stop_intent=StopIntent(row.stop_intent) if row.stop_intent else None,
+        gpus=tuple(int(gpu) for gpu in row.gpus.split(",") if gpu),
+        gpu_bytes=row.gpu_bytes,
     )
 
 
@@ -308,6 +317,8 @@ class Store:
             "state": instance.state.value,
             "message": instance.message,
             "stop_intent": instance.stop_intent.value if instance.stop_intent else None,
+            "gpus": ",".join(str(gpu) for gpu in instance.gpus),
+            "gpu_bytes": instance.gpu_bytes,
             "pid": instance.pid,
             "create_time": instance.create_time,
             "port": instance.port,

@@ -14,7 +14,7 @@ FULL_CONFIG = """\
 api:
   host: 0.0.0.0
   port: 9999
-gpus: "0,1"
+gpus: "simulate:80,24"
 ports:
   start: 30000
   end: 30100
@@ -52,7 +52,10 @@ def test_defaults(tmp_path):
     assert settings.gpus == "auto"
     assert (settings.port_start, settings.port_end) == (20000, 20999)
     assert (settings.backoff_base_s, settings.backoff_max_s, settings.reset_after_s) == (
-        1.0, 300.0, 600.0)
+        1.0,
+        300.0,
+        600.0,
+    )
     assert settings.liveness_failures == 3
     assert settings.stop_engines_on_exit is False
     assert dict(settings.runtimes) == {k: tuple(v) for k, v in DEFAULT_RUNTIMES.items()}
@@ -70,12 +73,19 @@ def test_empty_config_file_means_defaults(tmp_path):
 def test_config_file_values(tmp_path):
     settings = load(tmp_path, FULL_CONFIG)
     assert (settings.api_host, settings.api_port) == ("0.0.0.0", 9999)
-    assert settings.gpus == "0,1"
+    assert settings.gpus == "simulate:80,24"
     assert (settings.port_start, settings.port_end) == (30000, 30100)
     assert (settings.backoff_base_s, settings.backoff_max_s, settings.reset_after_s) == (
-        2.0, 120.0, 60.0)
-    assert (settings.startup_probe_interval_s, settings.liveness_interval_s,
-            settings.liveness_failures, settings.probe_timeout_s) == (0.5, 3.0, 5, 1.5)
+        2.0,
+        120.0,
+        60.0,
+    )
+    assert (
+        settings.startup_probe_interval_s,
+        settings.liveness_interval_s,
+        settings.liveness_failures,
+        settings.probe_timeout_s,
+    ) == (0.5, 3.0, 5, 1.5)
     assert (settings.stop_grace_s, settings.tick_s) == (20.0, 15.0)
     assert settings.stop_engines_on_exit is True
     assert settings.runtimes["mine"] == ("python", "-m", "my.server")
@@ -98,8 +108,13 @@ def test_missing_config_flag_file_is_an_error(tmp_path):
 
 
 def test_environment_overrides_config(tmp_path):
-    environ = {"SAGELLM_API_HOST": "::1", "SAGELLM_API_PORT": "8001", "SAGELLM_GPUS": "none",
-               "SAGELLM_PORTS": "40000-40010", "SAGELLM_STOP_ENGINES_ON_EXIT": "false"}
+    environ = {
+        "SAGELLM_API_HOST": "::1",
+        "SAGELLM_API_PORT": "8001",
+        "SAGELLM_GPUS": "none",
+        "SAGELLM_PORTS": "40000-40010",
+        "SAGELLM_STOP_ENGINES_ON_EXIT": "false",
+    }
     settings = load(tmp_path, FULL_CONFIG, environ)
     assert (settings.api_host, settings.api_port, settings.gpus) == ("::1", 8001, "none")
     assert (settings.port_start, settings.port_end) == (40000, 40010)
@@ -128,34 +143,75 @@ def test_home_is_expanded_and_resolved(tmp_path):
 # (config.yaml text, environment, expected part of the message)
 BAD = [
     ("unknown-key", "colour: red\n", {}, "unknown key(s) colour; known: api,"),
-    ("ports-end-before-start", "ports: {start: 200, end: 100}\n", {},
-     "ports: end (100) must be >= start (200)"),
-    ("ports-start-after-default-end", "ports: {start: 30000}\n", {},
-     "ports: end (20999) must be >= start (30000)"),
-    ("runtime-command-string", "runtimes: {mine: {command: python -m x}}\n", {},
-     "runtimes.mine.command: must be a non-empty list of strings"),
-    ("runtime-command-empty", "runtimes: {mine: {command: []}}\n", {},
-     "runtimes.mine.command: must be a non-empty list of strings"),
-    ("runtime-command-number", "runtimes: {mine: {command: [python, 3]}}\n", {},
-     "runtimes.mine.command: must be a non-empty list of strings"),
+    (
+        "ports-end-before-start",
+        "ports: {start: 200, end: 100}\n",
+        {},
+        "ports: end (100) must be >= start (200)",
+    ),
+    (
+        "ports-start-after-default-end",
+        "ports: {start: 30000}\n",
+        {},
+        "ports: end (20999) must be >= start (30000)",
+    ),
+    (
+        "runtime-command-string",
+        "runtimes: {mine: {command: python -m x}}\n",
+        {},
+        "runtimes.mine.command: must be a non-empty list of strings",
+    ),
+    (
+        "runtime-command-empty",
+        "runtimes: {mine: {command: []}}\n",
+        {},
+        "runtimes.mine.command: must be a non-empty list of strings",
+    ),
+    (
+        "runtime-command-number",
+        "runtimes: {mine: {command: [python, 3]}}\n",
+        {},
+        "runtimes.mine.command: must be a non-empty list of strings",
+    ),
     ("runtime-not-mapping", "runtimes: {mine: [python]}\n", {}, "runtimes.mine: must be a mapping"),
     ("api-port-abc", "api: {port: abc}\n", {}, "api.port: must be an integer, got 'abc'"),
     ("api-port-zero", "api: {port: 0}\n", {}, "api.port: must be >= 1, got 0"),
     ("api-port-bool", "api: {port: true}\n", {}, "api.port: must be an integer, got True"),
     ("api-not-mapping", "api: 8765\n", {}, "api: must be a mapping, got 8765"),
     ("ports-start-abc", "ports: {start: abc}\n", {}, "ports.start: must be an integer"),
-    ("negative-backoff", "restart: {backoff_base_s: -1}\n", {},
-     "restart.backoff_base_s: must be >= 0, got -1"),
-    ("probe-not-number", "probes: {liveness_failures: many}\n", {},
-     "probes.liveness_failures: must be an integer, got 'many'"),
+    (
+        "negative-backoff",
+        "restart: {backoff_base_s: -1}\n",
+        {},
+        "restart.backoff_base_s: must be >= 0, got -1",
+    ),
+    (
+        "probe-not-number",
+        "probes: {liveness_failures: many}\n",
+        {},
+        "probes.liveness_failures: must be an integer, got 'many'",
+    ),
     ("stop-grace-negative", "stop_grace_s: -5\n", {}, "stop_grace_s: must be >= 0"),
     ("document-a-list", "- api\n", {}, "must be a mapping, got ['api']"),
     ("not-yaml", "api: [unclosed\n", {}, "not valid YAML"),
-    ("env-api-port-abc", None, {"SAGELLM_API_PORT": "abc"},
-     "environment: api.port: must be an integer, got 'abc'"),
-    ("env-ports-abc", None, {"SAGELLM_PORTS": "a-b"}, "environment: ports.start: must be an integer"),
-    ("env-ports-reversed", None, {"SAGELLM_PORTS": "30010-30000"},
-     "ports: end (30000) must be >= start (30010)"),
+    (
+        "env-api-port-abc",
+        None,
+        {"SAGELLM_API_PORT": "abc"},
+        "environment: api.port: must be an integer, got 'abc'",
+    ),
+    (
+        "env-ports-abc",
+        None,
+        {"SAGELLM_PORTS": "a-b"},
+        "environment: ports.start: must be an integer",
+    ),
+    (
+        "env-ports-reversed",
+        None,
+        {"SAGELLM_PORTS": "30010-30000"},
+        "ports: end (30000) must be >= start (30010)",
+    ),
 ]
 
 
@@ -175,7 +231,10 @@ def test_runtime_command_maps_python_to_this_interpreter(tmp_path):
     settings = load(tmp_path, FULL_CONFIG)
     assert settings.runtime_command("mine") == [sys.executable, "-m", "my.server"]
     assert settings.runtime_command("embedding") == [
-        sys.executable, "-m", "sagellmd.engines.embedding"]
+        sys.executable,
+        "-m",
+        "sagellmd.engines.embedding",
+    ]
     # An explicit interpreter path is kept as written.
     assert settings.runtime_command("vllm")[0] == "/opt/vllm/bin/python"
     # The template itself is not changed.

@@ -1,0 +1,1 @@
+"""GPUs: inventory (NVML or simulated), memory estimates, placement."""

@@ -1,0 +1,72 @@
+"""Turns the inventory, memory estimates and our own processes into what placement sees."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import psutil
+
+from sagellmd.gpu.estimate import EstimateError, EstimateSettings, MemoryEstimate, estimate_memory
+from sagellmd.gpu.inventory import GpuInventory
+from sagellmd.gpu.placement import GpuCapacity
+from sagellmd.reconcile.actions import DesiredEngine
+from sagellmd.reconcile.placing import GpuView
+
+
+def process_tree(pids: Iterable[int]) -> set[int]:
+    """The engines' pids and all their descendants (vLLM's workers hold the memory)."""
+    tree: set[int] = set()
+    for pid in pids:
+        tree.add(pid)
+        try:
+            tree.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            continue
+    return tree
+
+
+def capacities(inventory: GpuInventory, our_pids: set[int]) -> tuple[GpuCapacity, ...]:
+    """Each GPU's size and the memory that processes we did not start hold on it."""
+    result = []
+    for device in inventory.devices:
+        foreign = sum(p.used_bytes for p in device.processes if p.pid not in our_pids)
+        result.append(GpuCapacity(device.index, device.total_bytes, foreign))
+    return tuple(result)
+
+
+class EstimateCache:
+    """Estimates read files (safetensors headers, config.json): once per spec hash."""
+
+    def __init__(self, settings: EstimateSettings) -> None:
+        self._settings = settings
+        self._by_hash: dict[str, MemoryEstimate | str] = {}
+
+    def get(self, engine: DesiredEngine) -> MemoryEstimate | str:
+        key = engine.spec.spec_hash
+        if key not in self._by_hash:
+            try:
+                self._by_hash[key] = estimate_memory(engine.spec, self._settings)
+            except (EstimateError, OSError, ValueError) as exc:
+                self._by_hash[key] = str(exc)
+        return self._by_hash[key]
+
+
+def gpu_needs(desired: Iterable[DesiredEngine], estimates: EstimateCache) -> dict[str, int | str]:
+    """Per-GPU bytes of each engine that wants GPUs, or why there is no estimate."""
+    needs: dict[str, int | str] = {}
+    for engine in desired:
+        if engine.spec.wants_gpu:
+            estimate = estimates.get(engine)
+            needs[engine.id] = estimate if isinstance(estimate, str) else estimate.per_gpu_bytes
+    return needs
+
+
+def build_view(
+    inventory: GpuInventory,
+    desired: Iterable[DesiredEngine],
+    estimates: EstimateCache,
+    our_pids: set[int],
+    headroom: float,
+) -> GpuView:
+    needs = gpu_needs(desired, estimates)
+    return GpuView(capacities(inventory, our_pids), headroom, inventory.message, needs)

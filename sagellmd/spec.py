@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 
+from sagellmd.cron import CronError, cron_trigger
 from sagellmd.errors import SpecError
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -267,10 +268,13 @@ def _check_values(spec: EngineSpec, prefix: str) -> list[str]:
         if value is not None and not math.isfinite(value):
             problems.append(f"{_field(prefix, name)}: {FIELD_RULES[name]}, got {value}")
     if spec.restart_schedule is not None:
-        problems.append(
-            f"{_field(prefix, 'restart_schedule')}: planned restarts are not implemented yet;"
-            " remove the field (restart an engine now with `sagellm engine restart ID`)"
-        )
+        try:
+            cron_trigger(spec.restart_schedule)
+        except CronError as exc:
+            problems.append(
+                f"{_field(prefix, 'restart_schedule')}: not a cron expression ({exc});"
+                f" e.g. '0 4 * * *' for 04:00 every day, got {_describe(spec.restart_schedule)}"
+            )
     return problems
 
 

@@ -31,7 +31,10 @@ ROUTES = [
     Route("/v1/presets/{name}", desired_routes.delete_preset, methods=["DELETE"]),
     Route("/v1/events", events_routes.events, methods=["GET"]),
     Route("/v1/generations", events_routes.generations, methods=["GET"]),
+    Route("/v1/generations/{generation}", events_routes.generation, methods=["GET"]),
     Route("/v1/gpus", read_routes.gpus, methods=["GET"]),
+    Route("/v1/plan", desired_routes.plan_change, methods=["POST"]),
+    Route("/v1/rollback", desired_routes.rollback, methods=["POST"]),
 ]
 
 

@@ -2,44 +2,56 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from sagellmd.api.body import read_json
+from sagellmd.api.body import query_bool, read_json
 from sagellmd.api.context import ApiContext
 from sagellmd.api.read_routes import find_engine
-from sagellmd.errors import BadInputError, SpecError
+from sagellmd.errors import BadInputError, NotFoundError, SpecError
 from sagellmd.presets import catalogue, find_preset
 from sagellmd.spec import Preset, check_runtime_known, is_valid_name, parse_engine, parse_preset
-from sagellmd.store.repository import iso
+from sagellmd.store.repository import ChangeResult, iso
 
 
 def _ctx(request: Request) -> ApiContext:
     return request.app.state.ctx
 
 
-def _changed(ctx: ApiContext, generation: int, **extra: Any) -> dict[str, Any]:
-    """Wake the loop and answer with the plan it is about to carry out."""
+@dataclass(frozen=True)
+class ChangeOptions:
+    """`?dry_run=true` changes nothing; `?rollback=false` keeps a failed rollout as it is."""
+
+    dry_run: bool = False
+    rollback: bool = True
+
+    @classmethod
+    def of(cls, request: Request) -> ChangeOptions:
+        return cls(query_bool(request, "dry_run", False), query_bool(request, "rollback", True))
+
+    def store_options(self) -> dict[str, bool]:
+        return {"dry_run": self.dry_run, "auto_rollback": self.rollback}
+
+
+def _answer(ctx: ApiContext, result: ChangeResult, **extra: Any) -> dict[str, Any]:
+    """The plan the change makes the loop carry out (a dry run: would carry out)."""
+    if result.generation is None:
+        plan = ctx.reconciler.plan_for(result.desired)
+        generation = ctx.store.current_generation()
+        return {"dry_run": True, "generation": generation, **extra, "plan": plan.to_list()}
     ctx.hub.notify()
     ctx.reconciler.wake()
-    return {"generation": generation, **extra, "plan": ctx.reconciler.current_plan().to_list()}
+    plan = ctx.reconciler.current_plan()
+    return {"generation": result.generation, **extra, "plan": plan.to_list()}
 
 
-def _check_name(value: str, what: str) -> None:
-    if not is_valid_name(value):
-        raise BadInputError(
-            f"{what} {value!r}: must be lowercase letters, digits and '-', start and end"
-            " alphanumeric, at most 63 chars"
-        )
-
-
-async def put_engine(request: Request) -> JSONResponse:
-    ctx = _ctx(request)
-    engine_id = request.path_params["engine_id"]
+def engine_put_change(
+    ctx: ApiContext, engine_id: str, data: Any, options: ChangeOptions
+) -> ChangeResult:
     _check_name(engine_id, "engine id")
-    data = await read_json(request)
     if not isinstance(data, dict):
         raise SpecError(
             [f"body: must be a JSON object (an engine spec), got {type(data).__name__}"]
@@ -53,16 +65,50 @@ async def put_engine(request: Request) -> JSONResponse:
         )
     spec = parse_engine({**data, "name": engine_id})
     check_runtime_known(spec, ctx.settings.runtimes, engine_id)
-    generation, created = ctx.store.put_engine(engine_id, spec, f"engine put {engine_id}")
-    body = _changed(ctx, generation, engine=find_engine(ctx, engine_id))
-    return JSONResponse(body, status_code=201 if created else 200)
+    return ctx.store.change_put_engine(
+        engine_id, spec, f"engine put {engine_id}", **options.store_options()
+    )
+
+
+def preset_set_change(
+    ctx: ApiContext, name: str, data: Any, options: ChangeOptions
+) -> ChangeResult:
+    _check_name(name, "preset name")
+    preset, source = _preset_from_body(ctx, name, data)
+    for index, spec in enumerate(preset.engines):
+        check_runtime_known(spec, ctx.settings.runtimes, f"engines[{index}]")
+    return ctx.store.change_set_preset(
+        preset, source, f"preset set {name}", **options.store_options()
+    )
+
+
+def _check_name(value: str, what: str) -> None:
+    if not is_valid_name(value):
+        raise BadInputError(
+            f"{what} {value!r}: must be lowercase letters, digits and '-', start and end"
+            " alphanumeric, at most 63 chars"
+        )
+
+
+async def put_engine(request: Request) -> JSONResponse:
+    ctx = _ctx(request)
+    engine_id = request.path_params["engine_id"]
+    options = ChangeOptions.of(request)
+    result = engine_put_change(ctx, engine_id, await read_json(request), options)
+    if options.dry_run:
+        return JSONResponse(_answer(ctx, result))
+    body = _answer(ctx, result, engine=find_engine(ctx, engine_id))
+    return JSONResponse(body, status_code=201 if result.created else 200)
 
 
 async def delete_engine(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     engine_id = request.path_params["engine_id"]
-    generation = ctx.store.delete_engine(engine_id, f"engine delete {engine_id}")
-    return JSONResponse(_changed(ctx, generation))
+    options = ChangeOptions.of(request)
+    result = ctx.store.change_delete_engine(
+        engine_id, f"engine delete {engine_id}", **options.store_options()
+    )
+    return JSONResponse(_answer(ctx, result))
 
 
 async def restart_engine(request: Request) -> JSONResponse:
@@ -134,16 +180,81 @@ def _preset_from_body(ctx: ApiContext, name: str, data: Any) -> tuple[Preset, st
 async def put_preset(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     name = request.path_params["name"]
-    _check_name(name, "preset name")
-    preset, source = _preset_from_body(ctx, name, await read_json(request, required=False))
-    for index, spec in enumerate(preset.engines):
-        check_runtime_known(spec, ctx.settings.runtimes, f"engines[{index}]")
-    generation = ctx.store.set_preset(preset, source, f"preset set {name}")
-    return JSONResponse(_changed(ctx, generation, preset=name))
+    options = ChangeOptions.of(request)
+    data = await read_json(request, required=False)
+    result = preset_set_change(ctx, name, data, options)
+    return JSONResponse(_answer(ctx, result, preset=name))
 
 
 async def delete_preset(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     name = request.path_params["name"]
-    generation = ctx.store.unset_preset(name, f"preset unset {name}")
-    return JSONResponse(_changed(ctx, generation, preset=name))
+    options = ChangeOptions.of(request)
+    result = ctx.store.change_unset_preset(name, f"preset unset {name}", **options.store_options())
+    return JSONResponse(_answer(ctx, result, preset=name))
+
+
+PLAN_FIELDS = {
+    "preset_set": ({"change", "name"}, {"document"}),
+    "preset_unset": ({"change", "name"}, set()),
+    "engine_put": ({"change", "id", "spec"}, set()),
+    "engine_delete": ({"change", "id"}, set()),
+}
+
+
+def _check_plan_body(data: Any) -> str:
+    if not isinstance(data, dict) or data.get("change") not in PLAN_FIELDS:
+        kinds = ", ".join(PLAN_FIELDS)
+        raise BadInputError(f"change: must be one of {kinds}, got {data!r:.80}")
+    required, optional = PLAN_FIELDS[data["change"]]
+    missing = sorted(required - set(data))
+    unknown = sorted(set(data) - required - optional)
+    if missing or unknown:
+        raise BadInputError(
+            f"body: {data['change']} needs fields {', '.join(sorted(required))}"
+            + (f" (optional: {', '.join(sorted(optional))})" if optional else "")
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; unknown {', '.join(unknown)}" if unknown else "")
+        )
+    return data["change"]
+
+
+async def plan_change(request: Request) -> JSONResponse:
+    """POST /v1/plan: the plan a proposed change would produce; nothing is changed."""
+    ctx = _ctx(request)
+    data = await read_json(request)
+    change = _check_plan_body(data)
+    options = ChangeOptions(dry_run=True)
+    if change == "preset_set":
+        result = preset_set_change(ctx, str(data["name"]), data.get("document"), options)
+    elif change == "preset_unset":
+        result = ctx.store.change_unset_preset(str(data["name"]), "plan", dry_run=True)
+    elif change == "engine_put":
+        result = engine_put_change(ctx, str(data["id"]), data["spec"], options)
+    else:
+        result = ctx.store.change_delete_engine(str(data["id"]), "plan", dry_run=True)
+    return JSONResponse(_answer(ctx, result, change=change))
+
+
+async def rollback(request: Request) -> JSONResponse:
+    """POST /v1/rollback {"to": N}: a new generation equal to N (default: last healthy)."""
+    ctx = _ctx(request)
+    data = await read_json(request, required=False) or {}
+    if not isinstance(data, dict) or set(data) - {"to"}:
+        raise BadInputError('body: must be {"to": GENERATION} or empty (the last healthy one)')
+    current = ctx.store.current_generation()
+    target = data.get("to")
+    if target is None:
+        target = ctx.store.last_healthy_before(current)
+        if target == 0:
+            raise NotFoundError(
+                f"no healthy generation before {current} to roll back to;"
+                " give one with `sagellm rollback N` (`sagellm history` lists them)"
+            )
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= current:
+        raise BadInputError(f"to: must be a generation number from 0 to {current}, got {target!r}")
+    options = ChangeOptions.of(request)
+    result = ctx.store.restore_generation(
+        target, f"rollback to {target}", dry_run=options.dry_run, auto_rollback=False
+    )
+    return JSONResponse(_answer(ctx, result, to=target))

@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 
 from sagellmd.api.body import query_number
 from sagellmd.api.context import ApiContext
+from sagellmd.errors import BadInputError, NotFoundError
 
 
 async def events(request: Request) -> JSONResponse:
@@ -34,3 +35,14 @@ async def generations(request: Request) -> JSONResponse:
     return JSONResponse(
         {"generations": [record.to_dict() for record in ctx.store.generations(limit)]}
     )
+
+
+async def generation(request: Request) -> JSONResponse:
+    ctx: ApiContext = request.app.state.ctx
+    raw = request.path_params["generation"]
+    if not raw.isdigit():
+        raise BadInputError(f"generation: must be a number, got {raw!r}")
+    record = ctx.store.generation(int(raw))
+    if record is None:
+        raise NotFoundError(f"no generation {raw}; `sagellm history` lists them")
+    return JSONResponse(record.to_dict())

@@ -46,8 +46,22 @@ class EstimateCache:
         if key not in self._by_hash:
             try:
                 self._by_hash[key] = estimate_memory(engine.spec, self._settings)
-            except (EstimateError, OSError, ValueError) as exc:
+            except EstimateError as exc:
                 self._by_hash[key] = str(exc)
+            except (
+                OSError,
+                ValueError,
+                LookupError,
+                TypeError,
+                AttributeError,
+                ArithmeticError,
+            ) as exc:
+                # A broken model file must cost this one engine its estimate, never
+                # stop the reconcile pass for every engine.
+                self._by_hash[key] = (
+                    f"cannot estimate the GPU memory of {engine.spec.model!r}: its files are"
+                    f" unreadable ({type(exc).__name__}: {exc}); fix them or set gpu_memory_gb"
+                )
         return self._by_hash[key]
 
 

@@ -91,7 +91,13 @@ def safetensors_header(path: Path) -> dict[str, Any]:
         (length,) = struct.unpack("<Q", raw_length)
         if length > 100 * 1024 * 1024:
             raise ValueError(f"{path}: header of {length} bytes is not plausible")
-        return json.loads(handle.read(length))
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as exc:
+            raise ValueError(f"{path}: safetensors header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: safetensors header is not a JSON object")
+    return header
 
 
 def weight_bytes_from_safetensors(directory: Path) -> int | None:

@@ -62,11 +62,14 @@ def parse_gpu_setting(text: str) -> tuple[str, tuple[float, ...]]:
         )
     if match.group(1):
         count, size = int(match.group(1)), float(match.group(2))
-        sizes = (size,) * count
+        # Checked before building the tuple: a huge count must not exhaust memory.
+        sizes = (size,) * count if count <= 64 else ()
     else:
         sizes = tuple(float(part) for part in match.group(3).split(","))
-    if not sizes or len(sizes) > 64 or any(size <= 0 for size in sizes):
-        raise ConfigError(f"gpus: between 1 and 64 GPUs of more than 0 GiB, got {text!r}")
+    if not sizes or len(sizes) > 64 or not all(0 < size <= 1e6 for size in sizes):
+        raise ConfigError(
+            f"gpus: between 1 and 64 GPUs of more than 0 and at most 1000000 GiB, got {text!r}"
+        )
     return "simulate", sizes
 
 

@@ -23,6 +23,8 @@ from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.placing import GpuView
 from sagellmd.reconcile.plan import BackoffPolicy, Plan, Stop, Wait, plan_actions
 from sagellmd.reconcile.recovery import recover
+from sagellmd.reconcile.rollout import Verdict, judge_rollout
+from sagellmd.reconcile.schedule import RestartSchedule
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.process import ProcessWatcher
 from sagellmd.store.repository import Store
@@ -56,6 +58,7 @@ class Reconciler:
         self._executor = Executor(self.world, self._prober)
         self.estimates = EstimateCache(EstimateSettings(settings.kv_cache_gb, settings.overhead_gb))
         self._scheduler = AsyncIOScheduler(event_loop=loop)
+        self._restart_schedule = RestartSchedule(self._scheduler, self.world)
         self._stopping = False
         self._heartbeat: Callable[[], object] | None = None
         self._heartbeat_interval_s: float | None = None
@@ -106,17 +109,20 @@ class Reconciler:
             view,
         )
 
-    def current_plan(self) -> Plan:
-        """What the next pass would do (no inventory read: the last one stands)."""
-        desired = self.world.store.desired()
+    def plan_for(self, desired: list[DesiredEngine]) -> Plan:
+        """What a pass would do for this desired set (no inventory read: the last one stands)."""
         needs = gpu_needs(desired, self.estimates)
         return self._plan(desired, dataclasses.replace(self.world.gpu_view, needs=needs))
+
+    def current_plan(self) -> Plan:
+        return self.plan_for(self.world.store.desired())
 
     def reconcile_once(self) -> Plan:
         """One pass; running it again with nothing changed does nothing more."""
         desired_list = self.world.store.desired()
         desired = {engine.id: engine for engine in desired_list}
         plan = self._plan(desired_list, self.observe_gpus(desired_list))
+        self._restart_schedule.sync(desired_list)
         generation = self.world.store.current_generation()
         before = dict(self.world.instances)
         for action in plan.actions:
@@ -138,6 +144,46 @@ class Reconciler:
         self.passes += 1
         self.last_pass_at = self.world.clock()
         return plan
+
+    def watch_rollout(self) -> Verdict | None:
+        """Judge the newest generation; roll a failed one back unless that was turned off."""
+        store, world = self.world.store, self.world
+        generation = store.generation(store.current_generation())
+        if generation is None or generation.healthy is not None:
+            return None
+        before = store.generation(generation.id - 1)
+        verdict = judge_rollout(
+            generation.ts,
+            store.desired(),
+            before.spec_hashes() if before else {},
+            world.instances,
+            world.clock(),
+        )
+        if verdict.healthy is None:
+            if verdict.deadline is not None:
+                self._wake_at("rollout", verdict.deadline)
+            return verdict
+        store.mark_generation(generation.id, verdict.healthy, verdict.reason)
+        if verdict.healthy:
+            world.event(None, "rollout", f"generation {generation.id} is healthy: {verdict.reason}")
+            return verdict
+        world.event(
+            verdict.engine, "rollout", f"generation {generation.id} failed: {verdict.reason}"
+        )
+        if not generation.auto_rollback:
+            world.event(None, "rollout", f"generation {generation.id} kept as it is (rollback off)")
+            return verdict
+        target = store.last_healthy_before(generation.id)
+        cause = f"rollback of {generation.id}: {verdict.reason}"
+        result = store.restore_generation(target, cause, auto_rollback=False)
+        world.event(
+            None,
+            "rollback",
+            f"generation {result.generation} restores generation {target}"
+            f" ({'nothing' if target == 0 else 'last healthy'})",
+        )
+        self.wake()
+        return verdict
 
     def _wake_at(self, engine_id: str, until: float) -> None:
         self._scheduler.add_job(
@@ -171,6 +217,10 @@ class Reconciler:
                 log.exception("reconcile pass failed")
                 await asyncio.sleep(1.0)
                 continue
+            try:
+                self.watch_rollout()
+            except Exception:
+                log.exception("rollout check failed")
             if self._heartbeat is not None:
                 # Only a pass that completed proves the loop is alive (systemd watchdog).
                 self._heartbeat()

@@ -47,6 +47,8 @@ class GenerationRow(Base):
     cause: Mapped[str] = mapped_column(Text)
     snapshot: Mapped[str] = mapped_column(Text)
     healthy: Mapped[bool | None] = mapped_column(nullable=True)
+    auto_rollback: Mapped[bool] = mapped_column(default=True)
+    verdict: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class InstanceRow(Base):

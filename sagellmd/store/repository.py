@@ -12,10 +12,11 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
-from sagellmd.errors import ConflictError, NotFoundError
+from sagellmd.errors import NotFoundError
 from sagellmd.instance import Instance, InstanceState, StopIntent
 from sagellmd.reconcile.plan import DesiredEngine
-from sagellmd.spec import EngineSpec, Preset, engine_id, parse_engine
+from sagellmd.spec import EngineSpec, Preset, parse_engine
+from sagellmd.store import changes
 from sagellmd.store.models import (
     ActivePresetRow,
     DesiredEngineRow,
@@ -54,12 +55,30 @@ class ActivePreset:
 
 
 @dataclass(frozen=True)
+class ChangeResult:
+    """A desired-state change: its generation (None for a dry run) and the set after it."""
+
+    generation: int | None
+    desired: list[DesiredEngine]
+    created: bool = False
+
+
+@dataclass(frozen=True)
 class GenerationRecord:
     id: int
     ts: float
     cause: str
     snapshot: dict[str, Any]
     healthy: bool | None
+    auto_rollback: bool = True
+    verdict: str | None = None
+
+    def spec_hashes(self) -> dict[str, str]:
+        """Engine id -> spec hash of every engine this generation declared."""
+        return {
+            engine["id"]: _spec_from_json(json.dumps(engine["spec"], sort_keys=True)).spec_hash
+            for engine in self.snapshot.get("engines", [])
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +86,8 @@ class GenerationRecord:
             "ts": iso(self.ts),
             "cause": self.cause,
             "healthy": self.healthy,
+            "verdict": self.verdict,
+            "auto_rollback": self.auto_rollback,
             "presets": sorted(self.snapshot.get("presets", {})),
             "engines": self.snapshot.get("engines", []),
         }
@@ -143,137 +164,107 @@ class Store:
         with self.session() as session:
             return session.scalar(select(func.max(GenerationRow.id))) or 0
 
-    def _check_ports(
-        self, session: Session, specs: dict[str, EngineSpec], replacing_preset: str | None = None
-    ) -> None:
-        """Two desired engines may not ask for the same fixed port."""
-        others = session.scalars(select(DesiredEngineRow)).all()
-        claimed: dict[int, str] = {}
-        for row in others:
-            # A preset being set replaces all its engines, so their ports are free to take.
-            if row.id in specs or (replacing_preset and row.preset == replacing_preset):
-                continue
-            port = json.loads(row.spec).get("port")
-            if port is not None:
-                claimed[port] = row.id
-        for new_id, spec in specs.items():
-            if spec.port is not None and spec.port in claimed:
-                raise ConflictError(
-                    f"{new_id}.port: port {spec.port} is already declared by engine"
-                    f" {claimed[spec.port]!r}; choose another port or leave it out for automatic",
-                    {"field": "port", "engine": claimed[spec.port]},
-                )
-
-    def _new_generation(self, session: Session, cause: str) -> int:
-        session.flush()
-        presets = {
-            row.name: json.loads(row.document)
-            for row in session.scalars(select(ActivePresetRow).order_by(ActivePresetRow.name))
-        }
-        engines = [
-            {"id": row.id, "preset": row.preset, "spec": json.loads(row.spec)}
-            for row in session.scalars(select(DesiredEngineRow).order_by(DesiredEngineRow.id))
-        ]
-        snapshot = json.dumps({"presets": presets, "engines": engines}, sort_keys=True)
-        generation = GenerationRow(ts=self._clock(), cause=cause, snapshot=snapshot)
-        session.add(generation)
-        session.flush()
-        session.add(
-            EventRow(
-                ts=self._clock(),
-                engine=None,
-                type="generation",
-                message=cause,
-                generation=generation.id,
-            )
-        )
-        return generation.id
-
-    def set_preset(self, preset: Preset, source: str, cause: str) -> int:
-        """Add or replace the engines of a preset; returns the new generation."""
-        now = self._clock()
-        specs = {engine_id(preset.name, spec.name): spec for spec in preset.engines}
-        with self.session() as session, session.begin():
-            self._check_ports(session, specs, replacing_preset=preset.name)
-            existing = session.get(ActivePresetRow, preset.name)
-            document = json.dumps(preset.to_dict(), sort_keys=True)
-            if existing is None:
-                session.add(
-                    ActivePresetRow(name=preset.name, document=document, source=source, set_at=now)
-                )
-            else:
-                existing.document, existing.source, existing.set_at = document, source, now
-            session.flush()
-            rows = session.scalars(
-                select(DesiredEngineRow).where(DesiredEngineRow.preset == preset.name)
-            ).all()
-            current = {row.id: row for row in rows}
-            for stale in set(current) - set(specs):
-                session.delete(current[stale])
-            for new_id, spec in specs.items():
-                self._upsert_engine(session, current.get(new_id), new_id, preset.name, spec, now)
-            return self._new_generation(session, cause)
-
-    def unset_preset(self, name: str, cause: str) -> int:
-        with self.session() as session, session.begin():
-            row = session.get(ActivePresetRow, name)
-            if row is None:
-                active = ", ".join(r.name for r in session.scalars(select(ActivePresetRow)))
-                raise NotFoundError(f"preset {name!r} is not active; active: {active or 'none'}")
-            session.execute(delete(DesiredEngineRow).where(DesiredEngineRow.preset == name))
-            session.delete(row)
-            return self._new_generation(session, cause)
-
-    def _upsert_engine(
+    def _change(
         self,
-        session: Session,
-        row: DesiredEngineRow | None,
-        new_id: str,
-        preset: str | None,
-        spec: EngineSpec,
-        now: float,
-    ) -> None:
-        encoded = json.dumps(spec.to_dict(), sort_keys=True)
-        if row is None:
-            session.add(
-                DesiredEngineRow(
-                    id=new_id,
-                    preset=preset,
-                    name=spec.name,
-                    spec=encoded,
-                    spec_hash=spec.spec_hash,
-                    updated_at=now,
+        apply: Callable[[Session, float], bool],
+        cause: str,
+        dry_run: bool = False,
+        auto_rollback: bool = True,
+    ) -> ChangeResult:
+        """Run one desired-state change in a transaction; a dry run rolls it back."""
+        now = self._clock()
+        with self.session() as session:
+            transaction = session.begin()
+            try:
+                created = apply(session, now)
+                session.flush()
+                rows = session.scalars(select(DesiredEngineRow).order_by(DesiredEngineRow.id))
+                desired = [_desired_from_row(row) for row in rows]
+                if dry_run:
+                    transaction.rollback()
+                    return ChangeResult(None, desired, created)
+                generation = changes.new_generation(session, cause, now, auto_rollback)
+                transaction.commit()
+                return ChangeResult(generation, desired, created)
+            except BaseException:
+                if transaction.is_active:
+                    transaction.rollback()
+                raise
+
+    def set_preset(self, preset: Preset, source: str, cause: str, **options: bool) -> int:
+        """Add or replace the engines of a preset; returns the new generation."""
+        return self.change_set_preset(preset, source, cause, **options).generation or 0
+
+    def change_set_preset(
+        self, preset: Preset, source: str, cause: str, **options: bool
+    ) -> ChangeResult:
+        return self._change(
+            lambda session, now: changes.set_preset(session, preset, source, now), cause, **options
+        )
+
+    def unset_preset(self, name: str, cause: str, **options: bool) -> int:
+        return self.change_unset_preset(name, cause, **options).generation or 0
+
+    def change_unset_preset(self, name: str, cause: str, **options: bool) -> ChangeResult:
+        return self._change(
+            lambda session, now: changes.unset_preset(session, name), cause, **options
+        )
+
+    def put_engine(
+        self, new_id: str, spec: EngineSpec, cause: str, **options: bool
+    ) -> tuple[int, bool]:
+        """Create or replace an ad-hoc engine; (generation, created)."""
+        result = self.change_put_engine(new_id, spec, cause, **options)
+        return result.generation or 0, result.created
+
+    def change_put_engine(
+        self, new_id: str, spec: EngineSpec, cause: str, **options: bool
+    ) -> ChangeResult:
+        return self._change(
+            lambda session, now: changes.put_engine(session, new_id, spec, now), cause, **options
+        )
+
+    def delete_engine(self, engine_id_: str, cause: str, **options: bool) -> int:
+        return self.change_delete_engine(engine_id_, cause, **options).generation or 0
+
+    def change_delete_engine(self, engine_id_: str, cause: str, **options: bool) -> ChangeResult:
+        return self._change(
+            lambda session, now: changes.delete_engine(session, engine_id_), cause, **options
+        )
+
+    def restore_generation(self, target: int, cause: str, **options: bool) -> ChangeResult:
+        """Make the desired state equal to generation `target` (0: nothing) as a new one."""
+        if target == 0:
+            snapshot: dict[str, Any] = {"presets": {}, "engines": []}
+        else:
+            record = self.generation(target)
+            if record is None:
+                raise NotFoundError(f"no generation {target}; `sagellm history` lists them")
+            snapshot = record.snapshot
+        return self._change(
+            lambda session, now: changes.restore(session, snapshot, now), cause, **options
+        )
+
+    def generation(self, generation_id: int) -> GenerationRecord | None:
+        with self.session() as session:
+            row = session.get(GenerationRow, generation_id)
+            return _generation(row) if row else None
+
+    def last_healthy_before(self, generation_id: int) -> int:
+        """The newest healthy generation older than `generation_id`; 0 (nothing) if none."""
+        with self.session() as session:
+            found = session.scalar(
+                select(func.max(GenerationRow.id)).where(
+                    GenerationRow.id < generation_id, GenerationRow.healthy.is_(True)
                 )
             )
-        elif row.spec != encoded:
-            row.spec, row.spec_hash, row.updated_at = encoded, spec.spec_hash, now
+            return found or 0
 
-    def put_engine(self, new_id: str, spec: EngineSpec, cause: str) -> tuple[int, bool]:
-        """Create or replace an ad-hoc engine; (generation, created)."""
-        now = self._clock()
+    def mark_generation(self, generation_id: int, healthy: bool, verdict: str) -> None:
         with self.session() as session, session.begin():
-            row = session.get(DesiredEngineRow, new_id)
-            if row is not None and row.preset is not None:
-                raise ConflictError(
-                    f"engine {new_id!r} belongs to preset {row.preset!r}; change the preset instead"
-                )
-            self._check_ports(session, {new_id: spec})
-            self._upsert_engine(session, row, new_id, None, spec, now)
-            return self._new_generation(session, cause), row is None
-
-    def delete_engine(self, engine_id_: str, cause: str) -> int:
-        with self.session() as session, session.begin():
-            row = session.get(DesiredEngineRow, engine_id_)
-            if row is None:
-                raise NotFoundError(f"no engine {engine_id_!r} in the desired state")
-            if row.preset is not None:
-                raise ConflictError(
-                    f"engine {engine_id_!r} belongs to preset {row.preset!r}; remove it with"
-                    f" `sagellm preset unset {row.preset}` or change the preset",
-                    {"preset": row.preset},
-                )
-            session.delete(row)
-            return self._new_generation(session, cause)
+            row = session.get(GenerationRow, generation_id)
+            if row is not None:
+                row.healthy, row.verdict = healthy, verdict
 
     def request_restart(self, engine_id_: str) -> float:
         now = self._clock()
@@ -289,10 +280,7 @@ class Store:
             rows = session.scalars(
                 select(GenerationRow).order_by(GenerationRow.id.desc()).limit(limit)
             )
-            return [
-                GenerationRecord(r.id, r.ts, r.cause, json.loads(r.snapshot), r.healthy)
-                for r in rows
-            ]
+            return [_generation(row) for row in rows]
 
     # -- observed state ------------------------------------------------------
 
@@ -389,6 +377,18 @@ class Store:
                 model.__tablename__: session.scalar(select(func.count()).select_from(model))
                 for model in (ActivePresetRow, DesiredEngineRow, GenerationRow)
             }
+
+
+def _generation(row: GenerationRow) -> GenerationRecord:
+    return GenerationRecord(
+        row.id,
+        row.ts,
+        row.cause,
+        json.loads(row.snapshot),
+        row.healthy,
+        row.auto_rollback,
+        row.verdict,
+    )
 
 
 def _event(row: EventRow) -> EventRecord:

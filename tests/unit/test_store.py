@@ -194,7 +194,7 @@ def test_unset_removes_the_presets_engines(store):
     assert [engine.id for engine in store.desired()] == ["solo"]
     assert store.active_presets() == []
     assert store.generations()[0].snapshot == {
-        "presets": {}, "engines": [{"id": "solo", "preset": None,
+        "presets": {}, "sources": {}, "engines": [{"id": "solo", "preset": None,
                                     "spec": store.desired()[0].spec.to_dict()}]}
 
 

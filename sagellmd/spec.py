@@ -327,3 +327,9 @@ def check_runtime_known(spec: EngineSpec, runtimes: Mapping[str, Any], where: st
 
 def is_valid_name(name: str) -> bool:
     return len(name) <= 63 and re.match(NAME_PATTERN, name) is not None
+
+
+def name_from_model(model: str) -> str:
+    """An engine name from a model id: its last path part, lowercased, other runs -> '-'."""
+    last = model.rstrip("/").split("/")[-1]
+    return re.sub(r"[^a-z0-9]+", "-", last.lower()).strip("-")[:63].strip("-") or "engine"

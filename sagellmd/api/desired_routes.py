@@ -36,7 +36,7 @@ class ChangeOptions:
         return {"dry_run": self.dry_run, "auto_rollback": self.rollback}
 
 
-def _answer(ctx: ApiContext, result: ChangeResult, **extra: Any) -> dict[str, Any]:
+def answer_change(ctx: ApiContext, result: ChangeResult, **extra: Any) -> dict[str, Any]:
     """The plan the change makes the loop carry out (a dry run: would carry out)."""
     if result.generation is None:
         plan = ctx.reconciler.plan_for(result.desired)
@@ -96,8 +96,8 @@ async def put_engine(request: Request) -> JSONResponse:
     options = ChangeOptions.of(request)
     result = engine_put_change(ctx, engine_id, await read_json(request), options)
     if options.dry_run:
-        return JSONResponse(_answer(ctx, result))
-    body = _answer(ctx, result, engine=find_engine(ctx, engine_id))
+        return JSONResponse(answer_change(ctx, result))
+    body = answer_change(ctx, result, engine=find_engine(ctx, engine_id))
     return JSONResponse(body, status_code=201 if result.created else 200)
 
 
@@ -108,7 +108,7 @@ async def delete_engine(request: Request) -> JSONResponse:
     result = ctx.store.change_delete_engine(
         engine_id, f"engine delete {engine_id}", **options.store_options()
     )
-    return JSONResponse(_answer(ctx, result))
+    return JSONResponse(answer_change(ctx, result))
 
 
 async def restart_engine(request: Request) -> JSONResponse:
@@ -183,7 +183,7 @@ async def put_preset(request: Request) -> JSONResponse:
     options = ChangeOptions.of(request)
     data = await read_json(request, required=False)
     result = preset_set_change(ctx, name, data, options)
-    return JSONResponse(_answer(ctx, result, preset=name))
+    return JSONResponse(answer_change(ctx, result, preset=name))
 
 
 async def delete_preset(request: Request) -> JSONResponse:
@@ -191,7 +191,7 @@ async def delete_preset(request: Request) -> JSONResponse:
     name = request.path_params["name"]
     options = ChangeOptions.of(request)
     result = ctx.store.change_unset_preset(name, f"preset unset {name}", **options.store_options())
-    return JSONResponse(_answer(ctx, result, preset=name))
+    return JSONResponse(answer_change(ctx, result, preset=name))
 
 
 PLAN_FIELDS = {
@@ -233,7 +233,7 @@ async def plan_change(request: Request) -> JSONResponse:
         result = engine_put_change(ctx, str(data["id"]), data["spec"], options)
     else:
         result = ctx.store.change_delete_engine(str(data["id"]), "plan", dry_run=True)
-    return JSONResponse(_answer(ctx, result, change=change))
+    return JSONResponse(answer_change(ctx, result, change=change))
 
 
 async def rollback(request: Request) -> JSONResponse:
@@ -257,4 +257,4 @@ async def rollback(request: Request) -> JSONResponse:
     result = ctx.store.restore_generation(
         target, f"rollback to {target}", dry_run=options.dry_run, auto_rollback=False
     )
-    return JSONResponse(_answer(ctx, result, to=target))
+    return JSONResponse(answer_change(ctx, result, to=target))

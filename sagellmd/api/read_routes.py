@@ -28,7 +28,7 @@ def gpu_summary(ctx: ApiContext) -> dict[str, Any]:
     return gpus_document(world.inventory, world.gpu_view, world.instances)
 
 
-def _estimates(ctx: ApiContext, desired: list[DesiredEngine]) -> dict[str, Any]:
+def estimates_for(ctx: ApiContext, desired: list[DesiredEngine]) -> dict[str, Any]:
     return {e.id: ctx.reconciler.estimates.get(e) for e in desired if e.spec.wants_gpu}
 
 
@@ -54,7 +54,7 @@ async def status(request: Request) -> JSONResponse:
             "gpus": gpu_summary(ctx),
             "presets": [preset.name for preset in ctx.store.active_presets()],
             "engines": engine_entries(
-                desired, ctx.reconciler.world.instances, _estimates(ctx, desired)
+                desired, ctx.reconciler.world.instances, estimates_for(ctx, desired)
             ),
         }
     )
@@ -66,7 +66,7 @@ async def list_engines(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "engines": engine_entries(
-                desired, ctx.reconciler.world.instances, _estimates(ctx, desired)
+                desired, ctx.reconciler.world.instances, estimates_for(ctx, desired)
             )
         }
     )

@@ -54,6 +54,7 @@ class Reconciler:
             clock=clock,
             wake=self.wake,
         )
+        self.world.metrics.watch(self.world)
         self._prober = Prober(self.world)
         self._executor = Executor(self.world, self._prober)
         self.estimates = EstimateCache(EstimateSettings(settings.kv_cache_gb, settings.overhead_gb))
@@ -119,6 +120,10 @@ class Reconciler:
 
     def reconcile_once(self) -> Plan:
         """One pass; running it again with nothing changed does nothing more."""
+        with self.world.metrics.pass_duration.time():
+            return self._reconcile_once()
+
+    def _reconcile_once(self) -> Plan:
         desired_list = self.world.store.desired()
         desired = {engine.id: engine for engine in desired_list}
         plan = self._plan(desired_list, self.observe_gpus(desired_list))

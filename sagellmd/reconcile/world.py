@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from sagellmd.config import Settings
 from sagellmd.events import EventHub
 from sagellmd.gpu.inventory import GpuInventory
-from sagellmd.instance import Instance, Transition
+from sagellmd.instance import Instance, InstanceState, Transition
+from sagellmd.metrics import Metrics
 from sagellmd.reconcile.placing import GpuView
 from sagellmd.runtime.process import ProcessWatcher
 from sagellmd.store.repository import Store
@@ -31,11 +32,21 @@ class World:
     wake: Callable[[], None] = lambda: None
     inventory: GpuInventory = field(default_factory=lambda: GpuInventory("none"))
     gpu_view: GpuView = field(default_factory=lambda: GpuView(()))
+    metrics: Metrics = field(default_factory=Metrics)
 
     def record(self, transition: Transition, generation: int | None = None) -> Instance:
         """Persist the new instance value with its event, then let watchers know."""
         instance = transition.instance
+        previous = self.instances.get(instance.engine_id)
         self.instances[instance.engine_id] = instance
+        if (
+            previous is not None
+            and previous.state is InstanceState.STARTING
+            and instance.state is InstanceState.READY
+            and instance.started_at is not None
+            and instance.ready_at is not None
+        ):
+            self.metrics.time_to_ready.observe(instance.ready_at - instance.started_at)
         self.store.save_instance(
             instance,
             (transition.event_type, transition.message),

@@ -1,0 +1,115 @@
+"""The seeds' management API (`/v1/management/...`), kept compatible; engines it makes are
+ordinary ad-hoc desired state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from sagellmd.api.body import read_json
+from sagellmd.api.context import ApiContext
+from sagellmd.api.desired_routes import ChangeOptions, answer_change, engine_put_change
+from sagellmd.api.read_routes import estimates_for, gpu_summary
+from sagellmd.api.views import engine_entries
+from sagellmd.errors import BadInputError, SpecError
+from sagellmd.spec import name_from_model
+from sagellmd.store.repository import iso
+
+# EngineStartRequest field -> engine spec field.
+SEED_FIELDS = {
+    "model_id": "model",
+    "engine_kind": "kind",
+    "port": "port",
+    "tensor_parallel_size": "tensor_parallel",
+    "pipeline_parallel_size": "pipeline_parallel",
+    "use_gpu": "use_gpu",
+    "label": "label",
+    "max_concurrent_requests": "max_concurrent_requests",
+    "metadata": "metadata",
+}
+SPEC_TO_SEED = {spec: seed for seed, spec in SEED_FIELDS.items()}
+
+
+def _seed_names(message: str) -> str:
+    """Error messages name the fields the caller sent, not our spec's names."""
+    field, sep, rest = message.partition(":")
+    return f"{SPEC_TO_SEED.get(field, field)}{sep}{rest}" if sep else message
+
+
+def _unique_id(ctx: ApiContext, model: str) -> str:
+    base = name_from_model(model)[:58].strip("-") or "engine"
+    taken = {engine.id for engine in ctx.store.desired()} | set(ctx.reconciler.world.instances)
+    if base not in taken:
+        return base
+    number = 2
+    while f"{base}-{number}" in taken:
+        number += 1
+    return f"{base}-{number}"
+
+
+async def start_engine(request: Request) -> JSONResponse:
+    """POST /v1/management/engines: EngineStartRequest -> {"engine_id": ...}."""
+    ctx: ApiContext = request.app.state.ctx
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise BadInputError("body: must be an EngineStartRequest object")
+    unknown = sorted(set(data) - set(SEED_FIELDS))
+    if unknown:
+        raise SpecError(
+            [
+                f"(document): unknown field {', '.join(map(repr, unknown))};"
+                f" allowed fields: {', '.join(SEED_FIELDS)}"
+            ]
+        )
+    if not isinstance(data.get("model_id"), str) or not data["model_id"]:
+        raise SpecError(["model_id: required; a Hugging Face id or a local path"])
+    spec = {
+        SEED_FIELDS[key]: value
+        for key, value in data.items()
+        if value is not None or key in ("port", "use_gpu", "label")
+    }
+    engine_id = _unique_id(ctx, data["model_id"])
+    try:
+        result = engine_put_change(ctx, engine_id, spec, ChangeOptions())
+    except SpecError as exc:
+        raise SpecError([_seed_names(message) for message in exc.errors]) from None
+    body = answer_change(ctx, result, engine_id=engine_id)
+    return JSONResponse(body, status_code=201)
+
+
+async def stop_engine(request: Request) -> JSONResponse:
+    """DELETE /v1/management/engines/{engine_id}: the engine leaves the desired state."""
+    ctx: ApiContext = request.app.state.ctx
+    engine_id = request.path_params["engine_id"]
+    result = ctx.store.change_delete_engine(engine_id, f"management delete {engine_id}")
+    return JSONResponse(answer_change(ctx, result, engine_id=engine_id, stopped=True))
+
+
+def _instance_entry(instance: Any) -> dict[str, Any]:
+    return {
+        "instance_id": instance.engine_id,
+        "engine_id": instance.engine_id,
+        "state": instance.state.value,
+        "pid": instance.pid,
+        "port": instance.port,
+        "host": "127.0.0.1",
+        "gpus": list(instance.gpus),
+        "started_at": iso(instance.started_at),
+        "restarts": instance.restarts,
+    }
+
+
+async def status(request: Request) -> JSONResponse:
+    """GET /v1/management/status: GPUs, engines (desired + observed) and instances."""
+    ctx: ApiContext = request.app.state.ctx
+    desired = ctx.store.desired()
+    instances = ctx.reconciler.world.instances
+    return JSONResponse(
+        {
+            "gpus": gpu_summary(ctx),
+            "engines": engine_entries(desired, instances, estimates_for(ctx, desired)),
+            "instances": [_instance_entry(instances[key]) for key in sorted(instances)],
+        }
+    )

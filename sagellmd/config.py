@@ -57,6 +57,7 @@ class Settings:
     kv_cache_gb: float = 4.0
     overhead_gb: float = 1.0
     runtimes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    model_paths: tuple[Path, ...] = ()
 
     @property
     def db_path(self) -> Path:
@@ -135,7 +136,35 @@ KNOWN_KEYS = {
     "stop_grace_s",
     "tick_s",
     "stop_engines_on_exit",
+    "models",
 }
+
+
+def _model_paths(value: Any, where: str) -> tuple[Path, ...]:
+    """`models: {paths: [...]}`: absolute directories holding model directories."""
+    models = _mapping(value, f"{where}: models")
+    unknown = sorted(set(models) - {"paths"})
+    if unknown:
+        raise ConfigError(f"{where}: models: unknown key(s) {', '.join(unknown)}; known: paths")
+    paths = models.get("paths")
+    paths = [] if paths is None else paths
+    if not isinstance(paths, list):
+        raise ConfigError(f"{where}: models.paths: must be a list of directories, got {paths!r}")
+    result = []
+    for index, raw in enumerate(paths):
+        if not isinstance(raw, str) or not raw.strip():
+            raise ConfigError(
+                f"{where}: models.paths[{index}]: must be a directory path, got {raw!r}"
+            )
+        path = Path(raw).expanduser()
+        # Relative to what? The daemon's cwd is not something a user controls under systemd.
+        if not path.is_absolute():
+            raise ConfigError(
+                f"{where}: models.paths[{index}]: must be an absolute path (or start with ~),"
+                f" got {raw!r}"
+            )
+        result.append(path)
+    return tuple(result)
 
 
 def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> Settings:
@@ -196,6 +225,8 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
         changes["stop_engines_on_exit"] = _bool(
             data["stop_engines_on_exit"], f"{where}: stop_engines_on_exit"
         )
+    if "models" in data:
+        changes["model_paths"] = _model_paths(data["models"], where)
     runtimes = _mapping(data.get("runtimes"), f"{where}: runtimes")
     if runtimes:
         merged = dict(settings.runtimes)

@@ -28,7 +28,7 @@ from sagellmd.events import EventHub
 from sagellmd.notify import Notifier
 from sagellmd.presets import find_preset
 from sagellmd.reconcile.loop import Reconciler
-from sagellmd.store.db import migrate, open_database
+from sagellmd.store.db import prepare_database
 from sagellmd.store.repository import Store
 
 log = logging.getLogger("sagellmd")
@@ -95,8 +95,8 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(settings.lock_path)
     token = ensure_token(settings.token_path)
-    database = open_database(settings.db_path)
-    migrate(database)
+    # Refuses a corrupt or newer database untouched; backs it up before a migration.
+    database = prepare_database(settings.db_path)
     store = Store(database)
     declare_presets(store, settings, presets)
     sock = bind_api_socket(settings)

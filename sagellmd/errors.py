@@ -77,3 +77,10 @@ class AlreadyRunningError(SagellmError):
 
     code = "already_running"
     exit_code = 2
+
+
+class DatabaseError(SagellmError):
+    """The database file cannot be used as it is (corrupt, foreign, newer); it is left untouched."""
+
+    code = "database"
+    exit_code = 2

@@ -67,7 +67,11 @@ ENGINE_SCHEMA: dict[str, Any] = {
         "metadata": {"type": "object"},
         "restart": {"enum": list(RESTART_POLICIES)},
         "startup_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
-        "restart_schedule": {"type": ["string", "null"], "minLength": 1, "maxLength": 128},
+        "restart_schedule": {
+            "type": ["string", "null"],
+            "pattern": r"^\s*\S+(\s+\S+){4,5}\s*$",
+            "maxLength": 128,
+        },
     },
 }
 
@@ -101,7 +105,7 @@ FIELD_RULES = {
     "metadata": "must be a mapping",
     "restart": "must be one of: always, on-failure, never",
     "startup_timeout_s": "must be a number of seconds > 0",
-    "restart_schedule": "must be a cron expression string or null",
+    "restart_schedule": "must be a cron expression (5 fields, or 6 with seconds first) or null",
     "version": "must be 1",
     "description": "must be a string",
     "engines": "must be a non-empty list of engine specs",

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from sagellmd.api import desired_routes, events_routes, management_routes, read_routes
+from sagellmd.api import (
+    desired_routes,
+    events_routes,
+    management_routes,
+    models_routes,
+    read_routes,
+)
 from sagellmd.api.auth import require_token
 from sagellmd.api.context import ApiContext
 from sagellmd.api.errors import error_response, sagellm_error_handler
+from sagellmd.api.openapi import openapi_document
 from sagellmd.errors import SagellmError
 
 
@@ -24,30 +33,61 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-ROUTES = [
-    Route("/metrics", metrics, methods=["GET"]),
-    Route("/healthz", read_routes.healthz, methods=["GET"]),
-    Route("/v1/status", read_routes.status, methods=["GET"]),
-    Route("/v1/engines", read_routes.list_engines, methods=["GET"]),
-    Route("/v1/engines/{engine_id}", read_routes.get_engine, methods=["GET"]),
-    Route("/v1/engines/{engine_id}", desired_routes.put_engine, methods=["PUT"]),
-    Route("/v1/engines/{engine_id}", desired_routes.delete_engine, methods=["DELETE"]),
-    Route("/v1/engines/{engine_id}/restart", desired_routes.restart_engine, methods=["POST"]),
-    Route("/v1/engines/{engine_id}/logs", read_routes.engine_logs, methods=["GET"]),
-    Route("/v1/presets", desired_routes.list_presets, methods=["GET"]),
-    Route("/v1/presets/{name}", desired_routes.get_preset, methods=["GET"]),
-    Route("/v1/presets/{name}", desired_routes.put_preset, methods=["PUT"]),
-    Route("/v1/presets/{name}", desired_routes.delete_preset, methods=["DELETE"]),
-    Route("/v1/events", events_routes.events, methods=["GET"]),
-    Route("/v1/generations", events_routes.generations, methods=["GET"]),
-    Route("/v1/generations/{generation}", events_routes.generation, methods=["GET"]),
-    Route("/v1/gpus", read_routes.gpus, methods=["GET"]),
-    Route("/v1/plan", desired_routes.plan_change, methods=["POST"]),
-    Route("/v1/management/engines", management_routes.start_engine, methods=["POST"]),
-    Route("/v1/management/engines/{engine_id}", management_routes.stop_engine, methods=["DELETE"]),
-    Route("/v1/management/status", management_routes.status, methods=["GET"]),
-    Route("/v1/rollback", desired_routes.rollback, methods=["POST"]),
+async def openapi(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+ENDPOINTS: list[tuple[str, str, Endpoint]] = [
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi),
+    ("GET", "/healthz", read_routes.healthz),
+    ("GET", "/v1/status", read_routes.status),
+    ("GET", "/v1/engines", read_routes.list_engines),
+    ("GET", "/v1/engines/{engine_id}", read_routes.get_engine),
+    ("PUT", "/v1/engines/{engine_id}", desired_routes.put_engine),
+    ("DELETE", "/v1/engines/{engine_id}", desired_routes.delete_engine),
+    ("POST", "/v1/engines/{engine_id}/restart", desired_routes.restart_engine),
+    ("GET", "/v1/engines/{engine_id}/logs", read_routes.engine_logs),
+    ("GET", "/v1/presets", desired_routes.list_presets),
+    ("GET", "/v1/presets/{name}", desired_routes.get_preset),
+    ("PUT", "/v1/presets/{name}", desired_routes.put_preset),
+    ("DELETE", "/v1/presets/{name}", desired_routes.delete_preset),
+    ("GET", "/v1/events", events_routes.events),
+    ("GET", "/v1/generations", events_routes.generations),
+    ("GET", "/v1/generations/{generation}", events_routes.generation),
+    ("GET", "/v1/gpus", read_routes.gpus),
+    ("POST", "/v1/plan", desired_routes.plan_change),
+    ("POST", "/v1/management/engines", management_routes.start_engine),
+    ("DELETE", "/v1/management/engines/{engine_id}", management_routes.stop_engine),
+    ("GET", "/v1/management/status", management_routes.status),
+    ("POST", "/v1/rollback", desired_routes.rollback),
+    ("GET", "/v1/models/local", models_routes.list_local),
+    ("POST", "/v1/models/local", models_routes.download),
+    ("DELETE", "/v1/models/local/{model_id:path}", models_routes.delete_local),
 ]
+
+
+def _dispatch(endpoints: dict[str, Endpoint]) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await endpoints[method](request)
+
+    return endpoint
+
+
+def _routes() -> list[Route]:
+    """One Route per path, so a 405 names every method the path supports (Allow)."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for method, path, endpoint in ENDPOINTS:
+        by_path.setdefault(path, {})[method] = endpoint
+    return [
+        Route(path, _dispatch(methods), methods=list(methods)) for path, methods in by_path.items()
+    ]
+
+
+ROUTES = _routes()
 
 
 def _route_template(request: Request) -> str:
@@ -89,9 +129,11 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
             404, "not_found", f"no such endpoint: {request.url.path} (see docs/api.md)"
         )
     if exc.status_code == 405:
-        return error_response(
+        response = error_response(
             405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}"
         )
+        response.headers.update(exc.headers or {})  # the Allow header RFC 9110 asks for
+        return response
     return error_response(exc.status_code, "http_error", str(exc.detail))
 
 
@@ -102,4 +144,5 @@ def create_app(ctx: ApiContext) -> Starlette:
         exception_handlers={SagellmError: sagellm_error_handler, HTTPException: http_error_handler},
     )
     app.state.ctx = ctx
+    app.state.openapi = openapi_document(sorted(ctx.settings.runtimes))
     return app

@@ -12,8 +12,11 @@ from sagellmd.errors import BadInputError, PayloadTooLargeError
 MAX_BODY_BYTES = 1024 * 1024
 
 
+NO_BODY: Any = object()
+
+
 async def read_json(request: Request, required: bool = True) -> Any:
-    """The JSON body, or None when it is empty and not required."""
+    """The JSON body, or NO_BODY when it is empty and not required (JSON null is None)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"body: larger than the limit of {MAX_BODY_BYTES} bytes")
@@ -28,7 +31,7 @@ async def read_json(request: Request, required: bool = True) -> Any:
     if not raw.strip():
         if required:
             raise BadInputError("body: a JSON object is required")
-        return None
+        return NO_BODY
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

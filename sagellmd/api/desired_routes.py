@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from sagellmd.api.body import query_bool, read_json
+from sagellmd.api.body import NO_BODY, query_bool, read_json
 from sagellmd.api.context import ApiContext
 from sagellmd.api.read_routes import find_engine
 from sagellmd.errors import BadInputError, NotFoundError, SpecError
@@ -162,7 +162,7 @@ async def get_preset(request: Request) -> JSONResponse:
 
 
 def _preset_from_body(ctx: ApiContext, name: str, data: Any) -> tuple[Preset, str]:
-    if data is None:
+    if data is NO_BODY:
         entry = find_preset(name, ctx.settings.home)
         return entry.preset, entry.source
     if not isinstance(data, dict):
@@ -203,7 +203,11 @@ PLAN_FIELDS = {
 
 
 def _check_plan_body(data: Any) -> str:
-    if not isinstance(data, dict) or data.get("change") not in PLAN_FIELDS:
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("change"), str)
+        or data["change"] not in PLAN_FIELDS
+    ):
         kinds = ", ".join(PLAN_FIELDS)
         raise BadInputError(f"change: must be one of {kinds}, got {data!r:.80}")
     required, optional = PLAN_FIELDS[data["change"]]
@@ -216,6 +220,12 @@ def _check_plan_body(data: Any) -> str:
             + (f"; missing {', '.join(missing)}" if missing else "")
             + (f"; unknown {', '.join(unknown)}" if unknown else "")
         )
+    for key in ("name", "id"):
+        if key in data and not (isinstance(data[key], str) and is_valid_name(data[key])):
+            raise BadInputError(f"{key}: must be an engine or preset name, got {data[key]!r:.80}")
+    for key in ("document", "spec"):
+        if key in data and not isinstance(data[key], dict):
+            raise BadInputError(f"{key}: must be a JSON object, got {type(data[key]).__name__}")
     return data["change"]
 
 
@@ -226,7 +236,8 @@ async def plan_change(request: Request) -> JSONResponse:
     change = _check_plan_body(data)
     options = ChangeOptions(dry_run=True)
     if change == "preset_set":
-        result = preset_set_change(ctx, str(data["name"]), data.get("document"), options)
+        document = data.get("document", NO_BODY)
+        result = preset_set_change(ctx, str(data["name"]), document, options)
     elif change == "preset_unset":
         result = ctx.store.change_unset_preset(str(data["name"]), "plan", dry_run=True)
     elif change == "engine_put":
@@ -239,20 +250,26 @@ async def plan_change(request: Request) -> JSONResponse:
 async def rollback(request: Request) -> JSONResponse:
     """POST /v1/rollback {"to": N}: a new generation equal to N (default: last healthy)."""
     ctx = _ctx(request)
-    data = await read_json(request, required=False) or {}
+    data = await read_json(request, required=False)
+    data = {} if data is NO_BODY else data
     if not isinstance(data, dict) or set(data) - {"to"}:
         raise BadInputError('body: must be {"to": GENERATION} or empty (the last healthy one)')
     current = ctx.store.current_generation()
-    target = data.get("to")
-    if target is None:
+    if "to" not in data:
         target = ctx.store.last_healthy_before(current)
         if target == 0:
             raise NotFoundError(
                 f"no healthy generation before {current} to roll back to;"
                 " give one with `sagellm rollback N` (`sagellm history` lists them)"
             )
-    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= current:
-        raise BadInputError(f"to: must be a generation number from 0 to {current}, got {target!r}")
+    else:
+        target = data["to"]
+        if isinstance(target, float) and target.is_integer():
+            target = int(target)
+        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+            raise BadInputError(f"to: must be a generation number >= 0, got {target!r}")
+        if target > current:
+            raise NotFoundError(f"no generation {target}; the newest is {current}")
     options = ChangeOptions.of(request)
     result = ctx.store.restore_generation(
         target, f"rollback to {target}", dry_run=options.dry_run, auto_rollback=False

@@ -65,11 +65,7 @@ async def start_engine(request: Request) -> JSONResponse:
         )
     if not isinstance(data.get("model_id"), str) or not data["model_id"]:
         raise SpecError(["model_id: required; a Hugging Face id or a local path"])
-    spec = {
-        SEED_FIELDS[key]: value
-        for key, value in data.items()
-        if value is not None or key in ("port", "use_gpu", "label")
-    }
+    spec = {SEED_FIELDS[key]: value for key, value in data.items()}
     engine_id = _unique_id(ctx, data["model_id"])
     try:
         result = engine_put_change(ctx, engine_id, spec, ChangeOptions())

@@ -10,6 +10,9 @@ import typer
 
 from sagellmd.cli.context import CliContext, cli_context
 from sagellmd.cli.engine_commands import engine_app
+from sagellmd.cli.generation_commands import history, rollback
+from sagellmd.cli.gpu_commands import gpu
+from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
 from sagellmd.cli.render import console, engines_table, event_line, gpus_line, print_json
 from sagellmd.errors import SagellmError, SpecError
@@ -24,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(preset_app, name="preset")
 app.add_typer(engine_app, name="engine")
+app.add_typer(model_app, name="model")
 
 FOLLOW_WAIT_S = 30
 
@@ -32,7 +36,9 @@ FOLLOW_WAIT_S = 30
 def root(
     ctx: typer.Context,
     url: str | None = typer.Option(
-        None, "--url", metavar="URL",
+        None,
+        "--url",
+        metavar="URL",
         help="Daemon URL (default: SAGELLM_URL or http://127.0.0.1:8765).",
     ),
 ) -> None:
@@ -44,8 +50,9 @@ def root(
 
 
 @app.command()
-def status(ctx: typer.Context,
-           as_json: bool = typer.Option(False, "--json", help="Print the raw JSON.")) -> None:
+def status(
+    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print the raw JSON.")
+) -> None:
     """Generation, daemon, GPUs and every engine's state."""
     client = cli_context(ctx).client()
     try:
@@ -56,8 +63,10 @@ def status(ctx: typer.Context,
         print_json(answer)
         return
     daemon = answer.get("daemon") or {}
-    typer.echo(f"generation {answer.get('generation', '?')}   daemon pid {daemon.get('pid', '?')}"
-               + (f"   version {daemon['version']}" if daemon.get("version") else ""))
+    typer.echo(
+        f"generation {answer.get('generation', '?')}   daemon pid {daemon.get('pid', '?')}"
+        + (f"   version {daemon['version']}" if daemon.get("version") else "")
+    )
     typer.echo(f"gpus: {gpus_line(answer.get('gpus'))}")
     presets = answer.get("presets")
     if isinstance(presets, list):
@@ -108,6 +117,12 @@ def events(
 def _next_cursor(cursor: int | None, answer: dict[str, Any]) -> int:
     ids = [int(e["id"]) for e in answer.get("events") or [] if e.get("id") is not None]
     return max([cursor or 0, int(answer.get("last_id") or 0), *ids])
+
+
+# Registered here, after status and events, so `--help` lists the commands in that order.
+app.command("history")(history)
+app.command("rollback")(rollback)
+app.command("gpu")(gpu)
 
 
 def main() -> None:

@@ -33,10 +33,15 @@ _MUTATING = ("PUT", "POST", "DELETE", "PATCH")
 def resolve_url(url: str | None) -> str:
     """The daemon's base URL: --url, else SAGELLM_URL, else the default bind address."""
     chosen = (url or os.environ.get("SAGELLM_URL") or DEFAULT_URL).strip().rstrip("/")
-    if not chosen.startswith(("http://", "https://")):
+    try:
+        parsed = httpx.URL(chosen)
+    except httpx.InvalidURL as exc:
         raise BadInputError(
-            f"daemon URL {chosen!r} must start with http:// or https://"
-            " (check --url or SAGELLM_URL)"
+            f"daemon URL {chosen!r} is not valid: {exc} (check --url or SAGELLM_URL)"
+        ) from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise BadInputError(
+            f"daemon URL {chosen!r} must look like http://HOST:PORT (check --url or SAGELLM_URL)"
         )
     return chosen
 
@@ -104,12 +109,11 @@ class ApiClient:
         self,
         base_url: str,
         token: str | None = None,
-        transport: httpx.BaseTransport | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.base_url = base_url
         self._token = token
-        self._http = httpx.Client(base_url=base_url, transport=transport, timeout=timeout)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -166,21 +170,23 @@ class ApiClient:
                 " sagellmd?"
             ) from exc
 
-    def get(self, path: str, params: dict[str, Any] | None = None,
-            timeout: float | None = None) -> Any:
+    def get(
+        self, path: str, params: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
         return self.request("GET", path, params=params, timeout=timeout)
 
     def put(self, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
         return self.request("PUT", path, params=params, body=body)
 
-    def post(self, path: str, body: Any = None) -> Any:
-        return self.request("POST", path, body=body)
+    def post(self, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", path, params=params, body=body)
 
-    def delete(self, path: str) -> Any:
-        return self.request("DELETE", path)
+    def delete(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self.request("DELETE", path, params=params)
 
-    def events(self, after: int | None = None, wait: float | None = None,
-               engine: str | None = None) -> dict[str, Any]:
+    def events(
+        self, after: int | None = None, wait: float | None = None, engine: str | None = None
+    ) -> dict[str, Any]:
         """One `GET /v1/events` call, long-polling up to `wait` seconds."""
         seconds = max(1, math.ceil(wait)) if wait else None
         timeout = (seconds + LONG_POLL_SLACK_S) if seconds else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import typer
 
 from sagellmd.cli.client import ApiClient, read_token, resolve_url
@@ -14,17 +13,16 @@ from sagellmd.config import default_home
 
 @dataclass
 class CliContext:
-    """Where the daemon and the home are; `transport` lets tests stand in for the daemon."""
+    """Where the daemon and the home are."""
 
     url: str | None = None
-    transport: httpx.BaseTransport | None = None
 
     @property
     def home(self) -> Path:
         return default_home()
 
     def client(self) -> ApiClient:
-        return ApiClient(resolve_url(self.url), read_token(self.home), transport=self.transport)
+        return ApiClient(resolve_url(self.url), read_token(self.home))
 
 
 def cli_context(ctx: typer.Context) -> CliContext:

@@ -8,9 +8,10 @@ from typing import Any, Literal
 
 import typer
 
+from sagellmd.cli.changes import DRY_RUN_OPTION, NO_ROLLBACK_OPTION, ChangeOptions, run_change
 from sagellmd.cli.client import segment
 from sagellmd.cli.context import cli_context
-from sagellmd.cli.render import console, engines_table, plan_lines, print_json
+from sagellmd.cli.render import console, engines_table, print_json
 from sagellmd.errors import BadInputError
 from sagellmd.spec import parse_engine
 
@@ -39,8 +40,9 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 
 @engine_app.command("list")
-def list_engines(ctx: typer.Context,
-                 as_json: bool = typer.Option(False, "--json", help="Print the raw JSON.")) -> None:
+def list_engines(
+    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print the raw JSON.")
+) -> None:
     """Every engine the daemon knows, with its state."""
     client = cli_context(ctx).client()
     try:
@@ -86,6 +88,8 @@ def start(
     env: list[str] | None = typer.Option(
         None, "--env", metavar="K=V", help="Environment variable (repeatable)."
     ),
+    dry_run: bool = DRY_RUN_OPTION,
+    no_rollback: bool = NO_ROLLBACK_OPTION,
 ) -> None:
     """Create or replace the ad-hoc engine NAME running MODEL."""
     engine_name = name or slug(model)
@@ -109,24 +113,35 @@ def start(
     parse_engine({**spec, "name": engine_name})
     client = cli_context(ctx).client()
     try:
-        answer = client.put(f"/v1/engines/{segment(engine_name)}", body=spec) or {}
+        run_change(
+            client,
+            lambda params: client.put(
+                f"/v1/engines/{segment(engine_name)}", body=spec, params=params
+            ),
+            ChangeOptions(dry_run=dry_run, rollback=not no_rollback),
+            header=lambda _: [f"engine {engine_name}"],
+        )
     finally:
         client.close()
-    typer.echo(f"engine {engine_name}")
-    for line in plan_lines(answer):
-        typer.echo(line)
 
 
 @engine_app.command("stop")
-def stop(ctx: typer.Context, engine_id: str = ID_ARG) -> None:
+def stop(
+    ctx: typer.Context,
+    engine_id: str = ID_ARG,
+    dry_run: bool = DRY_RUN_OPTION,
+    no_rollback: bool = NO_ROLLBACK_OPTION,
+) -> None:
     """Remove an ad-hoc engine (use `preset unset` for a preset's engines)."""
     client = cli_context(ctx).client()
     try:
-        answer = client.delete(f"/v1/engines/{segment(engine_id)}") or {}
+        run_change(
+            client,
+            lambda params: client.delete(f"/v1/engines/{segment(engine_id)}", params=params),
+            ChangeOptions(dry_run=dry_run, rollback=not no_rollback),
+        )
     finally:
         client.close()
-    for line in plan_lines(answer):
-        typer.echo(line)
 
 
 @engine_app.command("restart")
@@ -138,8 +153,9 @@ def restart(ctx: typer.Context, engine_id: str = ID_ARG) -> None:
     finally:
         client.close()
     when = answer.get("requested_at")
-    typer.echo(f"restart of {answer.get('engine', engine_id)} requested"
-               + (f" at {when}" if when else ""))
+    typer.echo(
+        f"restart of {answer.get('engine', engine_id)} requested" + (f" at {when}" if when else "")
+    )
 
 
 @engine_app.command("logs")

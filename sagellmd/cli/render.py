@@ -97,14 +97,53 @@ def event_line(event: Mapping[str, Any]) -> str:
     )
 
 
+def plan_engine(item: Mapping[str, Any]) -> str | None:
+    """The engine id of a plan item (`engine` in docs/api.md, `engine_id` from the planner)."""
+    value = item.get("engine") or item.get("engine_id")
+    return str(value) if value else None
+
+
+GIB = 1024**3
+# Plan actions that spawn a process: the only ones with a GPU placement to show.
+SPAWNING_ACTIONS = ("start", "restart")
+
+
+def placement_text(item: Mapping[str, Any]) -> str:
+    """`GPU0+GPU1 x 6.9 GiB` for a start with GPUs, `no GPU` for one without, else ''."""
+    gpus = item.get("gpus")
+    if item.get("action") not in SPAWNING_ACTIONS or not isinstance(gpus, list):
+        return ""
+    if not gpus:
+        return "no GPU"
+    per_gpu = (item.get("gpu_bytes") or 0) / GIB
+    return f"{'+'.join(f'GPU{gpu}' for gpu in gpus)} x {per_gpu:.1f} GiB"
+
+
+def plan_item_line(item: Mapping[str, Any]) -> str:
+    text = f"  {item.get('action', '?'):<9} {plan_engine(item) or '-'}"
+    if item.get("reason"):
+        text += f"  ({item['reason']})"
+    placement = placement_text(item)
+    return f"{text}  {placement}" if placement else text
+
+
 def plan_lines(answer: Mapping[str, Any]) -> list[str]:
-    """The generation a change made and one line per planned action."""
-    lines = [f"generation {answer.get('generation', '?')}"]
+    """The generation a change made (or, dry run, that it left alone) and its plan."""
+    if answer.get("dry_run"):
+        header = (
+            f"dry run: nothing was changed (the daemon stays at generation"
+            f" {answer.get('generation', '?')}); the plan would be:"
+        )
+    else:
+        header = f"generation {answer.get('generation', '?')}"
+    lines = [header]
     plan = answer.get("plan") or []
     if not plan:
         lines.append("  nothing to do: the engines already match")
-    for item in plan:
-        reason = item.get("reason")
-        text = f"  {item.get('action', '?'):<9} {item.get('engine', '-')}"
-        lines.append(f"{text}  ({reason})" if reason else text)
+    lines.extend(plan_item_line(item) for item in plan)
     return lines
+
+
+def gib(value: Any) -> str:
+    """A GiB figure from the API (`total_gb` and the like) as table text."""
+    return f"{value:.1f} GiB" if isinstance(value, int | float) else "-"

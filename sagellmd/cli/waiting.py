@@ -1,138 +1,298 @@
-"""Following a preset change until its engines are ready, one has failed, or time runs out."""
+"""Following a generation until the daemon judges it: healthy, failed (rolled back or kept),
+superseded, or out of time.
+
+The daemon decides whether a generation is healthy (docs/api.md, "Changes, dry runs and
+rollouts"); the CLI only reads that verdict. The pure functions here take plain answers and
+an injected time, so they are tested without a daemon; `follow_generation` is the loop that
+feeds them from the API.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from sagellmd.cli.client import ApiClient
-from sagellmd.cli.render import event_line
+from sagellmd.cli.render import plan_engine
 
-# Plan actions that start a new process: such an engine counts as ready only after a
-# `ready` event newer than the change, so the old instance's `ready` cannot end the wait.
-STARTING_ACTIONS = frozenset({"start", "replace", "restart", "recreate"})
+# Longest single long-poll: events wake it early; this only bounds a silent daemon.
 POLL_S = 10.0
+# The daemon commits a failed verdict and the rollback generation one right after the
+# other; seeing the first without the second for longer than this means it made none.
+ROLLBACK_GRACE_S = 5.0
+# While waiting out that gap, look again this often (the rollback's own event wakes us too).
+RECHECK_S = 1.0
 
 
 @dataclass(frozen=True)
-class Rollout:
-    """A preset change the daemon accepted: which generation and which engines it starts."""
+class EngineRow:
+    """One engine of the progress view, from a `/v1/status` entry."""
 
-    preset: str
-    generation: int
-    awaited: frozenset[str]
+    id: str
+    state: str
+    pid: int | None = None
+    port: int | None = None
+    gpus: tuple[int, ...] = ()
+    restarts: int = 0
+    message: str = ""
+    # Ready with the desired spec (or removed, for an engine the change drops).
+    settled: bool = False
 
-    @classmethod
-    def from_answer(cls, preset: str, answer: Mapping[str, Any]) -> Rollout:
-        awaited = frozenset(
-            str(item["engine"])
-            for item in answer.get("plan") or []
-            if item.get("action") in STARTING_ACTIONS and item.get("engine")
-        )
-        return cls(preset, int(answer.get("generation") or 0), awaited)
+    def line(self) -> str:
+        """The plain-text form, printed when stdout is not a terminal."""
+        if self.state == "removed":
+            return f"{self.id}  removed"
+        parts = [self.id, self.state]
+        if self.pid is not None:
+            parts.append(f"pid {self.pid}")
+        if self.port is not None:
+            parts.append(f"port {self.port}")
+        if self.gpus:
+            parts.append("gpus " + ",".join(map(str, self.gpus)))
+        parts.append(f"restarts {self.restarts}")
+        if self.message:
+            parts.append(self.message)
+        return "  ".join(parts)
 
-    def owns(self, engine_id: Any) -> bool:
-        return isinstance(engine_id, str) and engine_id.startswith(f"{self.preset}.")
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def engine_row(engine_id: str, entry: Mapping[str, Any] | None) -> EngineRow:
+    """The row of one engine; an engine missing from status has been removed."""
+    if entry is None:
+        return EngineRow(engine_id, "removed", settled=True)
+    state = str(entry.get("state") or "unknown")
+    desired = entry.get("desired", True) is not False
+    # An engine still running an older spec shows `ready` until the loop replaces it.
+    wanted, running = entry.get("spec_hash"), entry.get("running_spec_hash")
+    current = wanted is None or running is None or wanted == running
+    gpus = entry.get("gpus") if isinstance(entry.get("gpus"), list) else []
+    return EngineRow(
+        id=engine_id,
+        state=state,
+        pid=_int_or_none(entry.get("pid")),
+        port=_int_or_none(entry.get("port")),
+        gpus=tuple(g for g in gpus if isinstance(g, int)),
+        restarts=_int_or_none(entry.get("restarts")) or 0,
+        message=str(entry.get("message") or ""),
+        settled=desired and state == "ready" and current,
+    )
+
+
+def watched_engines(record: Mapping[str, Any], plan: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The generation's engines, then engines its plan touches that it no longer has."""
+    ids = [
+        str(e["id"]) for e in record.get("engines") or [] if isinstance(e, Mapping) and e.get("id")
+    ]
+    for item in plan:
+        engine = plan_engine(item)
+        if engine and engine not in ids:
+            ids.append(engine)
+    return ids
+
+
+def engine_rows(status: Mapping[str, Any], engine_ids: Sequence[str]) -> list[EngineRow]:
+    by_id = {str(e.get("id")): e for e in status.get("engines") or [] if isinstance(e, Mapping)}
+    return [engine_row(engine_id, by_id.get(engine_id)) for engine_id in engine_ids]
+
+
+def changed_rows(shown: Mapping[str, EngineRow], rows: Sequence[EngineRow]) -> list[EngineRow]:
+    """The rows that differ from what was shown last (the plain view prints only those)."""
+    return [row for row in rows if shown.get(row.id) != row]
+
+
+def waiting_for(rows: Sequence[EngineRow]) -> str:
+    """`p.chat starting (message), ...` for the engines that are not settled yet."""
+    pending = [row for row in rows if not row.settled]
+    if not pending:
+        return "the daemon's verdict"
+    return ", ".join(
+        f"{row.id} {row.state}" + (f" ({row.message})" if row.message else "") for row in pending
+    )
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """`done` with `ok` true or false, or still waiting; `reason` says why, for the user."""
+class Window:
+    """When the wait began and how long it may last (clock seconds, injected)."""
+
+    started: float
+    timeout_s: float
+
+    def remaining(self, now: float) -> float:
+        return self.started + self.timeout_s - now
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of a wait (`done`), or what it is still waiting for (`reason`)."""
 
     done: bool
     ok: bool = False
     reason: str = ""
+    rollback: int | None = None  # the generation the daemon made to undo the failed one
+    restored: int | None = None  # the generation that rollback restored (0: nothing)
+    kept: bool = False  # failed, and left as it is because its rollback was off
+    timed_out: bool = False
 
 
-@dataclass
-class Progress:
-    """What the events since the change have shown so far."""
-
-    ready_seen: set[str] = field(default_factory=set)
-    failure: str | None = None
-
-
-def note_events(rollout: Rollout, events: Iterable[Mapping[str, Any]], progress: Progress) -> None:
-    """Fold events newer than the change into `progress`."""
-    for event in events:
-        kind = event.get("type")
-        engine = event.get("engine")
-        if rollout.owns(engine) and kind == "ready":
-            progress.ready_seen.add(str(engine))
-        elif rollout.owns(engine) and kind == "failed" and progress.failure is None:
-            progress.failure = f"engine {engine} failed: {event.get('message') or 'no message'}"
-        elif (kind == "generation" and "rollback" in str(event.get("message") or "").lower()
-              and int(event.get("generation") or 0) > rollout.generation
-              and progress.failure is None):
-            progress.failure = f"the daemon rolled the change back: {event.get('message')}"
+def rollback_record(
+    generation: int, history: Sequence[Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
+    """The generation whose cause is `rollback of N: ...` (the daemon's automatic rollback)."""
+    prefix = f"rollback of {generation}:"
+    return next((g for g in history if str(g.get("cause") or "").startswith(prefix)), None)
 
 
-def judge(rollout: Rollout, status: Mapping[str, Any], progress: Progress) -> Verdict:
-    """Decide from one status answer and the events so far whether the rollout is over."""
-    if progress.failure:
-        return Verdict(True, False, progress.failure)
-    engines = [e for e in status.get("engines") or [] if e.get("preset") == rollout.preset]
-    active = status.get("presets")
-    newer = int(status.get("generation") or 0) > rollout.generation
-    if newer and (not engines or (isinstance(active, list) and rollout.preset not in active)):
-        return Verdict(True, False, (
-            f"preset {rollout.preset} is no longer active at generation {status.get('generation')}"
-            " (rolled back or unset meanwhile)"
-        ))
-    failed = [e for e in engines if e.get("state") == "failed"]
-    if failed:
-        return Verdict(True, False, "; ".join(
-            f"engine {e.get('id')} failed: {e.get('message') or 'no message'}" for e in failed
-        ))
-    waiting = [
-        e for e in engines
-        if e.get("state") != "ready" or (e.get("id") in rollout.awaited
-                                         and e.get("id") not in progress.ready_seen)
-    ]
-    if engines and not waiting:
-        return Verdict(True, True, f"all {len(engines)} engine(s) of {rollout.preset} are ready")
-    if not engines:
-        return Verdict(False, reason=f"no engines of {rollout.preset} reported yet")
-    return Verdict(False, reason=", ".join(
-        f"{e.get('id')} {e.get('state')}" + (f" ({e['message']})" if e.get("message") else "")
-        for e in waiting
-    ))
+def restored_generation(generation: int, history: Sequence[Mapping[str, Any]]) -> int | None:
+    """The generation a rollback of `generation` restored: the newest healthy older one.
+
+    That is the daemon's rule (docs/api.md). 0 is the empty state; None when `history`
+    does not reach back far enough to tell.
+    """
+    older = [g for g in history if isinstance(g.get("id"), int) and g["id"] < generation]
+    healthy = [g["id"] for g in older if g.get("healthy") is True]
+    if healthy:
+        return max(healthy)
+    if generation <= 1 or any(g["id"] == 1 for g in older):
+        return 0
+    return None
+
+
+def judge(
+    record: Mapping[str, Any],
+    current: int,
+    history: Sequence[Mapping[str, Any]],
+    rows: Sequence[EngineRow],
+    window: Window,
+    now: float,
+    failed_seen_at: float | None = None,
+) -> Outcome:
+    """Decide from one round of answers whether the wait for `record` is over.
+
+    `current` is the daemon's generation read BEFORE `record`, so a newer generation
+    seen with `healthy` still null cannot be this one's rollback (the daemon marks a
+    generation failed before it creates the rollback). `history` is `/v1/generations`
+    (newest first), fetched only once it matters (failed, or superseded).
+    """
+    number = int(record.get("id") or 0)
+    healthy = record.get("healthy")
+    verdict = str(record.get("verdict") or "no verdict given")
+    if healthy is True:
+        return Outcome(True, True, f"generation {number} is healthy: {verdict}")
+    if healthy is False:
+        failure = f"generation {number} failed: {verdict}"
+        undo = rollback_record(number, history)
+        if undo is not None:
+            return Outcome(
+                True,
+                False,
+                failure,
+                rollback=int(undo.get("id") or 0),
+                restored=restored_generation(number, history),
+            )
+        if record.get("auto_rollback") is False:
+            return Outcome(True, False, failure, kept=True)
+        if failed_seen_at is not None and now - failed_seen_at >= ROLLBACK_GRACE_S:
+            return Outcome(True, False, f"{failure}; the daemon made no rollback generation")
+        return Outcome(False, reason=f"{failure}; waiting for the daemon's rollback")
+    if current > number:
+        newer = sorted(
+            (g for g in history if isinstance(g.get("id"), int) and g["id"] > number),
+            key=lambda g: g["id"],
+        )
+        by = (
+            f"generation {newer[0]['id']} ({newer[0].get('cause')})"
+            if newer
+            else f"generation {current}"
+        )
+        return Outcome(
+            True, False, f"generation {number} was superseded by {by} before it was judged"
+        )
+    if window.remaining(now) <= 0:
+        return Outcome(
+            True,
+            False,
+            f"timed out after {window.timeout_s:g} s; waiting for: {waiting_for(rows)}",
+            timed_out=True,
+        )
+    return Outcome(False, reason=f"rolling out; waiting for: {waiting_for(rows)}")
+
+
+def outcome_lines(outcome: Outcome, kept_note: str = "rollback off") -> list[str]:
+    """What the user reads at the end of a failed wait, after the reason itself."""
+    if outcome.rollback is not None:
+        restored = (
+            "the last healthy generation"
+            if outcome.restored is None
+            else "the empty state (generation 0)"
+            if outcome.restored == 0
+            else f"generation {outcome.restored}"
+        )
+        return [f"the daemon rolled it back: generation {outcome.rollback} restores {restored}"]
+    if outcome.kept:
+        return [f"the failed state is kept as it is ({kept_note}); `sagellm rollback` undoes it"]
+    if outcome.timed_out:
+        return ["the rollout goes on in the daemon; `sagellm history` shows its verdict"]
+    return []
+
+
+class ProgressView(Protocol):
+    """Where the wait shows the engines: a live table on a terminal, lines otherwise."""
+
+    def update(self, rows: Sequence[EngineRow], note: str) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def event_cursor(client: ApiClient) -> int:
-    """The id of the newest event, so a follow-up sees exactly what happens after now."""
+    """The id of the newest event, so a follow-up wakes for exactly what happens after now."""
     answer = client.get("/v1/events", {"limit": 1}) or {}
     ids = [int(e["id"]) for e in answer.get("events") or [] if e.get("id") is not None]
     return int(answer.get("last_id") or max(ids, default=0))
 
 
-def follow_rollout(
+def next_cursor(cursor: int, answer: Mapping[str, Any]) -> int:
+    ids = [int(e["id"]) for e in answer.get("events") or [] if e.get("id") is not None]
+    return max([cursor, int(answer.get("last_id") or 0), *ids])
+
+
+def follow_generation(
     client: ApiClient,
-    rollout: Rollout,
+    generation: int,
+    plan: Sequence[Mapping[str, Any]],
     cursor: int,
     timeout_s: float,
-    echo: Callable[[str], None],
+    view: ProgressView,
     clock: Callable[[], float] = time.monotonic,
-) -> Verdict:
-    """Long-poll events (printing the preset's) and re-read status until a verdict is reached."""
-    deadline = clock() + timeout_s
-    progress = Progress()
+) -> Outcome:
+    """Redraw the engines on every event (long-poll) until `judge` reaches an outcome."""
+    window = Window(clock(), timeout_s)
+    failed_seen_at: float | None = None
     while True:
-        verdict = judge(rollout, client.get("/v1/status") or {}, progress)
-        if verdict.done:
-            return verdict
-        remaining = deadline - clock()
-        if remaining <= 0:
-            return Verdict(
-                True, False, f"timed out after {timeout_s:g} s; waiting for: {verdict.reason}"
-            )
-        answer = client.events(after=cursor, wait=min(POLL_S, remaining))
-        events = answer.get("events") or []
-        for event in events:
-            if rollout.owns(event.get("engine")) or event.get("type") == "generation":
-                echo(event_line(event))
-        note_events(rollout, events, progress)
-        ids = [int(e["id"]) for e in events if e.get("id") is not None]
-        cursor = max([cursor, *ids, int(answer.get("last_id") or 0)])
+        # Status before the record: see `judge` for why the order matters.
+        status = client.get("/v1/status") or {}
+        record = client.get(f"/v1/generations/{generation}") or {}
+        current = int(status.get("generation") or 0)
+        history: list[Mapping[str, Any]] = []
+        if record.get("healthy") is False or (
+            record.get("healthy") is None and current > generation
+        ):
+            # Enough to reach the rollback (newer) and the healthy one it restored (older).
+            answer = client.get("/v1/generations", {"limit": min(1000, current + 1)}) or {}
+            history = list(answer.get("generations") or [])
+        rows = engine_rows(status, watched_engines(record, plan))
+        now = clock()
+        if record.get("healthy") is False and failed_seen_at is None:
+            failed_seen_at = now
+        outcome = judge(record, current, history, rows, window, now, failed_seen_at)
+        view.update(rows, outcome.reason)
+        if outcome.done:
+            return outcome
+        wait = min(POLL_S, window.remaining(now))
+        if failed_seen_at is not None:
+            wait = min(wait, RECHECK_S)
+        cursor = next_cursor(cursor, client.events(after=cursor, wait=max(wait, 0.1)))

@@ -156,7 +156,9 @@ class Reconciler:
         generation = store.generation(store.current_generation())
         if generation is None or generation.healthy is not None:
             return None
-        before = store.generation(generation.id - 1)
+        # Compared with the last healthy generation, not the previous one: a change made
+        # on top of a still-failing one must be judged on that failure too.
+        before = store.generation(store.last_healthy_before(generation.id))
         verdict = judge_rollout(
             generation.ts,
             store.desired(),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sagellmd.config import Settings
+from sagellmd.models.last_used import touch_model
+from sagellmd.models.resolve import engine_model
 from sagellmd.spec import EngineSpec
 
 ENGINE_HOST = "127.0.0.1"
@@ -65,9 +67,14 @@ def build_argv(
     port: int,
     assignment: GpuAssignment | None = None,
 ) -> list[str]:
-    """The runtime's command (placeholders filled), its built-in flags, then extra_args."""
+    """The runtime's command (placeholders filled), its built-in flags, then extra_args.
+
+    A model found on disk is passed as its directory, so engines start without the hub.
+    """
+    model = engine_model(spec, settings)
     values = {
-        "model": spec.model,
+        "model": model.argument,
+        "model_id": spec.model,
         "port": str(port),
         "host": ENGINE_HOST,
         "id": engine_id,
@@ -76,7 +83,10 @@ def build_argv(
     argv = _fill(settings.runtime_command(spec.runtime), values)
     flags = BUILTIN_FLAGS.get(spec.runtime)
     if flags is not None:
-        argv += flags(spec, port, assignment)
+        argv += flags(replace(spec, model=model.argument), port, assignment)
+        argv += model.extra_flags
+    # Built only right before a spawn, so this is when an engine of the model last started.
+    touch_model(settings.home, spec.model)
     return argv + list(spec.extra_args)
 
 

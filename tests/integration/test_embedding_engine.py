@@ -21,6 +21,9 @@ import numpy as np
 import pytest
 
 from sagellmd.engines.embedding import MAX_INPUT_CHARS, MAX_INPUTS, resolve_model_path
+from sagellmd.engines.embedding_api import MAX_BODY_BYTES, TRUNCATED_HEADER
+from sagellmd.engines.embedding_batcher import plan_batch, retry_after_seconds
+from sagellmd.engines.embedding_model import plan_groups
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +44,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _spawn(model: str, port: int, stderr_path: Path, **env: str) -> subprocess.Popen[bytes]:
+def _spawn(
+    model: str, port: int, stderr_path: Path, *args: str, **env: str
+) -> subprocess.Popen[bytes]:
     # stderr goes to a file: a pipe nobody reads could fill up and block the server.
     with open(stderr_path, "wb") as stderr:
         return subprocess.Popen(
@@ -53,6 +58,7 @@ def _spawn(model: str, port: int, stderr_path: Path, **env: str) -> subprocess.P
                 model,
                 "--port",
                 str(port),
+                *args,
             ],
             cwd=REPO_ROOT,
             env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
@@ -117,22 +123,50 @@ def spawned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         watcher.join(timeout=10)
 
 
+# A second engine with tight limits, for what the defaults make slow or impossible to see.
+SMALL_ARGS = ("--no-normalize", "--max-batch-size", "4", "--max-queue", "8", "--max-wait-ms", "0")
+
+
 @pytest.fixture(scope="module")
-def reference(spawned: Server) -> Any:
-    # Depends on `spawned` so the test process loads its copy while the server loads its own.
+def small_spawned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = _free_port()
+    stderr_path = tmp_path_factory.mktemp("embedding-engine-small") / "stderr.log"
+    process = _spawn(MODEL_ID, port, stderr_path, *SMALL_ARGS)
+    server = Server(process, f"http://127.0.0.1:{port}", stderr_path)
+    watcher = threading.Thread(target=server.watch_startup, daemon=True)
+    watcher.start()
+    try:
+        yield server
+    finally:
+        _stop(server.process)
+        watcher.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def reference(spawned: Server, small_spawned: Server) -> Any:
+    # Depends on both engines so the test process loads its copy while they load theirs.
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(resolve_model_path(MODEL_ID), device="cpu")
 
 
-@pytest.fixture(scope="module")
-def server(spawned: Server, reference: Any) -> Server:
+def _wait_ready(spawned: Server) -> Server:
     if not spawned.ready.wait(READY_TIMEOUT):
         pytest.fail(
             f"engine not ready within {READY_TIMEOUT:.0f}s (exit code {spawned.process.poll()}):"
             f"\n{spawned.stderr()}"
         )
     return spawned
+
+
+@pytest.fixture(scope="module")
+def server(spawned: Server, reference: Any) -> Server:
+    return _wait_ready(spawned)
+
+
+@pytest.fixture(scope="module")
+def small(small_spawned: Server, reference: Any) -> Server:
+    return _wait_ready(small_spawned)
 
 
 @pytest.fixture
@@ -256,6 +290,173 @@ def test_models_lists_the_served_id(client: httpx.Client) -> None:
     }
 
 
+def _stats(client: httpx.Client) -> dict[str, Any]:
+    response = client.get("/stats")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def _post_all(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(bodies))
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as http:
+        return await asyncio.gather(*(http.post("/v1/embeddings", json=body) for body in bodies))
+
+
+@pytest.mark.slow
+def test_concurrent_single_text_requests_share_model_calls(
+    client: httpx.Client, server: Server, reference: Any
+) -> None:
+    texts = [
+        f"request {i} asks about {'tea' if i % 3 else 'trains'} and nothing else" for i in range(32)
+    ]
+    before = _stats(client)
+    responses = asyncio.run(_post_all(server.url, [{"input": text} for text in texts]))
+    after = _stats(client)
+    expected = reference.encode(texts)
+    for response, want in zip(responses, expected, strict=True):
+        assert response.status_code == 200, response.text
+        [vector] = _vectors(response.json())
+        assert _cosine(vector, want) > 0.9999
+    assert after["texts"] - before["texts"] == 32
+    assert after["requests"] - before["requests"] == 32
+    calls = after["model_calls"] - before["model_calls"]
+    # One call per request would be 32; batching gathers them into a handful.
+    assert calls <= 16, (before, after)
+    assert after["largest_batch"] > 1
+
+
+@pytest.mark.slow
+def test_mixed_concurrent_requests_each_get_their_texts_in_order(
+    server: Server, reference: Any
+) -> None:
+    # Sizes around the default --max-batch-size 64, so some requests span model calls and
+    # most calls mix texts of several requests.
+    sizes = [1, 3, 100, 1, 7, 64, 2, 1, 30, 5]
+    requests: list[list[str]] = []
+    for r, size in enumerate(sizes):
+        requests.append(
+            [
+                f"text {j} of request {r}: {'short' if j % 2 else 'a longer one ' * (j % 7)}"
+                for j in range(size)
+            ]
+        )
+    responses = asyncio.run(_post_all(server.url, [{"input": texts} for texts in requests]))
+    flat = [text for texts in requests for text in texts]
+    expected = iter(reference.encode(flat))
+    for response, texts in zip(responses, requests, strict=True):
+        assert response.status_code == 200, response.text
+        payload = response.json()
+        assert [item["index"] for item in payload["data"]] == list(range(len(texts)))
+        for vector in _vectors(payload):
+            assert _cosine(vector, next(expected)) > 0.9999
+
+
+@pytest.mark.slow
+def test_input_longer_than_the_model_window_is_truncated_and_reported(
+    client: httpx.Client, reference: Any
+) -> None:
+    # all-MiniLM-L6-v2 sees 256 tokens: "a " * 254 plus [CLS] and [SEP] fits exactly.
+    fits, too_long = "a " * 254, "word " * 400
+    texts = ["short one", fits, too_long]
+    response = client.post("/v1/embeddings", json={"input": texts})
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert payload["truncated"] == [2]
+    assert response.headers[TRUNCATED_HEADER] == "1"
+    assert payload["usage"]["prompt_tokens"] == 4 + 256 + 256
+    # sentence-transformers truncates the same way, so the vectors still agree.
+    for vector, want in zip(_vectors(payload), reference.encode(texts), strict=True):
+        assert _cosine(vector, want) > 0.9999
+    untruncated = client.post("/v1/embeddings", json={"input": texts[:2]})
+    assert untruncated.json()["truncated"] == []
+    assert TRUNCATED_HEADER not in untruncated.headers
+
+
+@pytest.mark.slow
+def test_body_over_the_limit_is_413_before_it_is_read(server: Server) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    head = (
+        f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+        f"\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
+    )
+    # Only the headers are sent: the engine must answer from Content-Length alone.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+@pytest.mark.slow
+def test_no_normalize_returns_pooled_vectors_and_splits_big_requests(
+    small: Server, reference: Any
+) -> None:
+    texts = [f"unnormalized sentence number {i}" for i in range(10)]
+    with httpx.Client(base_url=small.url, timeout=60.0) as http:
+        before = _stats(http)
+        payload = _embed(http, input=texts)
+        after = _stats(http)
+        prefix = _vectors(_embed(http, input=texts[0], dimensions=32))[0]
+    vectors = _vectors(payload)
+    # --max-batch-size 4: ten inputs take three model calls and still come back in order.
+    assert after["model_calls"] - before["model_calls"] == 3
+    assert after["largest_batch"] == 4
+    for vector, want in zip(vectors, reference.encode(texts), strict=True):
+        assert abs(float(np.linalg.norm(vector)) - 1.0) > 0.1
+        assert _cosine(vector, want) > 0.9999
+    # Without normalization a shorter vector is a plain prefix, not rescaled.
+    assert np.allclose(prefix, vectors[0][:32], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_queue_over_its_bound_is_503_with_retry_after(small: Server) -> None:
+    # --max-queue 8 and --max-batch-size 4: while the first request's texts are queued or
+    # encoding, most of the others find more than 8 texts waiting.
+    bodies = [{"input": [f"queued text {r}-{i} " * 40 for i in range(8)]} for r in range(12)]
+    responses = asyncio.run(_post_all(small.url, bodies))
+    statuses = sorted(response.status_code for response in responses)
+    assert set(statuses) == {200, 503}, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert int(response.headers["Retry-After"]) >= 1
+            error = response.json()["error"]
+            assert error["code"] == "overloaded"
+            assert "texts are waiting" in error["message"]
+        else:
+            assert len(response.json()["data"]) == 8
+    with httpx.Client(base_url=small.url, timeout=60.0) as http:
+        assert _stats(http)["rejected"] >= statuses.count(503)
+        assert len(_embed(http, input="after the storm")["data"]) == 1
+
+
+def test_plan_batch_shares_capacity_between_waiting_requests() -> None:
+    assert plan_batch([2048, 1, 1], 64) == [62, 1, 1]
+    assert plan_batch([3, 100], 64) == [3, 61]
+    assert plan_batch([1] * 70, 64) == [1] * 64 + [0] * 6
+    assert plan_batch([10, 10], 64) == [10, 10]
+    assert plan_batch([], 64) == []
+
+
+def test_plan_groups_pads_only_where_a_call_is_dearer() -> None:
+    assert plan_groups([30] * 10, 64) == [10]
+    assert plan_groups([256, 10, 10, 10], 64) == [1, 3]
+    assert plan_groups([12, 11, 10], 64) == [3]
+    assert sum(plan_groups([60, 58, 55, 40, 39, 20, 19, 18, 5], 64)) == 9
+    assert plan_groups([], 64) == []
+
+
+def test_retry_after_is_whole_seconds_until_the_queue_drains() -> None:
+    assert retry_after_seconds(0, 100.0) == 1
+    assert retry_after_seconds(250, 100.0) == 3
+    assert retry_after_seconds(10, 0.0) == 1
+    assert retry_after_seconds(10**6, 1.0) == 60
+
+
 BAD_REQUESTS: list[tuple[str, bytes | None, Any, str]] = [
     # (case id, raw body or None, JSON body, text the message must contain)
     ("invalid-json", b'{"input": ', None, "JSON"),
@@ -327,7 +528,8 @@ def test_missing_model_directory_exits_nonzero_naming_it(tmp_path: Path) -> None
         _stop(process)
     stderr = (tmp_path / "stderr.log").read_text()
     assert returncode != 0
-    assert model in stderr and "not found" in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert model in last and "not found" in last
 
 
 @pytest.mark.slow
@@ -341,8 +543,10 @@ def test_hub_model_missing_offline_exits_nonzero_saying_how_to_get_it(tmp_path: 
         _stop(process)
     stderr = (tmp_path / "stderr.log").read_text()
     assert returncode != 0
-    assert f"model '{model}' not found locally and HF_HUB_OFFLINE is set" in stderr
-    assert f"download {model}" in stderr
+    # The last line alone says what is wrong and how to fix it: what a supervisor shows.
+    last = stderr.strip().splitlines()[-1]
+    assert f"model '{model}' not found locally and HF_HUB_OFFLINE is set" in last
+    assert f"download {model}" in last
 
 
 def _wait_for_health(port: int, process: subprocess.Popen[bytes]) -> None:

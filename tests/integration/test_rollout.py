@@ -151,8 +151,11 @@ def test_rollback_to_an_older_generation_restores_exactly_its_engines(daemon: Da
     solo = daemon.engine("solo")
     assert solo["model"] == "fake/solo-1B" and solo["label"] == "v1"
     assert _generation(daemon, 6)["cause"] == "rollback to 2"
-    bad = daemon.post("/v1/rollback", {"to": 99})
-    assert bad.status_code == 400 and "from 0 to 6" in bad.json()["error"]["message"]
+    missing = daemon.post("/v1/rollback", {"to": 99})
+    assert missing.status_code == 404
+    assert "no generation 99; the newest is 6" in missing.json()["error"]["message"]
+    bad = daemon.post("/v1/rollback", {"to": "two"})
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("to: must be")
 
 
 def test_a_planned_restart_replaces_the_engine_with_a_health_check(daemon: Daemon):
@@ -166,7 +169,11 @@ def test_a_planned_restart_replaces_the_engine_with_a_health_check(daemon: Daemo
     )
     assert entry["restarts"] == 0  # planned, not a crash
     events = daemon.events("cron")
-    fired = [e for e in events if e["type"] == "scheduled-restart"]
+    fired = [
+        e
+        for e in events
+        if e["type"] == "scheduled-restart" and e["message"].startswith("restarting now")
+    ]
     assert fired and "cron */2 * * * * *" in fired[0]["message"]
     after = [e["type"] for e in events[events.index(fired[0]) :]]
     assert after.index("stopping") < after.index("started") < after.index("ready")

@@ -14,11 +14,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from sagellmd.cli.app import app
+from sagellmd.cli.changes import ChangeOptions
 from sagellmd.cli.engine_commands import slug
-from sagellmd.cli.waiting import Progress, Rollout, judge
+from sagellmd.cli.generation_commands import generation_state, history_table
+from sagellmd.cli.gpu_commands import device_name, gpu_table, gpu_title
+from sagellmd.cli.render import plan_lines
+from sagellmd.cli.waiting import (
+    ROLLBACK_GRACE_S,
+    EngineRow,
+    Outcome,
+    Window,
+    changed_rows,
+    engine_row,
+    engine_rows,
+    judge,
+    outcome_lines,
+    restored_generation,
+    watched_engines,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,7 +159,11 @@ def test_validate_builtin_by_name(env):
         ("status",),
         ("engine", "list"),
         ("preset", "set", "minilm-cpu"),
+        ("preset", "set", "minilm-cpu", "--dry-run"),
         ("events",),
+        ("history",),
+        ("rollback", "2"),
+        ("gpu",),
     ],
 )
 def test_no_daemon_exits_3_and_says_how_to_start_it(env, args):
@@ -196,20 +217,12 @@ def test_usage_error_exits_2():
     assert CliRunner().invoke(app, ["engine", "start", "m", "--kind", "gpu"]).exit_code == 2
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["gpu"],
-        ["history"],
-        ["rollback"],
-        ["model", "list"],
-        ["status", "--watch"],
-        ["preset", "set", "minilm-cpu", "--dry-run"],
-        ["preset", "set", "minilm-cpu", "--no-rollback"],
-    ],
-)
-def test_later_commands_are_absent(args):
-    assert CliRunner().invoke(app, args).exit_code == 2
+def test_rollback_to_a_negative_generation_is_a_usage_error():
+    assert CliRunner().invoke(app, ["rollback", "--", "-1"]).exit_code == 2
+
+
+def test_status_watch_is_not_there_yet():
+    assert CliRunner().invoke(app, ["status", "--watch"]).exit_code == 2
 
 
 # --- pure pieces ----------------------------------------------------------------------
@@ -221,28 +234,233 @@ def test_slug_from_model():
     assert len(slug("x" * 100)) == 63
 
 
-def test_judge_waits_for_a_fresh_ready_of_restarted_engines():
-    rollout = Rollout.from_answer(
-        "p",
-        {
-            "generation": 5,
-            "plan": [{"action": "replace", "engine": "p.a"}, {"action": "keep", "engine": "p.b"}],
-        },
-    )
-    status = {
-        "generation": 5,
-        "presets": ["p"],
-        "engines": [
-            {"id": "p.a", "preset": "p", "state": "ready"},
-            {"id": "p.b", "preset": "p", "state": "ready"},
+def test_change_options_become_query_parameters():
+    assert ChangeOptions().params() == {}
+    assert ChangeOptions(dry_run=True, rollback=False).params() == {
+        "dry_run": "true",
+        "rollback": "false",
+    }
+
+
+def test_plan_lines_show_gpu_placement_of_starts_and_say_a_dry_run_changed_nothing():
+    answer = {
+        "dry_run": True,
+        "generation": 4,
+        "plan": [
+            {"action": "replace", "engine": "p.a", "reason": "spec changed"},
+            {
+                "action": "start",
+                "engine": "p.b",
+                "reason": "new",
+                "gpus": [0, 1],
+                "gpu_bytes": 3 << 30,
+            },
+            {"action": "start", "engine": "p.e", "reason": "new", "gpus": [], "gpu_bytes": 0},
+            {"action": "stop", "engine": "p.c", "reason": "no longer desired"},
         ],
     }
-    # p.a still shows the old instance's `ready` until the loop replaces it.
-    assert not judge(rollout, status, Progress()).done
-    assert judge(rollout, status, Progress(ready_seen={"p.a"})).ok
+    lines = plan_lines(answer)
+    assert lines[0].startswith("dry run: nothing was changed (the daemon stays at generation 4)")
+    assert lines[1] == "  replace   p.a  (spec changed)"
+    assert lines[2] == "  start     p.b  (new)  GPU0+GPU1 x 3.0 GiB"
+    assert lines[3] == "  start     p.e  (new)  no GPU"
+    assert lines[4] == "  stop      p.c  (no longer desired)"
+    assert plan_lines({"generation": 5, "plan": []}) == [
+        "generation 5",
+        "  nothing to do: the engines already match",
+    ]
 
 
-def test_judge_fails_when_the_preset_is_gone_at_a_newer_generation():
-    rollout = Rollout("p", 5, frozenset())
-    verdict = judge(rollout, {"generation": 6, "presets": [], "engines": []}, Progress())
-    assert verdict.done and not verdict.ok and "no longer active" in verdict.reason
+STATUS = {
+    "generation": 7,
+    "engines": [
+        {
+            "id": "p.a",
+            "state": "ready",
+            "pid": 10,
+            "port": 20000,
+            "gpus": [0],
+            "restarts": 1,
+            "message": "healthy",
+            "desired": True,
+            "spec_hash": "h1",
+            "running_spec_hash": "h1",
+        },
+        # Still the old process: ready, but not with the spec the generation wants.
+        {"id": "p.b", "state": "ready", "spec_hash": "new", "running_spec_hash": "old"},
+        {"id": "p.c", "state": "stopping", "desired": False, "pid": 12},
+    ],
+}
+
+
+def test_engine_rows_settle_only_when_ready_with_the_wanted_spec_or_gone():
+    rows = engine_rows(STATUS, ["p.a", "p.b", "p.c", "p.gone"])
+    assert [row.settled for row in rows] == [True, False, False, True]
+    assert rows[0] == EngineRow("p.a", "ready", 10, 20000, (0,), 1, "healthy", True)
+    assert rows[3].state == "removed"
+    assert rows[0].line() == "p.a  ready  pid 10  port 20000  gpus 0  restarts 1  healthy"
+    assert rows[3].line() == "p.gone  removed"
+    assert engine_row("x", {"state": "starting", "pid": True}).pid is None
+
+
+def test_watched_engines_are_the_generations_then_those_the_plan_removes():
+    record = {"engines": [{"id": "p.a"}, {"id": "solo"}]}
+    plan = [{"action": "start", "engine": "p.a"}, {"action": "stop", "engine": "p.c"}]
+    assert watched_engines(record, plan) == ["p.a", "solo", "p.c"]
+
+
+def test_changed_rows_are_those_not_shown_yet():
+    a, b = EngineRow("a", "starting"), EngineRow("b", "ready", settled=True)
+    assert changed_rows({}, [a, b]) == [a, b]
+    assert changed_rows({"a": a, "b": b}, [a, EngineRow("b", "stopping")]) == [
+        EngineRow("b", "stopping")
+    ]
+
+
+HISTORY = [
+    {"id": 5, "cause": "rollback of 4: p.b not ready", "healthy": None},
+    {"id": 4, "cause": "preset set p", "healthy": False, "verdict": "p.b not ready"},
+    {"id": 3, "cause": "preset set q", "healthy": None},
+    {"id": 2, "cause": "preset set p", "healthy": True},
+    {"id": 1, "cause": "engine put x", "healthy": False},
+]
+WINDOW = Window(started=100.0, timeout_s=30.0)
+ROWS = [EngineRow("p.a", "ready", settled=True), EngineRow("p.b", "starting", message="probe")]
+
+
+def test_judge_healthy():
+    record = {"id": 4, "healthy": True, "verdict": "all engines ready"}
+    outcome = judge(record, 4, [], ROWS, WINDOW, 101.0)
+    assert outcome == Outcome(True, True, "generation 4 is healthy: all engines ready")
+
+
+def test_judge_rolling_out_names_what_it_waits_for():
+    outcome = judge({"id": 4, "healthy": None}, 4, [], ROWS, WINDOW, 101.0)
+    assert not outcome.done
+    assert outcome.reason == "rolling out; waiting for: p.b starting (probe)"
+
+
+def test_judge_times_out_with_the_engines_not_ready():
+    outcome = judge({"id": 4, "healthy": None}, 4, [], ROWS, WINDOW, 130.0)
+    assert outcome.done and not outcome.ok and outcome.timed_out
+    assert outcome.reason == "timed out after 30 s; waiting for: p.b starting (probe)"
+    assert "goes on in the daemon" in outcome_lines(outcome)[0]
+
+
+def test_judge_failed_and_rolled_back_names_the_rollback_and_what_it_restored():
+    record = HISTORY[1] | {"auto_rollback": True}
+    outcome = judge(record, 5, HISTORY, ROWS, WINDOW, 101.0, failed_seen_at=101.0)
+    assert outcome.done and not outcome.ok
+    assert outcome.reason == "generation 4 failed: p.b not ready"
+    assert (outcome.rollback, outcome.restored) == (5, 2)
+    assert outcome_lines(outcome) == [
+        "the daemon rolled it back: generation 5 restores generation 2"
+    ]
+
+
+def test_judge_failed_waits_briefly_for_the_rollback_generation():
+    record = {"id": 4, "healthy": False, "verdict": "p.b failed", "auto_rollback": True}
+    waiting = judge(record, 4, HISTORY[1:], ROWS, WINDOW, 101.0, failed_seen_at=101.0)
+    assert not waiting.done and "waiting for the daemon's rollback" in waiting.reason
+    late = 101.0 + ROLLBACK_GRACE_S
+    outcome = judge(record, 4, HISTORY[1:], ROWS, WINDOW, late, failed_seen_at=101.0)
+    assert outcome.done and "made no rollback generation" in outcome.reason
+
+
+def test_judge_failed_with_rollback_off_is_kept():
+    record = {"id": 4, "healthy": False, "verdict": "p.b failed", "auto_rollback": False}
+    outcome = judge(record, 4, HISTORY[1:], ROWS, WINDOW, 101.0, failed_seen_at=101.0)
+    assert outcome.done and outcome.kept and outcome.rollback is None
+    assert outcome_lines(outcome, "--no-rollback") == [
+        "the failed state is kept as it is (--no-rollback); `sagellm rollback` undoes it"
+    ]
+
+
+def test_judge_superseded_by_a_newer_change():
+    history = [{"id": 6, "cause": "preset set z"}, {"id": 5, "cause": "engine put y"}]
+    outcome = judge({"id": 4, "healthy": None}, 6, history, ROWS, WINDOW, 101.0)
+    assert outcome.done and not outcome.ok
+    assert outcome.reason == (
+        "generation 4 was superseded by generation 5 (engine put y) before it was judged"
+    )
+
+
+def test_restored_generation_is_the_newest_healthy_older_one_or_the_empty_state():
+    assert restored_generation(4, HISTORY) == 2
+    assert restored_generation(2, HISTORY) == 0  # generation 1 failed: nothing before it
+    assert restored_generation(1, []) == 0
+    # History cut off before a healthy one: cannot tell.
+    assert restored_generation(9, [{"id": 8, "healthy": False}]) is None
+    rolled = Outcome(True, reason="x", rollback=3, restored=0)
+    assert outcome_lines(rolled) == [
+        "the daemon rolled it back: generation 3 restores the empty state (generation 0)"
+    ]
+
+
+def render(renderable: object) -> str:
+    out = Console(width=200, record=True, highlight=False, color_system=None)
+    out.print(renderable)
+    return out.export_text()
+
+
+def test_history_marks_the_current_generation_and_the_state_of_each():
+    assert generation_state({"healthy": None}, current=True) == "rolling out"
+    assert generation_state({"healthy": None}, current=False) == "superseded"
+    records = [
+        {
+            "id": 2,
+            "ts": "2026-01-02T03:04:05.000000Z",
+            "cause": "rollback of 1: x",
+            "healthy": True,
+            "verdict": "all engines ready",
+            "engines": [{"id": "a"}, {"id": "b"}],
+        },
+        {
+            "id": 1,
+            "ts": "2026-01-02T03:04:00.000000Z",
+            "cause": "preset set p",
+            "healthy": False,
+            "verdict": "x",
+            "engines": [{"id": "a"}],
+        },
+    ]
+    text = render(history_table(records, current=2))
+    lines = text.splitlines()
+    assert lines[0].split() == ["GEN", "TIME", "CAUSE", "STATE", "VERDICT", "ENGINES"]
+    assert lines[1].startswith("* 2 ") and "rollback of 1: x" in lines[1]
+    assert "healthy" in lines[1] and lines[1].rstrip().endswith("2")
+    assert lines[2].startswith("  1 ") and "failed" in lines[2]
+
+
+GPUS = {
+    "mode": "simulated",
+    "simulated": True,
+    "message": "simulated GPUs: GPU0 80 GiB",
+    "headroom": 0.95,
+    "devices": [
+        {
+            "index": 0,
+            "name": "simulated 80 GiB",
+            "simulated": True,
+            "total_gb": 80.0,
+            "used_gb": 0.0,
+            "free_gb": 80.0,
+            "reserved_gb": 6.86,
+            "reservations": [{"engine": "p.a", "gb": 6.86}],
+            "foreign_gb": 1.5,
+            "available_gb": 67.64,
+        },
+    ],
+}
+
+
+def test_gpu_table_shows_reservations_and_the_simulated_label():
+    text = render(gpu_table(GPUS))
+    assert "simulated GPUs" in text.splitlines()[0]
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("0 "))
+    for part in ("80.0 GiB", "6.9 GiB", "p.a 6.9 GiB", "1.5 GiB", "67.6 GiB"):
+        assert part in row
+    # A label is added wherever the daemon's own text does not already say it.
+    assert gpu_title({"simulated": True, "message": "two GPUs"}) == "two GPUs (simulated)"
+    assert device_name({"name": "A100", "simulated": True}) == "A100 (simulated)"
+    assert device_name({"name": "A100", "simulated": False}) == "A100"

@@ -1,0 +1,168 @@
+"""Where an engine's model is on disk, and why an engine cannot start when it is nowhere."""
+
+from __future__ import annotations
+
+import os
+from collections import ChainMap
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sagellmd.config import Settings
+from sagellmd.models.describe import has_weights, looks_like_model
+from sagellmd.models.packages import package_for
+from sagellmd.spec import EngineSpec
+
+# Hub ids are "name" or "org/name"; anything starting like this can only be meant as a path.
+PATH_PREFIXES = ("/", "./", "../", "~")
+TRUTHY = frozenset({"1", "on", "yes", "true"})
+
+
+def looks_like_path(model: str) -> bool:
+    return model.startswith(PATH_PREFIXES) or model in (".", "..")
+
+
+def is_offline(env: Mapping[str, str]) -> bool:
+    """huggingface_hub's own reading of HF_HUB_OFFLINE (and transformers' older variable)."""
+    value = env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in TRUTHY
+
+
+def hub_cache_for(env: Mapping[str, str]) -> Path:
+    """The hub cache a process with this environment uses (HF_HUB_CACHE, HF_HOME/hub, default)."""
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def spec_environ(spec: EngineSpec) -> Mapping[str, str]:
+    """The environment the engine will see: its spec's env over the daemon's."""
+    return ChainMap(dict(spec.env), dict(os.environ))
+
+
+def cache_repo_dir(cache: Path, model_id: str) -> Path:
+    return cache / ("models--" + model_id.replace("/", "--"))
+
+
+def _safe_relative(model_id: str) -> bool:
+    parts = model_id.split("/")
+    return 1 <= len(parts) <= 2 and all(part not in ("", ".", "..") for part in parts)
+
+
+def _usable(snapshot: Path) -> bool:
+    return looks_like_model(snapshot) and has_weights(snapshot)
+
+
+def hub_snapshot(model_id: str, cache: Path) -> Path | None:
+    """The snapshot `refs/main` points at, else the newest one; only complete ones count."""
+    if not _safe_relative(model_id):
+        return None
+    repo = cache_repo_dir(cache, model_id)
+    snapshots = repo / "snapshots"
+    try:
+        main = (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        main = ""
+    if main and _usable(snapshots / main):
+        return snapshots / main
+    try:
+        candidates = [path for path in snapshots.iterdir() if _usable(path)]
+    except OSError:
+        return None
+    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def models_path_dir(model_id: str, roots: Iterable[Path]) -> Path | None:
+    """`<root>/<org>/<name>` (or `<root>/<name>`) under the first `models.paths` root holding it."""
+    if not _safe_relative(model_id):
+        return None
+    for root in roots:
+        candidate = root / model_id
+        if looks_like_model(candidate):
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class LocalCopy:
+    """A model's files on disk and where they were found."""
+
+    path: Path
+    source: str  # "path", "models.paths", "hub-cache" or "package"
+
+
+def find_local(
+    model: str, settings: Settings, env: Mapping[str, str] | None = None
+) -> LocalCopy | None:
+    """The copy an engine of `model` should use: models.paths, then the hub cache, then a package.
+
+    models.paths comes first because the operator put those directories there on purpose.
+    """
+    env = os.environ if env is None else env
+    if looks_like_path(model):
+        path = Path(model).expanduser()
+        return LocalCopy(path, "path") if path.exists() else None
+    found = models_path_dir(model, settings.model_paths)
+    if found is not None:
+        return LocalCopy(found, "models.paths")
+    package = package_for(model)
+    # An alias (all-MiniLM-L6-v2) is cached under its package's full hub id.
+    for name in dict.fromkeys([model, package.model_id] if package else [model]):
+        found = hub_snapshot(name, hub_cache_for(env))
+        if found is not None:
+            return LocalCopy(found, "hub-cache")
+    found = package.model_dir() if package is not None else None
+    return LocalCopy(found, "package") if found is not None else None
+
+
+def _has_flag(args: Iterable[str], flag: str) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for arg in args)
+
+
+@dataclass(frozen=True)
+class EngineModel:
+    """What the engine's `{model}` / `--model` get, and flags that keep the served name the id."""
+
+    argument: str
+    extra_flags: tuple[str, ...] = ()
+
+
+def engine_model(spec: EngineSpec, settings: Settings) -> EngineModel:
+    """The local directory for the engine's model when there is one, else the model as given."""
+    unchanged = EngineModel(spec.model)
+    # A pinned revision is vLLM's to resolve; the main snapshot could be another revision.
+    if looks_like_path(spec.model) or _has_flag(spec.extra_args, "--revision"):
+        return unchanged
+    local = find_local(spec.model, settings, spec_environ(spec))
+    if local is None:
+        return unchanged
+    if spec.runtime == "embedding" and local.source != "models.paths":
+        # The embedding engine serves under its --model and has no --served-model-name, so a
+        # path would break clients that send the id. It finds the hub cache and the packaged
+        # MiniLM by itself (offline too); only a models.paths directory needs the path.
+        return unchanged
+    flags: tuple[str, ...] = ()
+    if spec.runtime == "vllm" and not _has_flag(spec.extra_args, "--served-model-name"):
+        # vLLM serves under --model unless told otherwise; clients keep using the id.
+        flags = ("--served-model-name", spec.model)
+    return EngineModel(str(local.path), flags)
+
+
+def missing_model_reason(spec: EngineSpec, settings: Settings) -> str | None:
+    """Why the engine cannot get its model (not on disk and downloads forbidden), or None."""
+    env = spec_environ(spec)
+    if looks_like_path(spec.model):
+        if Path(spec.model).expanduser().exists():
+            return None
+        return f"model path {spec.model} does not exist"
+    if find_local(spec.model, settings, env) is not None or not is_offline(env):
+        return None
+    places = [f"the Hugging Face cache {hub_cache_for(env)}"]
+    places += [f"{root}/{spec.model}" for root in settings.model_paths]
+    return (
+        f"model {spec.model!r} is not on this machine (looked in {', '.join(places)}) and"
+        f" HF_HUB_OFFLINE=1 forbids downloading it; run `sagellm model download {spec.model}`"
+        " where the hub is reachable, then restart the engine"
+    )

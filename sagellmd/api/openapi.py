@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from sagellmd import __version__
+from sagellmd.api import models_routes
 from sagellmd.spec import ENGINE_SCHEMA, NAME_PATTERN, PRESET_SCHEMA
 
 
@@ -468,6 +469,7 @@ def openapi_document(runtimes: list[str]) -> dict[str, Any]:
         },
         "/openapi.json": {"get": _operation("This document", {"200": _json(OPEN_OBJECT)})},
     }
+    paths.update(models_routes.OPENAPI_PATHS)
     return {
         "openapi": "3.1.0",
         "info": {

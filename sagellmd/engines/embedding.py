@@ -211,6 +211,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Before torch is imported, which is when OpenMP reads it. OpenMP's default spins threads
+    # at every barrier; a server that alternates between HTTP work and model calls, on a box
+    # shared with other engines, loses whole time slices to that: with 2 cores and other load
+    # it was 2-5x slower than with waiting threads asleep. An explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     engine = EmbeddingEngine(
         args.model,
         args.device,

@@ -238,13 +238,12 @@ class DynamicBatcher:
             return slices
 
     def _run(self) -> None:
+        assert self._loop is not None
         while (slices := self._take()) is not None:
             texts = [text for s in slices for text in s.job.texts[s.start : s.stop]]
             started = self._clock()
             results = self._encode_isolated(slices, texts)
-            elapsed = self._clock() - started
-            self._account(len(texts), elapsed, results)
-            assert self._loop is not None
+            self._account(len(texts), self._clock() - started, results)
             try:
                 self._loop.call_soon_threadsafe(self._deliver, slices, results)
             except RuntimeError:

@@ -177,6 +177,8 @@ class TextEncoder:
         # more without truncation settles it, which keeps the common case to one tokenization.
         if self.max_tokens is None or count < self.max_tokens:
             return False
+        if getattr(self.model, "tokenizer", None) is None:
+            return True
         full = self.model.tokenizer(
             (self._prompt or "") + text, add_special_tokens=True, truncation=False, verbose=False
         )
@@ -220,7 +222,8 @@ class TextEncoder:
                 rows = order[start : start + size]
                 parts.append(self._forward(features, rows, counts[rows[0]]))
                 start += size
-            embeddings = torch.cat(parts)[torch.tensor(order).argsort()]
+            embeddings = torch.cat(parts)
+            embeddings = embeddings[torch.tensor(order, device=embeddings.device).argsort()]
             if self._normalize_here:
                 embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
             vectors = embeddings.float().cpu().numpy()

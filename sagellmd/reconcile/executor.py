@@ -16,6 +16,8 @@ from sagellmd.instance import (
     spawn_failed,
     spawned,
 )
+from sagellmd.models.last_used import touch_model
+from sagellmd.models.resolve import missing_model_reason
 from sagellmd.reconcile.actions import (
     Action,
     DesiredEngine,
@@ -130,6 +132,11 @@ class Executor:
             ),
             generation,
         )
+        missing = missing_model_reason(spec, settings)
+        if missing is not None:
+            # Not a crash worth retrying: nothing changes until the model is on disk.
+            world.record(spawn_failed(starting, missing, world.clock(), InstanceState.FAILED))
+            return
         assignment = None
         if action.gpus:
             capacities = [gpu for gpu in world.gpu_view.gpus if gpu.index in action.gpus]
@@ -148,6 +155,7 @@ class Executor:
             return
         process = world.watcher.watch_child(engine.id, popen)
         world.record(spawned(starting, process.pid, process.create_time))
+        touch_model(settings.home, spec.model)
         self._prober.start(engine.id, process.pid)
 
     def _stop(self, engine_id: str, intent: StopIntent, reason: str) -> None:

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from sagellmd.config import Settings
-from sagellmd.models.last_used import touch_model
 from sagellmd.models.resolve import engine_model
 from sagellmd.spec import EngineSpec
 
@@ -85,8 +84,6 @@ def build_argv(
     if flags is not None:
         argv += flags(replace(spec, model=model.argument), port, assignment)
         argv += model.extra_flags
-    # Built only right before a spawn, so this is when an engine of the model last started.
-    touch_model(settings.home, spec.model)
     return argv + list(spec.extra_args)
 
 

@@ -69,7 +69,8 @@ def test_sigkill_is_noticed_and_the_engine_restarted(daemon: Daemon):
 
 def test_crash_loop_backs_off_with_growing_delays(daemon: Daemon):
     engine = {"name": "crashy", "env": {"FAKE_VLLM_CRASH_AFTER": "0.05"}}
-    daemon.put("/v1/presets/p", fake_preset("p", engine))
+    # rollback=false: this is about the backoff, not about reverting a failed change.
+    daemon.put("/v1/presets/p?rollback=false", fake_preset("p", engine))
 
     def five_restarts():
         events = daemon.events("p.crashy")
@@ -223,7 +224,7 @@ def test_startup_timeout_counts_as_a_failure(daemon: Daemon):
         "startup_timeout_s": 0.5,
         "env": {"FAKE_VLLM_STARTUP_DELAY": "30"},
     }
-    daemon.put("/v1/engines/slow", engine)
+    daemon.put("/v1/engines/slow?rollback=false", engine)
     daemon.wait_for(
         lambda: any(e["type"] == "restarting" for e in daemon.events("slow")),
         20,

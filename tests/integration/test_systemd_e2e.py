@@ -16,6 +16,7 @@ machine's /tmp, so on top of the recipe this test keeps systemd further away fro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -24,9 +25,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -63,6 +65,7 @@ MASKED = (
 )
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 BOOT_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 def missing_prerequisite() -> str | None:
@@ -113,7 +116,8 @@ TARGET = "[Unit]\nDescription=test\nDefaultDependencies=no\nWants=sagellmd.servi
 
 def namespace_script(base: Path, cgroup: str) -> str:
     """The shell that prepares the namespace, then execs systemd as its PID 1."""
-    units, empty, dev, cgroups = base / "units", base / "empty", base / "dev", base / "cgroup"
+    units, empty, journal = base / "units", base / "empty", base / "journal"
+    dev, cgroups = base / "dev", base / "cgroup"
     q = shlex.quote
     steps = [
         f"echo 0 > {q(str(CGROUP_ROOT / h / cgroup / 'cgroup.procs'))}"
@@ -126,7 +130,7 @@ def namespace_script(base: Path, cgroup: str) -> str:
         f"mount --bind {q(str(empty))} /etc/tmpfiles.d",
         f"mount --bind {q(str(units))} /etc/systemd/system",
         # Journal files stay in the temp dir, not in the host's /var/log/journal.
-        f"mount --bind {q(str(base / 'journal'))} /var/log/journal",
+        f"{{ [ ! -d /var/log/journal ] || mount --bind {q(str(journal))} /var/log/journal; }}",
         # A private /dev: journald's /dev/log symlink and PID 1's console output stay in it.
         f"mount -t tmpfs -o mode=755 tmpfs {q(str(dev))}",
         *(f"touch {q(str(dev / n))} && mount --bind /dev/{n} {q(str(dev / n))}" for n in DEV_NODES),
@@ -186,7 +190,12 @@ class Namespace:
         return (self.home / "token").read_text().strip()
 
 
-def wait_for(predicate, timeout: float, what: str, diagnostics=lambda: ""):  # noqa: ANN001, ANN201
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    diagnostics: Callable[[], str] = lambda: "",
+) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -285,7 +294,7 @@ def namespace(tmp_path: Path) -> Iterator[Namespace]:
     finally:
         # Kills every process of the namespace: systemd, the daemon and its engines.
         if pid1 is not None:
-            with _suppress_lookup():
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid1, signal.SIGKILL)
         try:
             unshare.wait(15)
@@ -293,16 +302,10 @@ def namespace(tmp_path: Path) -> Iterator[Namespace]:
             unshare.kill()
             unshare.wait(5)
         log.close()
-        wait_for(lambda: not engine_processes(home), 10, "the namespace's engines to die")
-        remove_cgroup_subtree(cgroup)
-
-
-class _suppress_lookup:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is ProcessLookupError
+        try:
+            wait_for(lambda: not engine_processes(home), 10, "the namespace's engines to die")
+        finally:
+            remove_cgroup_subtree(cgroup)
 
 
 def wait_for_pid1(unshare: subprocess.Popen[bytes], base: Path) -> int:
@@ -339,7 +342,7 @@ def test_start_restart_and_stop_under_systemd_keep_the_engine(namespace: Namespa
     response = client.put("/v1/presets/e2e", json=preset, headers=headers)
     assert response.status_code == 200, response.text
 
-    def ready() -> dict | None:
+    def ready() -> dict[str, Any] | None:
         entry = client.get("/v1/engines/e2e.chat").json()
         return entry if entry["state"] == "ready" else None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any, Literal
 
@@ -13,19 +12,13 @@ from sagellmd.cli.client import segment
 from sagellmd.cli.context import cli_context
 from sagellmd.cli.render import console, engines_table, print_json
 from sagellmd.errors import BadInputError
-from sagellmd.spec import parse_engine
+from sagellmd.spec import name_from_model, parse_engine
 
 engine_app = typer.Typer(
     help="List engines; start, stop, restart ad-hoc engines; show logs.", no_args_is_help=True
 )
 
 ID_ARG = typer.Argument(..., metavar="ID", help="Engine id (<preset>.<name> or <name>).")
-
-
-def slug(model: str) -> str:
-    """An engine name from a model id: its last path part, lowercased, other runs -> '-'."""
-    last = model.rstrip("/").split("/")[-1]
-    return re.sub(r"[^a-z0-9]+", "-", last.lower()).strip("-")[:63].strip("-")
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -92,7 +85,7 @@ def start(
     no_rollback: bool = NO_ROLLBACK_OPTION,
 ) -> None:
     """Create or replace the ad-hoc engine NAME running MODEL."""
-    engine_name = name or slug(model)
+    engine_name = name or name_from_model(model)
     if not engine_name:
         raise BadInputError(f"cannot derive an engine name from {model!r}; give --name")
     spec: dict[str, Any] = {"model": model}

@@ -16,19 +16,33 @@ from sagellmd.runtime.process import signal_group
 log = logging.getLogger(__name__)
 
 
-def _marked_leaders(home: str) -> dict[int, str]:
-    """Process-group leaders that carry this home's engine marker: pid -> engine id."""
-    found: dict[int, str] = {}
+def _marked_processes(home: str) -> list[tuple[int, int, str]]:
+    """(pid, pgid, engine id) of every live process carrying this home's engine marker."""
+    found = []
     for process in psutil.process_iter(["pid"]):
         try:
-            if os.getpgid(process.pid) != process.pid:
-                continue  # a worker of an engine, not the engine itself
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            pgid = os.getpgid(process.pid)
             env = process.environ()
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
         if env.get("SAGELLM_HOME") == home and env.get("SAGELLM_ENGINE_ID"):
-            found[process.pid] = env["SAGELLM_ENGINE_ID"]
+            found.append((process.pid, pgid, env["SAGELLM_ENGINE_ID"]))
     return found
+
+
+def _kill_leaderless_groups(world: World, marked: list[tuple[int, int, str]]) -> None:
+    """Workers whose engine process died while no daemon watched: they hold GPU memory."""
+    leaders = {pid for pid, pgid, _ in marked if pid == pgid}
+    for pgid, engine_id in {(pgid, engine) for _, pgid, engine in marked}:
+        if pgid in leaders:
+            continue
+        log.warning(
+            "engine=%s pgid=%s workers outlived their engine: killing them", engine_id, pgid
+        )
+        world.event(engine_id, "stopped", f"workers of dead pid {pgid} outlived it: killed")
+        signal_group(pgid, signal.SIGKILL)
 
 
 def recover(world: World, prober: Prober) -> None:
@@ -52,7 +66,9 @@ def recover(world: World, prober: Prober) -> None:
             world.watcher.stop(engine_id, world.settings.stop_grace_s)
         else:
             prober.start(engine_id, instance.pid)
-    for pid, engine_id in _marked_leaders(str(world.settings.home)).items():
+    marked = _marked_processes(str(world.settings.home))
+    _kill_leaderless_groups(world, marked)
+    for pid, engine_id in [(pid, engine) for pid, pgid, engine in marked if pid == pgid]:
         if pid in adopted:
             continue
         instance = world.instances.get(engine_id)

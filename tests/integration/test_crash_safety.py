@@ -399,16 +399,10 @@ def test_seeded_fault_injection_converges_to_what_the_api_acknowledged(make_daem
     assert run.daemon_kills >= 5, run.failure("too few daemon kills to mean anything")
 
 
-# Found by the fault run with worker processes (seeds 4, 5, 9, 10 of 1-12 at the time).
-ORPHANED_WORKER_BUG = (
-    "daemon bug: when an engine's leader dies while no daemon watches it (SIGKILLed just"
-    " before the daemon was), the next daemon marks the instance exited and starts a new"
-    " process, but never kills the old process group: its workers (pgid = the dead pid, not"
-    " group leaders, so recovery's stray scan skips them) live on and would hold GPU memory"
-)
+# Found by the fault run with worker processes (seeds 4, 5, 9, 10 of 1-12 at the time):
+# an engine's leader SIGKILLed just before the daemon was left its workers running.
 
 
-@pytest.mark.xfail(strict=True, reason=ORPHANED_WORKER_BUG)
 def test_workers_of_an_engine_that_died_while_the_daemon_was_down_are_killed(
     make_daemon, tmp_path: Path
 ):
@@ -432,7 +426,6 @@ def test_workers_of_an_engine_that_died_while_the_daemon_was_down_are_killed(
     daemon.wait_for(lambda: not alive(worker), 5, f"the old worker {worker} to be killed")
 
 
-@pytest.mark.xfail(strict=True, reason=ORPHANED_WORKER_BUG)
 def test_seeded_fault_injection_with_engine_workers(make_daemon):
     # The same sequence as the test above (the seed decides it alone, workers or not); it
     # contains an engine killed while the daemon is down, which leaks that engine's worker.

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 from sagellmd.cli.app import app
 from sagellmd.cli.changes import ChangeOptions
-from sagellmd.cli.engine_commands import slug
 from sagellmd.cli.generation_commands import generation_state, history_table
 from sagellmd.cli.gpu_commands import device_name, gpu_table, gpu_title
 from sagellmd.cli.render import plan_lines
@@ -36,6 +35,7 @@ from sagellmd.cli.waiting import (
     restored_generation,
     watched_engines,
 )
+from sagellmd.spec import name_from_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -228,10 +228,10 @@ def test_status_watch_is_not_there_yet():
 # --- pure pieces ----------------------------------------------------------------------
 
 
-def test_slug_from_model():
-    assert slug("Qwen/Qwen2.5-7B-Instruct") == "qwen2-5-7b-instruct"
-    assert slug("/models/My_Model/") == "my-model"
-    assert len(slug("x" * 100)) == 63
+def test_engine_name_from_model():
+    assert name_from_model("Qwen/Qwen2.5-7B-Instruct") == "qwen2-5-7b-instruct"
+    assert name_from_model("/models/My_Model/") == "my-model"
+    assert len(name_from_model("x" * 100)) == 63
 
 
 def test_change_options_become_query_parameters():

@@ -34,6 +34,18 @@ class StopIntent(StrEnum):
 
 
 @dataclass(frozen=True)
+class Retiring:
+    """The previous process of an engine, serving until its replacement is ready."""
+
+    pid: int
+    create_time: float
+    port: int | None
+    spec_hash: str
+    gpus: tuple[int, ...] = ()
+    gpu_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class Instance:
     """One engine's process slot as the daemon last observed it."""
 
@@ -55,6 +67,7 @@ class Instance:
     stop_intent: StopIntent | None = None
     gpus: tuple[int, ...] = ()
     gpu_bytes: int = 0
+    retiring: Retiring | None = None
 
     @property
     def holds_gpus(self) -> bool:
@@ -153,6 +166,7 @@ def begin_start(
         started_at=now,
         gpus=gpus,
         gpu_bytes=gpu_bytes,
+        retiring=current.retiring if current is not None else None,
     )
     kind = "restarting" if counts_as_restart else "starting"
     note = f", restart #{restarts}" if counts_as_restart else ""
@@ -294,3 +308,51 @@ def exited(
     return Transition(
         instance, "exited", f"{how} ({reason}); {note}" if reason != how else f"{how}; {note}"
     )
+
+
+def begin_surge(
+    current: Instance,
+    spec_hash: str,
+    generation: int,
+    port: int,
+    now: float,
+    gpus: tuple[int, ...] = (),
+    gpu_bytes: int = 0,
+) -> Transition:
+    """Start-then-stop: the running process retires, serving until the new one is ready."""
+    if current.state is not InstanceState.READY or current.pid is None or current.retiring:
+        raise IllegalTransitionError(f"{current.engine_id}: only a ready engine can be surged")
+    retiring = Retiring(
+        current.pid,
+        current.create_time or 0.0,
+        current.port,
+        current.spec_hash,
+        current.gpus,
+        current.gpu_bytes,
+    )
+    instance = Instance(
+        engine_id=current.engine_id,
+        generation=generation,
+        spec_hash=spec_hash,
+        state=InstanceState.STARTING,
+        message=f"starting; pid {current.pid} serves until this one is ready",
+        port=port,
+        started_at=now,
+        gpus=gpus,
+        gpu_bytes=gpu_bytes,
+        retiring=retiring,
+    )
+    note = f"port {port}, replacing pid {current.pid} once ready"
+    return Transition(instance, "starting", note)
+
+
+def retired(current: Instance, how: str) -> Transition:
+    """The previous process is gone."""
+    old = current.retiring
+    instance = replace(current, retiring=None)
+    return Transition(instance, "stopped", f"previous pid {old.pid if old else '?'}: {how}")
+
+
+def retiring_key(engine_id: str) -> str:
+    """The key the process watcher uses for an engine's retiring process."""
+    return f"{engine_id}#retiring"

@@ -101,7 +101,19 @@ PLAN_ITEM = {
     "type": "object",
     "required": ["action", "engine", "reason"],
     "properties": {
-        "action": {"enum": ["start", "restart", "stop", "replace", "forget", "wait", "pending"]},
+        "action": {
+            "enum": [
+                "start",
+                "restart",
+                "surge",
+                "retire",
+                "stop",
+                "replace",
+                "forget",
+                "wait",
+                "pending",
+            ]
+        },
         "engine": {"type": "string"},
         "reason": {"type": "string"},
         "gpus": {"type": "array", "items": {"type": "integer"}},

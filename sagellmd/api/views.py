@@ -59,6 +59,7 @@ def engine_entry(
         "gpu_memory_gb": round(instance.gpu_bytes / GIB, 2) if holds and instance else None,
         "memory_estimate": _estimate(estimate),
         "restarts": instance.restarts if instance else 0,
+        "retiring_pid": instance.retiring.pid if instance and instance.retiring else None,
         "message": message,
         "generation": instance.generation if instance else None,
         "started_at": iso(instance.started_at) if instance else None,

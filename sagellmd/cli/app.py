@@ -15,13 +15,15 @@ from sagellmd.cli.gpu_commands import gpu
 from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
 from sagellmd.cli.render import console, engines_table, event_line, gpus_line, print_json
+from sagellmd.cli.watch import watch_status
 from sagellmd.errors import SagellmError, SpecError
 
 app = typer.Typer(
     name="sagellm",
     help="Control sagellmd, the daemon that keeps LLM and embedding engines running.",
     no_args_is_help=True,
-    add_completion=False,
+    # `--install-completion` / `--show-completion` for bash, zsh, fish and PowerShell.
+    add_completion=True,
     # Locals in a traceback could show the API token.
     pretty_exceptions_show_locals=False,
 )
@@ -51,10 +53,26 @@ def root(
 
 @app.command()
 def status(
-    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print the raw JSON.")
+    ctx: typer.Context,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the raw JSON (one status per line with --watch)."
+    ),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        "-w",
+        help="Keep the view open, redrawn on every daemon event; survives daemon restarts."
+        " Ctrl-C to exit.",
+    ),
 ) -> None:
     """Generation, daemon, GPUs and every engine's state."""
     client = cli_context(ctx).client()
+    if watch:
+        try:
+            watch_status(client, as_json, typer.echo)
+        finally:
+            client.close()
+        return
     try:
         answer: dict[str, Any] = client.get("/v1/status") or {}
     finally:

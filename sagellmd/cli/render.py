@@ -105,7 +105,7 @@ def plan_engine(item: Mapping[str, Any]) -> str | None:
 
 GIB = 1024**3
 # Plan actions that spawn a process: the only ones with a GPU placement to show.
-SPAWNING_ACTIONS = ("start", "restart")
+SPAWNING_ACTIONS = ("start", "restart", "surge")
 
 
 def placement_text(item: Mapping[str, Any]) -> str:

@@ -53,7 +53,6 @@ class EmbeddingEngine:
     ) -> None:
         self.model_id = model_id
         self.device = device
-        self.normalize = normalize
         self.normalized = normalize
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
@@ -72,7 +71,7 @@ class EmbeddingEngine:
 
                 torch.set_num_threads(self.threads)
             model = load_model(self.model_id, self.device)
-            encoder = TextEncoder(model, self.normalize)
+            encoder = TextEncoder(model, self.normalized)
         except ModelLoadError as exc:
             self.error = str(exc)
             return

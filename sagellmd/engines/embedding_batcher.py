@@ -141,10 +141,6 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    @property
-    def queued_texts(self) -> int:
-        return self._queued
-
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the encode thread; results are handed back on ``loop``."""
         self._loop = loop

@@ -107,7 +107,7 @@ def plan_groups(lengths: list[int], call_cost: int) -> list[int]:
     per run, so a batch of mixed lengths is not padded to its longest text as a whole.
     """
     n = len(lengths)
-    best = [0] + [0] * n
+    best = [0] * (n + 1)
     cut = [0] * (n + 1)
     for end in range(1, n + 1):
         best[end], cut[end] = min(

@@ -66,6 +66,26 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Surge:
+    """The spec changed: start the new process beside the old one (start-then-stop)."""
+
+    engine_id: str
+    reason: str
+    gpus: tuple[int, ...] = ()
+    gpu_bytes: int = 0
+    action: str = "surge"
+
+
+@dataclass(frozen=True)
+class Retire:
+    """Stop the previous process of a surge: its replacement is ready (or it is obsolete)."""
+
+    engine_id: str
+    reason: str
+    action: str = "retire"
+
+
+@dataclass(frozen=True)
 class Replace:
     """The spec changed: stop the old process; a later pass starts the new one."""
 
@@ -93,7 +113,7 @@ class Wait:
     action: str = "wait"
 
 
-Action = Start | Restart | Stop | Replace | Forget | Wait | Pend
+Action = Start | Restart | Surge | Retire | Stop | Replace | Forget | Wait | Pend
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,10 @@ from sagellmd.instance import (
     StopIntent,
     begin_start,
     begin_stop,
+    begin_surge,
     made_pending,
+    retired,
+    retiring_key,
     spawn_failed,
     spawned,
 )
@@ -25,8 +28,10 @@ from sagellmd.reconcile.actions import (
     Pend,
     Replace,
     Restart,
+    Retire,
     Start,
     Stop,
+    Surge,
     Wait,
 )
 from sagellmd.reconcile.observe import Prober, on_exit
@@ -49,8 +54,10 @@ class Executor:
     def execute(
         self, action: Action, desired: Mapping[str, DesiredEngine], generation: int
     ) -> None:
-        if isinstance(action, Start | Restart):
+        if isinstance(action, Start | Restart | Surge):
             self._start(desired[action.engine_id], generation, action)
+        elif isinstance(action, Retire):
+            self._retire(action.engine_id, action.reason)
         elif isinstance(action, Pend):
             self._pend(desired[action.engine_id], generation, action.reason)
         elif isinstance(action, Stop):
@@ -63,19 +70,24 @@ class Executor:
         elif isinstance(action, Wait):
             pass  # the loop turns waits into timers
 
-    def _taken_ports(self, engine_id: str) -> set[int]:
+    def _taken_ports(self, engine_id: str, surge: bool = False) -> set[int]:
         holding = PROCESS_STATES | {InstanceState.BACKOFF}
-        return {
+        taken = {
             instance.port
             for instance in self._world.instances.values()
-            if instance.engine_id != engine_id
+            if (instance.engine_id != engine_id or surge)
             and instance.port is not None
             and instance.state in holding
         }
+        return taken | {
+            instance.retiring.port
+            for instance in self._world.instances.values()
+            if instance.retiring is not None and instance.retiring.port is not None
+        }
 
-    def _choose_port(self, engine: DesiredEngine) -> tuple[int | None, str]:
+    def _choose_port(self, engine: DesiredEngine, surge: bool) -> tuple[int | None, str]:
         settings = self._world.settings
-        taken = self._taken_ports(engine.id)
+        taken = self._taken_ports(engine.id, surge)
         fixed = engine.spec.port
         if fixed is not None:
             if fixed in taken:
@@ -88,7 +100,7 @@ class Executor:
             settings.port_start,
             settings.port_end,
             taken,
-            preferred=current.port if current else None,
+            preferred=current.port if current and not surge else None,
         )
         if port is None:
             return None, f"no free port in {settings.port_start}-{settings.port_end}"
@@ -107,10 +119,16 @@ class Executor:
             made_pending(current, engine.id, engine.spec.spec_hash, generation, reason)
         )
 
-    def _start(self, engine: DesiredEngine, generation: int, action: Start | Restart) -> None:
+    def _start(
+        self, engine: DesiredEngine, generation: int, action: Start | Restart | Surge
+    ) -> None:
         world, settings, spec = self._world, self._world.settings, engine.spec
         current = world.instances.get(engine.id)
-        port, why = self._choose_port(engine)
+        surge = isinstance(action, Surge)
+        port, why = self._choose_port(engine, surge)
+        if port is None and surge:
+            self._stop(engine.id, StopIntent.REMOVE, f"replacing (no room for both: {why})")
+            return
         if port is None:
             self._pend(engine, generation, why)
             return
@@ -118,8 +136,21 @@ class Executor:
             known = ", ".join(sorted(settings.runtimes))
             self._pend(engine, generation, f"runtime {spec.runtime!r} is not configured ({known})")
             return
-        starting = world.record(
-            begin_start(
+        if surge and current is not None:
+            # The running process keeps serving under another key until the new is ready.
+            self._prober.cancel(engine.id)
+            world.watcher.rekey(engine.id, retiring_key(engine.id))
+            transition = begin_surge(
+                current,
+                spec.spec_hash,
+                generation,
+                port,
+                world.clock(),
+                action.gpus,
+                action.gpu_bytes,
+            )
+        else:
+            transition = begin_start(
                 current,
                 engine.id,
                 spec.spec_hash,
@@ -129,9 +160,8 @@ class Executor:
                 isinstance(action, Restart),
                 action.gpus,
                 action.gpu_bytes,
-            ),
-            generation,
-        )
+            )
+        starting = world.record(transition, generation)
         missing = missing_model_reason(spec, settings)
         if missing is not None:
             # Not a crash worth retrying: nothing changes until the model is on disk.
@@ -157,6 +187,19 @@ class Executor:
         world.record(spawned(starting, process.pid, process.create_time))
         touch_model(settings.home, spec.model)
         self._prober.start(engine.id, process.pid)
+
+    def _retire(self, engine_id: str, reason: str) -> None:
+        world = self._world
+        instance = world.instances[engine_id]
+        key = retiring_key(engine_id)
+        if key not in world.watcher:
+            world.record(retired(instance, "already gone"))
+            return
+        if world.watcher.is_stopping(key):
+            return  # asked on an earlier pass; its exit will be observed
+        old = instance.retiring.pid if instance.retiring else "?"
+        world.event(engine_id, "stopping", f"previous pid {old}: {reason}")
+        world.watcher.stop(key, world.settings.stop_grace_s)
 
     def _stop(self, engine_id: str, intent: StopIntent, reason: str) -> None:
         world = self._world

@@ -10,7 +10,9 @@ from sagellmd.instance import (
     InstanceState,
     became_ready,
     became_unhealthy,
+    describe_exit,
     exited,
+    retired,
 )
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import ENGINE_HOST
@@ -23,6 +25,12 @@ def on_exit(
     world: World, engine_id: str, pid: int | None, code: int | None, signum: int | None
 ) -> None:
     """A watched process is gone: record how, decide what follows, wake the loop."""
+    if engine_id.endswith("#retiring"):
+        base = world.instances.get(engine_id.removesuffix("#retiring"))
+        if base is not None and base.retiring is not None and base.retiring.pid == pid:
+            world.record(retired(base, describe_exit(code, signum)))
+            world.wake()
+        return
     instance = world.instances.get(engine_id)
     if instance is None or instance.pid != pid:
         log.warning("engine=%s pid=%s exited but is not the current process", engine_id, pid)

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field, replace
 
 from sagellmd.gpu.placement import GpuCapacity, Placed, Reservation, describe_need, place
 from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.actions import Action, DesiredEngine, Pend, Restart, Start
+from sagellmd.reconcile.actions import (
+    Action,
+    DesiredEngine,
+    Pend,
+    Replace,
+    Restart,
+    Start,
+    Surge,
+)
 
 
 @dataclass(frozen=True)
@@ -24,12 +32,21 @@ class GpuView:
     needs: Mapping[str, int | str] = field(default_factory=dict)
 
 
-def _reservations(observed: Mapping[str, Instance], skip: str) -> list[Reservation]:
-    return [
+def _reservations(observed: Mapping[str, Instance], skip: str | None) -> list[Reservation]:
+    held = [
         Reservation(instance.engine_id, instance.gpus, instance.gpu_bytes)
         for instance in observed.values()
         if instance.holds_gpus and instance.engine_id != skip
     ]
+    # A retiring process holds its memory until it has exited.
+    held += [
+        Reservation(
+            f"{instance.engine_id}#retiring", instance.retiring.gpus, instance.retiring.gpu_bytes
+        )
+        for instance in observed.values()
+        if instance.retiring is not None and instance.retiring.gpus
+    ]
+    return held
 
 
 def _starting_gpus(observed: Mapping[str, Instance], skip: str) -> set[int]:
@@ -39,6 +56,14 @@ def _starting_gpus(observed: Mapping[str, Instance], skip: str) -> set[int]:
         if instance.state is InstanceState.STARTING and instance.engine_id != skip
         for gpu in instance.gpus
     }
+
+
+def _cannot_place(action: Action, reason: str, surge: bool) -> Action:
+    # A surge that does not fit beside the running process becomes stop-then-start;
+    # the engine keeps serving its old spec until then.
+    if surge:
+        return Replace(action.engine_id, f"stop first: {reason}")
+    return Pend(action.engine_id, reason)
 
 
 def place_starts(
@@ -57,23 +82,25 @@ def place_starts(
     planned: list[Reservation] = []
     planned_busy: set[int] = set()
     for action in actions:
-        if not isinstance(action, Start | Restart):
+        if not isinstance(action, Start | Restart | Surge):
             placed.append(action)
             continue
+        surge = isinstance(action, Surge)
         spec = desired[action.engine_id].spec
         if not spec.wants_gpu:
             placed.append(action)
             continue
         need = view.needs.get(action.engine_id)
         if isinstance(need, str) or need is None:
-            placed.append(Pend(action.engine_id, need or "no memory estimate"))
+            placed.append(_cannot_place(action, need or "no memory estimate", surge))
             continue
         count = spec.tensor_parallel * spec.pipeline_parallel
         if not view.gpus:
             reason = f"{describe_need(count, need)}; {view.message or 'no GPUs'}"
-            placed.append(Pend(action.engine_id, reason))
+            placed.append(_cannot_place(action, reason, surge))
             continue
-        reservations = _reservations(observed, action.engine_id) + planned
+        # A surge runs beside the engine's current process, whose memory stays held.
+        reservations = _reservations(observed, None if surge else action.engine_id) + planned
         busy = _starting_gpus(observed, action.engine_id) | planned_busy
         outcome = place(count, need, view.gpus, reservations, view.headroom, busy)
         if isinstance(outcome, Placed):
@@ -81,5 +108,5 @@ def place_starts(
             planned_busy.update(outcome.gpus)
             placed.append(replace(action, gpus=outcome.gpus, gpu_bytes=need))
         else:
-            placed.append(Pend(action.engine_id, outcome.message))
+            placed.append(_cannot_place(action, outcome.message, surge))
     return placed

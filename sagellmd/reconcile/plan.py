@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sagellmd.instance import Instance, InstanceState, StopIntent
+from sagellmd.instance import LIVE_STATES, Instance, InstanceState, StopIntent
 from sagellmd.reconcile.actions import (
     Action,
     BackoffPolicy,
@@ -14,8 +14,10 @@ from sagellmd.reconcile.actions import (
     Plan,
     Replace,
     Restart,
+    Retire,
     Start,
     Stop,
+    Surge,
     Wait,
 )
 from sagellmd.reconcile.backoff import backoff_delay
@@ -31,8 +33,10 @@ __all__ = [
     "Plan",
     "Replace",
     "Restart",
+    "Retire",
     "Start",
     "Stop",
+    "Surge",
     "Wait",
     "plan_actions",
 ]
@@ -57,6 +61,14 @@ def _plan_engine(
         return Start(engine.id, f"retry: {instance.message}")
     if state in (InstanceState.STARTING, InstanceState.READY, InstanceState.UNHEALTHY):
         if changed:
+            if (
+                state is InstanceState.READY
+                and instance.retiring is None
+                and (spec.port is None or spec.port != instance.port)
+            ):
+                # Start-then-stop keeps the engine serving; placement falls back to
+                # stop-then-start when the GPUs cannot hold both at once.
+                return Surge(engine.id, "spec changed: new process first, then stop the old")
             return Replace(engine.id, "spec changed")
         if _restart_requested(engine, instance):
             return Stop(engine.id, "restart requested")
@@ -115,12 +127,23 @@ def plan_actions(
                 InstanceState.UNHEALTHY,
             ):
                 actions.append(Stop(engine_id, "no longer desired"))
+            elif instance.retiring is not None:
+                actions.append(Retire(engine_id, "no longer desired"))
             elif instance.state is not InstanceState.STOPPING:
                 actions.append(Forget(engine_id, "no longer desired"))
+            if instance.retiring is not None and instance.state in LIVE_STATES:
+                actions.append(Retire(engine_id, "no longer desired"))
             continue
         action = _plan_engine(engine, instance, now, backoff)
         if action is not None:
             actions.append(action)
+        if (
+            instance is not None
+            and instance.retiring is not None
+            and instance.state is InstanceState.READY
+            and instance.spec_hash == engine.spec.spec_hash
+        ):
+            actions.append(Retire(engine_id, "its replacement is ready"))
     if gpus is not None:
         actions = place_starts(actions, wanted, observed, gpus)
     return Plan(tuple(actions))

@@ -8,7 +8,7 @@ import signal
 
 import psutil
 
-from sagellmd.instance import PROCESS_STATES, InstanceState, spawned
+from sagellmd.instance import PROCESS_STATES, InstanceState, retired, retiring_key, spawned
 from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.process import signal_group
@@ -50,6 +50,16 @@ def recover(world: World, prober: Prober) -> None:
     world.instances.update(world.store.instances())
     desired = {engine.id for engine in world.store.desired()}
     adopted: set[int] = set()
+    for engine_id, instance in list(world.instances.items()):
+        old = instance.retiring
+        if old is None:
+            continue
+        if world.watcher.adopt(engine_id, old.pid, old.create_time) is not None:
+            # adopt() checks the marker against the engine id; then it watches it aside.
+            world.watcher.rekey(engine_id, retiring_key(engine_id))
+            adopted.add(old.pid)
+        else:
+            world.record(retired(instance, "ended while the daemon was not running"))
     for engine_id, instance in list(world.instances.items()):
         if instance.state not in PROCESS_STATES or instance.pid is None:
             continue

@@ -157,6 +157,19 @@ class ProcessWatcher:
                 grace_s, signal_group, process.pid, signal.SIGKILL
             )
 
+    def rekey(self, old: str, new: str) -> None:
+        """Watch a process under another key (a surge: the old process retires)."""
+        process = self._processes.pop(old, None)
+        if process is None:
+            return
+        self._loop.remove_reader(process.pidfd)
+        process.engine_id = new
+        self._add(process)
+
+    def is_stopping(self, engine_id: str) -> bool:
+        process = self._processes.get(engine_id)
+        return process is not None and process.kill_timer is not None
+
     def kill(self, engine_id: str) -> None:
         process = self._processes.get(engine_id)
         if process is not None:

@@ -64,6 +64,7 @@ class InstanceRow(Base):
     stop_intent: Mapped[str | None] = mapped_column(String(16), nullable=True)
     gpus: Mapped[str] = mapped_column(String(256), default="")
     gpu_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    retiring: Mapped[str | None] = mapped_column(Text, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     create_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)

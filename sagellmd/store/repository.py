@@ -13,7 +13,7 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from sagellmd.errors import NotFoundError
-from sagellmd.instance import Instance, InstanceState, StopIntent
+from sagellmd.instance import Instance, InstanceState, Retiring, StopIntent
 from sagellmd.reconcile.plan import DesiredEngine
 from sagellmd.spec import EngineSpec, Preset, parse_engine
 from sagellmd.store import changes
@@ -105,6 +105,20 @@ def _spec_from_json(text: str) -> EngineSpec:
     return parse_engine(json.loads(text))
 
 
+def _retiring_to_json(retiring: Retiring | None) -> str | None:
+    if retiring is None:
+        return None
+    data = {**vars(retiring), "gpus": list(retiring.gpus)}
+    return json.dumps(data, sort_keys=True)
+
+
+def _retiring_from_json(text: str | None) -> Retiring | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    return Retiring(**{**data, "gpus": tuple(data.get("gpus", ()))})
+
+
 def _desired_from_row(row: DesiredEngineRow) -> DesiredEngine:
     spec = _spec_from_json(row.spec)
     return DesiredEngine(row.id, row.preset, spec, row.restart_requested_at)
@@ -130,6 +144,7 @@ def _instance_from_row(row: InstanceRow) -> Instance:
         stop_intent=StopIntent(row.stop_intent) if row.stop_intent else None,
         gpus=tuple(int(gpu) for gpu in row.gpus.split(",") if gpu),
         gpu_bytes=row.gpu_bytes,
+        retiring=_retiring_from_json(row.retiring),
     )
 
 
@@ -307,6 +322,7 @@ class Store:
             "stop_intent": instance.stop_intent.value if instance.stop_intent else None,
             "gpus": ",".join(str(gpu) for gpu in instance.gpus),
             "gpu_bytes": instance.gpu_bytes,
+            "retiring": _retiring_to_json(instance.retiring),
             "pid": instance.pid,
             "create_time": instance.create_time,
             "port": instance.port,

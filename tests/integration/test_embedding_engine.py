@@ -331,7 +331,7 @@ def test_mixed_concurrent_requests_each_get_their_texts_in_order(
 ) -> None:
     # Sizes around the default --max-batch-size 64, so some requests span model calls and
     # most calls mix texts of several requests.
-    sizes = [1, 3, 100, 1, 7, 64, 2, 1, 30, 5]
+    sizes = [1, 3, 70, 1, 7, 64, 2, 1, 30, 5]
     requests: list[list[str]] = []
     for r, size in enumerate(sizes):
         requests.append(

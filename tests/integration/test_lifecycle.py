@@ -184,7 +184,7 @@ def test_label_change_restarts_nothing_but_a_model_change_replaces(daemon: Daemo
     entry = daemon.engine("solo")
     assert entry["pid"] == pid and entry["label"] == "two"
     response = daemon.put("/v1/engines/solo", {"model": "fake/other-1B"})
-    assert [a["action"] for a in response.json()["plan"]] == ["replace"]
+    assert [a["action"] for a in response.json()["plan"]] == ["surge"]
     entry = daemon.wait_for(
         lambda: (e := daemon.engine("solo"))["state"] == "ready" and e["pid"] != pid and e,
         20,

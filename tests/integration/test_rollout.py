@@ -106,7 +106,7 @@ def test_dry_run_changes_nothing(daemon: Daemon):
     answer = daemon.put("/v1/presets/p?dry_run=true", changed).json()
     assert answer["dry_run"] is True and answer["generation"] == 1
     actions = {(a["action"], a["engine"]) for a in answer["plan"]}
-    assert actions == {("replace", "p.a"), ("start", "p.b")}
+    assert actions == {("surge", "p.a"), ("start", "p.b")}
     start = next(a for a in answer["plan"] if a["action"] == "start")
     assert len(start["gpus"]) == 1 and start["gpu_bytes"] > 0
     unset = daemon.delete("/v1/presets/p?dry_run=true").json()
@@ -178,3 +178,65 @@ def test_a_planned_restart_replaces_the_engine_with_a_health_check(daemon: Daemo
     after = [e["type"] for e in events[events.index(fired[0]) :]]
     assert after.index("stopping") < after.index("started") < after.index("ready")
     assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_changed_engine_is_replaced_start_then_stop_when_both_fit(daemon: Daemon):
+    daemon.put("/v1/engines/solo", {"model": "fake/solo-1B", "gpu_memory_gb": 20})
+    old = daemon.wait_state("solo", "ready")
+    slow_start = {"FAKE_VLLM_STARTUP_DELAY": "1"}
+    answer = daemon.put(
+        "/v1/engines/solo", {"model": "fake/solo-2B", "gpu_memory_gb": 20, "env": slow_start}
+    )
+    assert [a["action"] for a in answer.json()["plan"]] == ["surge"]
+    # While the new process starts, the old one keeps serving.
+    starting = daemon.wait_for(
+        lambda: (e := daemon.engine("solo"))["pid"] not in (None, old["pid"]) and e,
+        10,
+        "the new process",
+    )
+    assert starting["state"] == "starting" and starting["port"] != old["port"]
+    assert psutil.pid_exists(old["pid"])
+    assert _health(old["port"]) == 200
+    new = daemon.wait_state("solo", "ready")
+    daemon.wait_for(
+        lambda: (
+            not psutil.pid_exists(old["pid"])
+            or psutil.Process(old["pid"]).status() == psutil.STATUS_ZOMBIE
+        ),
+        10,
+        "the old process to stop",
+    )
+    types = [(e["type"], e["message"]) for e in daemon.events("solo")]
+    started = next(i for i, (t, m) in enumerate(types) if t == "started" and str(new["pid"]) in m)
+    stopping = next(
+        i for i, (t, m) in enumerate(types) if t == "stopping" and f"previous pid {old['pid']}" in m
+    )
+    ready = max(i for i, (t, _) in enumerate(types) if t == "ready")
+    assert started < ready < stopping
+    gpus = daemon.get("/v1/gpus").json()
+    assert sum(d["reserved_gb"] for d in gpus["devices"]) == 20  # the old reservation is gone
+
+
+def test_a_change_that_cannot_fit_beside_the_old_process_stops_it_first(daemon: Daemon):
+    daemon.put(
+        "/v1/engines/big", {"model": "fake/big-1B", "tensor_parallel": 2, "gpu_memory_gb": 60}
+    )
+    old = daemon.wait_state("big", "ready")
+    answer = daemon.put(
+        "/v1/engines/big", {"model": "fake/big-2B", "tensor_parallel": 2, "gpu_memory_gb": 60}
+    )
+    plan = answer.json()["plan"]
+    assert [a["action"] for a in plan] == ["replace"]
+    assert plan[0]["reason"].startswith("stop first: needs 2 GPUs x 60.0 GiB")
+    new = daemon.wait_for(
+        lambda: (e := daemon.engine("big"))["state"] == "ready" and e["pid"] != old["pid"] and e,
+        20,
+        "the replacement",
+    )
+    assert new["model"] == "fake/big-2B"
+
+
+def _health(port: int) -> int:
+    import httpx
+
+    return httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code

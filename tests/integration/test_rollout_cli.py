@@ -71,7 +71,7 @@ def test_dry_runs_print_the_plan_and_change_nothing(daemon: Daemon, tmp_path: Pa
         daemon, "preset", "set", "p", "--file", str(write_preset(tmp_path, changed)), "--dry-run"
     )
     assert "stays at generation 1" in out
-    assert any(line.split()[:2] == ["replace", "p.a"] for line in out.splitlines()), out
+    assert any(line.split()[:2] == ["surge", "p.a"] for line in out.splitlines()), out
     assert any(line.split()[:2] == ["start", "p.b"] for line in out.splitlines()), out
     out = ok(daemon, "preset", "unset", "p", "--dry-run")
     assert [line.split()[:2] for line in out.splitlines()[1:]] == [["stop", "p.a"]]
@@ -210,10 +210,11 @@ def test_rollback_restores_exactly_the_engines_of_generation_n(daemon: Daemon, t
 def test_a_failing_change_superseded_before_its_verdict_is_still_rolled_back(
     daemon: Daemon, tmp_path: Path
 ):
-    bad = fake_preset("p", {"name": "bad", "startup_timeout_s": 2, "env": SICK})
+    # Long enough that `q` is set (a second CLI process) before generation 1 is judged.
+    bad = fake_preset("p", {"name": "bad", "startup_timeout_s": 6, "env": SICK})
     ok(daemon, "preset", "set", "p", "--file", str(write_preset(tmp_path, bad)))  # 1
     other = write_preset(tmp_path, fake_preset("q", {"name": "ok"}))
-    result = run(daemon, "preset", "set", "q", "--file", str(other), "--wait", "--timeout", "8")
+    result = run(daemon, "preset", "set", "q", "--file", str(other), "--wait", "--timeout", "20")
     # p.bad, part of generation 2 and new since the last healthy generation (0), is not
     # ready within its startup_timeout_s: generation 2 fails and is rolled back.
     assert result.returncode == 1, result.stdout + result.stderr

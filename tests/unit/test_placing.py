@@ -329,7 +329,20 @@ def test_a_spec_change_while_running_replaces_without_placing():
 
     actions = plan([chat], [running], view(80, needs={"chat": 70}))
 
-    assert actions == [Replace("chat", "spec changed")]
+    # 30 + 70 do not fit one 80 GiB GPU: stop first, then start.
+    assert len(actions) == 1 and isinstance(actions[0], Replace)
+    assert actions[0].reason.startswith("stop first: needs 1 GPU x 70.0 GiB")
+
+
+def test_a_spec_change_that_fits_beside_the_running_process_surges():
+    chat = engine("chat")
+    running = instance(chat, InstanceState.READY, (0,), 30, spec_hash="0123456789abcdef")
+
+    actions = plan([chat], [running], view(80, 80, needs={"chat": 40}))
+
+    assert len(actions) == 1 and actions[0].action == "surge"
+    # Best fit counts the old process's 30 GiB: GPU0 has 46 GiB left, GPU1 76.
+    assert actions[0].gpus == (0,) and actions[0].gpu_bytes == 40 * GIB
 
 
 def test_a_restart_after_a_spec_change_in_backoff_may_reuse_its_own_memory():

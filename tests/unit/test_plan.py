@@ -22,7 +22,9 @@ from sagellmd.instance import (
     became_ready,
     begin_start,
     begin_stop,
+    begin_surge,
     exited,
+    retired,
     spawned,
 )
 from sagellmd.reconcile.backoff import backoff_delay
@@ -33,8 +35,10 @@ from sagellmd.reconcile.plan import (
     Plan,
     Replace,
     Restart,
+    Retire,
     Start,
     Stop,
+    Surge,
     Wait,
     plan_actions,
 )
@@ -50,8 +54,9 @@ def spec(name="chat", **fields) -> EngineSpec:
 
 
 def engine(engine_id="chat", restart_requested_at=None, **fields) -> DesiredEngine:
-    return DesiredEngine(engine_id, None, spec(engine_id.split(".")[-1], **fields),
-                         restart_requested_at)
+    return DesiredEngine(
+        engine_id, None, spec(engine_id.split(".")[-1], **fields), restart_requested_at
+    )
 
 
 def instance(desired: DesiredEngine | None = None, state=InstanceState.READY, **fields) -> Instance:
@@ -60,8 +65,15 @@ def instance(desired: DesiredEngine | None = None, state=InstanceState.READY, **
         generation=1,
         spec_hash=desired.spec.spec_hash if desired else "0123456789abcdef",
         state=state,
-        pid=4242 if state in (InstanceState.STARTING, InstanceState.READY,
-                              InstanceState.UNHEALTHY, InstanceState.STOPPING) else None,
+        pid=4242
+        if state
+        in (
+            InstanceState.STARTING,
+            InstanceState.READY,
+            InstanceState.UNHEALTHY,
+            InstanceState.STOPPING,
+        )
+        else None,
         port=20000,
         started_at=NOW - 100,
     )
@@ -103,13 +115,36 @@ def test_removed_engine_that_is_stopping_is_left_alone():
     assert plan_one([], {"chat": gone}) == ()
 
 
-@pytest.mark.parametrize(
-    "state", [InstanceState.STARTING, InstanceState.READY, InstanceState.UNHEALTHY]
-)
-def test_spec_change_of_a_live_engine_replaces_it(state):
+@pytest.mark.parametrize("state", [InstanceState.STARTING, InstanceState.UNHEALTHY])
+def test_spec_change_of_an_engine_not_serving_replaces_it(state):
     old = engine(model="old/model")
     new = engine(model="new/model")
     assert plan_one([new], {"chat": instance(old, state)}) == (Replace("chat", "spec changed"),)
+
+
+def test_spec_change_of_a_ready_engine_surges_start_then_stop():
+    old = engine(model="old/model")
+    new = engine(model="new/model")
+    (action,) = plan_one([new], {"chat": instance(old, InstanceState.READY)})
+    assert isinstance(action, Surge) and action.engine_id == "chat"
+
+
+def test_a_fixed_port_change_to_the_same_port_cannot_surge():
+    old = engine(model="old/model", port=9000)
+    new = engine(model="new/model", port=9000)
+    ready = replace(instance(old, InstanceState.READY), port=9000)
+    assert plan_one([new], {"chat": ready}) == (Replace("chat", "spec changed"),)
+
+
+def test_the_retiring_process_is_retired_once_the_new_one_is_ready():
+    old = engine(model="old/model")
+    new = engine(model="new/model")
+    serving = instance(old, InstanceState.READY)
+    surged = begin_surge(serving, new.spec.spec_hash, 1, 20001, NOW).instance
+    starting = spawned(surged, 99, NOW).instance
+    assert plan_one([new], {"chat": starting})[0].action == "wait"
+    ready = became_ready(starting, NOW).instance
+    assert plan_one([new], {"chat": ready}) == (Retire("chat", "its replacement is ready"),)
 
 
 @pytest.mark.parametrize(
@@ -155,9 +190,7 @@ def test_starting_past_startup_timeout_is_stopped_as_a_failure(late_by):
 def test_starting_within_startup_timeout_waits_for_the_deadline():
     chat = engine(startup_timeout_s=60.0)
     young = instance(chat, InstanceState.STARTING, started_at=NOW - 10.0)
-    assert plan_one([chat], {"chat": young}) == (
-        Wait("chat", "waiting for /health", NOW + 50.0),
-    )
+    assert plan_one([chat], {"chat": young}) == (Wait("chat", "waiting for /health", NOW + 50.0),)
 
 
 def test_ready_engine_needs_nothing():
@@ -170,9 +203,7 @@ def test_backoff_that_is_due_restarts(failures):
     chat = engine()
     delay = backoff_delay(failures, POLICY.base_s, POLICY.max_s)
     crashed = instance(chat, InstanceState.BACKOFF, failures=failures, exited_at=NOW - delay)
-    assert plan_one([chat], {"chat": crashed}) == (
-        Restart("chat", f"crash #{failures} in a row"),
-    )
+    assert plan_one([chat], {"chat": crashed}) == (Restart("chat", f"crash #{failures} in a row"),)
 
 
 @pytest.mark.parametrize("failures", [2, 3, 6, 20])
@@ -225,7 +256,8 @@ def test_restart_request_older_than_the_process_is_done():
 def test_spec_change_wins_over_restart_request():
     old = engine(model="a")
     new = engine(model="b", restart_requested_at=NOW)
-    assert plan_one([new], {"chat": instance(old)}) == (Replace("chat", "spec changed"),)
+    (action,) = plan_one([new], {"chat": instance(old)})
+    assert isinstance(action, Surge)
 
 
 @pytest.mark.parametrize("state", [InstanceState.STOPPED, InstanceState.FAILED])
@@ -246,8 +278,13 @@ def test_stopping_engine_needs_nothing(intent):
 
 def test_pending_engine_is_started_again():
     chat = engine()
-    waiting = instance(chat, InstanceState.PENDING, message="no free port in 20000-20000",
-                       pid=None, started_at=None)
+    waiting = instance(
+        chat,
+        InstanceState.PENDING,
+        message="no free port in 20000-20000",
+        pid=None,
+        started_at=None,
+    )
     assert plan_one([chat], {"chat": waiting}) == (
         Start("chat", "retry: no free port in 20000-20000"),
     )
@@ -267,8 +304,7 @@ def test_actions_are_ordered_by_engine_id_and_waits_are_not_changes():
 
 def test_plan_to_list_is_plain_data():
     chat = engine()
-    plan = plan_actions([chat], {"chat": instance(chat, InstanceState.UNHEALTHY, message="x")},
-                        NOW)
+    plan = plan_actions([chat], {"chat": instance(chat, InstanceState.UNHEALTHY, message="x")}, NOW)
     # The keys of the API contract in docs/api.md: {"action", "engine", "reason", ...}.
     assert plan.to_list() == [
         {"engine": "chat", "reason": "x", "intent": "failure", "action": "stop"}
@@ -334,8 +370,16 @@ class SimWorld:
         return wanted.spec.restart if wanted else "never"
 
     def _exit(self, current: Instance) -> Instance:
-        return exited(current, None, 15, self.now, self._policy(current.engine_id),
-                      RESET_AFTER_S, POLICY.base_s, POLICY.max_s).instance
+        return exited(
+            current,
+            None,
+            15,
+            self.now,
+            self._policy(current.engine_id),
+            RESET_AFTER_S,
+            POLICY.base_s,
+            POLICY.max_s,
+        ).instance
 
     def observe(self) -> None:
         """A STOPPING instance's process is gone: record its exit, as the pidfd watcher does."""
@@ -354,10 +398,27 @@ class SimWorld:
             if isinstance(action, Start | Restart):
                 wanted = self.desired[action.engine_id]
                 self.pids += 1
-                starting = begin_start(current, action.engine_id, wanted.spec.spec_hash, 1,
-                                       20000, self.now, isinstance(action, Restart)).instance
+                starting = begin_start(
+                    current,
+                    action.engine_id,
+                    wanted.spec.spec_hash,
+                    1,
+                    20000,
+                    self.now,
+                    isinstance(action, Restart),
+                ).instance
                 running = spawned(starting, self.pids, self.now).instance
                 self.instances[action.engine_id] = became_ready(running, self.now).instance
+            elif isinstance(action, Surge):
+                wanted = self.desired[action.engine_id]
+                assert current is not None
+                self.pids += 1
+                starting = begin_surge(current, wanted.spec.spec_hash, 1, 20001, self.now).instance
+                running = spawned(starting, self.pids, self.now).instance
+                self.instances[action.engine_id] = became_ready(running, self.now).instance
+            elif isinstance(action, Retire):
+                assert current is not None and current.retiring is not None
+                self.instances[action.engine_id] = retired(current, "exit code 0").instance
             elif isinstance(action, Stop | Replace):
                 intent = action.intent if isinstance(action, Stop) else StopIntent.REMOVE
                 assert current is not None
@@ -374,6 +435,7 @@ class SimWorld:
             return False
         return all(
             current.state is InstanceState.READY
+            and current.retiring is None
             and current.spec_hash == self.desired[engine_id].spec.spec_hash
             for engine_id, current in self.instances.items()
         )
@@ -393,8 +455,13 @@ def run_until_quiet(world: SimWorld, max_steps: int) -> int:
 
 specs = st.builds(
     lambda model, port, extra, env, tp, restart, timeout: dict(
-        model=model, port=port, extra_args=extra, env=env, tensor_parallel=tp,
-        restart=restart, startup_timeout_s=timeout,
+        model=model,
+        port=port,
+        extra_args=extra,
+        env=env,
+        tensor_parallel=tp,
+        restart=restart,
+        startup_timeout_s=timeout,
     ),
     model=st.sampled_from(["org/a", "org/b"]),
     port=st.sampled_from([None, 9001, 9002]),
@@ -424,8 +491,13 @@ def worlds(draw, restart_policies=("always", "on-failure")):
         wanted = desired.get(engine_id)
         state = draw(st.sampled_from(list(InstanceState)))
         same_spec = wanted is not None and draw(st.booleans())
-        spec_hash = wanted.spec.spec_hash if same_spec else draw(
-            st.sampled_from([STALE_HASH, engine(engine_id, model="org/c").spec.spec_hash]))
+        spec_hash = (
+            wanted.spec.spec_hash
+            if same_spec
+            else draw(
+                st.sampled_from([STALE_HASH, engine(engine_id, model="org/c").spec.spec_hash])
+            )
+        )
         started_at = draw(st.floats(NOW - 2000.0, NOW - 1.0))
         current = Instance(
             engine_id=engine_id,
@@ -433,26 +505,36 @@ def worlds(draw, restart_policies=("always", "on-failure")):
             spec_hash=spec_hash,
             state=state,
             message=draw(st.sampled_from(["", "health check failed 3 times", "starting"])),
-            pid=4000 if state in (InstanceState.STARTING, InstanceState.READY,
-                                  InstanceState.UNHEALTHY, InstanceState.STOPPING) else None,
+            pid=4000
+            if state
+            in (
+                InstanceState.STARTING,
+                InstanceState.READY,
+                InstanceState.UNHEALTHY,
+                InstanceState.STOPPING,
+            )
+            else None,
             port=20000,
             restarts=draw(st.integers(0, 5)),
             failures=draw(st.integers(0 if state is not InstanceState.BACKOFF else 1, 8)),
             started_at=started_at,
             ready_at=draw(st.one_of(st.none(), st.floats(started_at, NOW))),
-            exited_at=draw(st.floats(started_at, NOW)) if state in (
-                InstanceState.BACKOFF, InstanceState.STOPPED, InstanceState.FAILED) else None,
+            exited_at=draw(st.floats(started_at, NOW))
+            if state in (InstanceState.BACKOFF, InstanceState.STOPPED, InstanceState.FAILED)
+            else None,
             stop_intent=draw(st.sampled_from([None, StopIntent.REMOVE, StopIntent.FAILURE]))
-            if state is InstanceState.STOPPING else None,
+            if state is InstanceState.STOPPING
+            else None,
         )
-        at_rest = (
-            current.state in (InstanceState.STOPPED, InstanceState.FAILED)
-            or (current.state is InstanceState.STOPPING
-                and current.stop_intent is StopIntent.REMOVE)
+        at_rest = current.state in (InstanceState.STOPPED, InstanceState.FAILED) or (
+            current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.REMOVE
         )
-        if same_spec and at_rest and not (
-            wanted.restart_requested_at is not None
-            and wanted.restart_requested_at > started_at
+        if (
+            same_spec
+            and at_rest
+            and not (
+                wanted.restart_requested_at is not None and wanted.restart_requested_at > started_at
+            )
         ):
             # A stopped instance whose spec is unchanged is at rest by design (its restart
             # policy or a removal stopped it); only a restart request moves it. Without one
@@ -464,8 +546,9 @@ def worlds(draw, restart_policies=("always", "on-failure")):
     return SimWorld(now=NOW, desired=desired, instances=instances)
 
 
-PROPERTY_SETTINGS = settings(max_examples=200, deadline=None,
-                             suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 MAX_STEPS = 12
 
 
@@ -483,8 +566,9 @@ def test_a_converged_world_plans_nothing(world):
     run_until_quiet(world, MAX_STEPS)
     assert world.converged()
     for later in (0.0, 1.0, RESET_AFTER_S * 10):
-        plan = plan_actions(list(world.desired.values()), world.instances, world.now + later,
-                            POLICY)
+        plan = plan_actions(
+            list(world.desired.values()), world.instances, world.now + later, POLICY
+        )
         assert plan.actions == ()
 
 
@@ -502,8 +586,11 @@ def test_planning_reaches_a_fixed_point_under_any_restart_policy(world):
 
 
 @PROPERTY_SETTINGS
-@given(world=worlds(restart_policies=("always", "on-failure", "never")),
-       now=st.floats(NOW - 100.0, NOW + 2000.0), seed=st.integers(0, 2**32 - 1))
+@given(
+    world=worlds(restart_policies=("always", "on-failure", "never")),
+    now=st.floats(NOW - 100.0, NOW + 2000.0),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_plan_is_deterministic_and_pure(world, now, seed):
     desired = list(world.desired.values())
     observed = dict(world.instances)

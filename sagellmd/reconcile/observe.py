@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from sagellmd.instance import (
     LIVE_STATES,
     InstanceState,
+    Transition,
     became_ready,
     became_unhealthy,
     describe_exit,
@@ -16,6 +18,7 @@ from sagellmd.instance import (
 )
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import ENGINE_HOST
+from sagellmd.runtime.logs import log_path, tail_lines
 from sagellmd.runtime.probe import probe_health
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,19 @@ def on_exit(
         settings.backoff_base_s,
         settings.backoff_max_s,
     )
+    if code not in (None, 0) and instance.stop_intent is None:
+        # An engine that fails says why on its last line ("model not found ..."):
+        # show it where the user looks, in status and events.
+        last = tail_lines(log_path(settings.logs_dir, engine_id), 1)
+        if last and last[0].strip():
+            said = last[0].strip()[:300]
+            transition = Transition(
+                dataclasses.replace(
+                    transition.instance, message=f"{transition.instance.message}; it said: {said}"
+                ),
+                transition.event_type,
+                f"{transition.message}; last log line: {said}",
+            )
     world.record(transition)
     world.wake()
 

@@ -240,3 +240,17 @@ def test_engine_logs_are_kept_in_a_file(daemon: Daemon):
     body = daemon.get("/v1/engines/solo/logs", params={"tail": 50}).json()
     assert body["path"].endswith("logs/solo.log")
     assert any("fake vLLM serving fake/solo-1B" in line for line in body["lines"])
+
+
+def test_an_engine_that_fails_shows_its_last_words_in_status(daemon: Daemon):
+    engine = {
+        "model": "fake/dies-1B",
+        "restart": "never",
+        "env": {"FAKE_VLLM_CRASH_AFTER": "0.2", "FAKE_VLLM_STARTUP_DELAY": "5"},
+    }
+    daemon.put("/v1/engines/dies?rollback=false", engine)
+    entry = daemon.wait_state("dies", "failed")
+    assert "exit code 1" in entry["message"]
+    assert "it said: fake_vllm: crashing as told" in entry["message"]
+    exited = [e for e in daemon.events("dies") if e["type"] == "exited"]
+    assert "last log line: fake_vllm: crashing as told" in exited[-1]["message"]

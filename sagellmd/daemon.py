@@ -65,7 +65,9 @@ def acquire_lock(path: Path) -> IO[str]:
 
 def bind_api_socket(settings: Settings) -> socket.socket:
     family = socket.AF_INET6 if ":" in settings.api_host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are
+    # TCP, and without it every answer waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.api_host, settings.api_port))
@@ -144,6 +146,7 @@ async def serve(settings: Settings, presets: list[str]) -> int:
         "stopped" if settings.stop_engines_on_exit else "left running",
     )
     notifier.stopping()
+    hub.close()  # long-polls answer now (empty) instead of being cancelled mid-request
     server.should_exit = True
     await reconciler.shutdown(settings.stop_engines_on_exit)
     store.add_event(

@@ -10,6 +10,12 @@ class EventHub:
 
     def __init__(self) -> None:
         self._changed = asyncio.Event()
+        self.closed = False
+
+    def close(self) -> None:
+        """The daemon is stopping: wake every waiter, and make new waits return at once."""
+        self.closed = True
+        self.notify()
 
     def notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -17,6 +23,8 @@ class EventHub:
 
     async def wait(self, timeout_s: float) -> bool:
         """True if something was recorded within the timeout."""
+        if self.closed:
+            return False
         try:
             async with asyncio.timeout(timeout_s):
                 await self._changed.wait()

@@ -22,7 +22,7 @@ async def events(request: Request) -> JSONResponse:
     while True:
         found = ctx.store.events(int(after) if after is not None else None, limit, engine)
         remaining = deadline - time.monotonic()
-        if found or after is None or remaining <= 0:
+        if found or after is None or remaining <= 0 or ctx.hub.closed:
             break
         await ctx.hub.wait(remaining)
     last_id = found[-1].id if found else (int(after) if after is not None else 0)

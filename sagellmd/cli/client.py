@@ -27,8 +27,6 @@ DEFAULT_TIMEOUT_S = 30.0
 # A long poll may legitimately take `wait` seconds; allow the answer some slack on top.
 LONG_POLL_SLACK_S = 15.0
 
-_MUTATING = ("PUT", "POST", "DELETE", "PATCH")
-
 
 def resolve_url(url: str | None) -> str:
     """The daemon's base URL: --url, else SAGELLM_URL, else the default bind address."""
@@ -129,7 +127,8 @@ class ApiClient:
     ) -> Any:
         """Send one call and return its decoded JSON answer (None for an empty one)."""
         headers = {"Accept": "application/json"}
-        if method.upper() in _MUTATING and self._token:
+        # Reads carry the token too: a daemon bound off loopback asks for it on every call.
+        if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         clean_params = {k: v for k, v in (params or {}).items() if v is not None}
         try:

@@ -30,7 +30,7 @@ from rich.text import Text
 from sagellmd.cli.client import ApiClient
 from sagellmd.cli.render import cell, console, gpus_line, state_text
 from sagellmd.cli.waiting import next_cursor
-from sagellmd.errors import DaemonUnreachableError
+from sagellmd.errors import DaemonUnreachableError, SagellmError
 
 # Longest long-poll; an empty answer only refreshes the uptime column (not a data poll).
 UPTIME_REFRESH_S = 5.0
@@ -202,6 +202,8 @@ class Snapshot:
     status: Mapping[str, Any]
     cursor: int
     last_events: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # When the status was read (epoch seconds); the uptime tick does not change it.
+    read_at: float = field(default_factory=time.time)
 
     @property
     def generation(self) -> Any:
@@ -219,22 +221,30 @@ class Snapshot:
         ]
 
 
+# Columns that give up width when the terminal is narrow; the others (ids, numbers) keep
+# theirs, since a truncated pid or port is worse than useless.
+SQUEEZABLE = frozenset({"MODEL", "LAST EVENT"})
+
+
+def one_line(value: Any) -> Text:
+    """A cell cut with an ellipsis instead of wrapped, so every engine stays one line."""
+    text = cell(value)
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
 def watch_table(rows: Sequence[WatchRow], now: float, dim: bool = False) -> Table:
-    # Every cell on one line (ellipsis, not wrap) so the Live view keeps one row per
-    # engine and redraws in place.
     table = Table(box=None, pad_edge=False, header_style="bold", style="dim" if dim else "")
     for column in COLUMNS:
-        table.add_column(
-            column,
-            no_wrap=True,
-            overflow="ellipsis",
-            min_width=len(column) if column != "LAST EVENT" else 10,
-        )
+        # rich narrows only wrappable columns before it squeezes every column, so the
+        # squeezable ones are declared wrappable and their cells cut (`one_line`).
+        squeezable = column in SQUEEZABLE
+        table.add_column(column, no_wrap=not squeezable, min_width=6 if squeezable else None)
     for row in rows:
         table.add_row(
             cell(row.id),
             cell(row.kind),
-            cell(row.model),
+            one_line(row.model),
             state_text(row.state),
             cell(row.pid),
             cell(row.port),
@@ -242,7 +252,7 @@ def watch_table(rows: Sequence[WatchRow], now: float, dim: bool = False) -> Tabl
             cell(row.memory_text()),
             cell(row.restarts),
             cell(row.uptime(now)),
-            cell(row.last_event),
+            one_line(row.last_event),
         )
     return table
 
@@ -269,7 +279,7 @@ def watch_screen(
             parts.append(watch_table(rows, now, dim=problem is not None))
         else:
             parts.append(Text("no engines (start some with `sagellm preset set NAME`)"))
-    if problem is not None:
+    if problem is not None or snapshot is None:
         verb = "connecting" if snapshot is None else "reconnecting"
         since = f" (since {clock_text(down_since)})" if down_since is not None else ""
         parts.append(Text(f"{verb} to {url}...{since}", style="bold yellow"))
@@ -278,7 +288,7 @@ def watch_screen(
     else:
         parts.append(
             Text(
-                f"updated {clock_text(now)}, event #{snapshot.cursor if snapshot else 0};"
+                f"status of {clock_text(snapshot.read_at)}, after event #{snapshot.cursor};"
                 " redrawn on every event; Ctrl-C to exit",
                 style="dim",
             )
@@ -413,9 +423,11 @@ class JsonWatchView:
         self._err = err
         self._last: str | None = None
         self._down = False
+        self._ever_connected = False
 
     def show(self, snapshot: Snapshot) -> None:
         self._down = False
+        self._ever_connected = True
         line = json.dumps(snapshot.status, default=str, separators=(",", ":"))
         if line != self._last:
             self._echo(line)
@@ -426,7 +438,8 @@ class JsonWatchView:
 
     def reconnecting(self, reason: str) -> None:
         if not self._down:
-            self._err(f"reconnecting to {self._url}... ({reason})")
+            verb = "reconnecting" if self._ever_connected else "connecting"
+            self._err(f"{verb} to {self._url}... ({reason})")
             self._down = True
 
     def close(self) -> None:
@@ -444,6 +457,16 @@ def connect(client: ApiClient) -> Snapshot:
     cursor = next_cursor(0, recent)
     status = client.get("/v1/status") or {}
     return Snapshot(status, cursor, remember({}, events))
+
+
+def transient(exc: SagellmError) -> bool:
+    """Worth waiting out: the daemon is unreachable, or it answered 5xx.
+
+    A daemon that is shutting down answers a long-poll still in flight with a 500 (see
+    the report on the daemon's shutdown), so a 5xx is as much "restarting" as a refused
+    connection. A 4xx (bad URL, token, request) is the user's to fix: it ends the watch.
+    """
+    return isinstance(exc, DaemonUnreachableError) or type(exc) is SagellmError
 
 
 def run_watch(
@@ -468,7 +491,9 @@ def run_watch(
             status = client.get("/v1/status") or {}
             snapshot = Snapshot(status, cursor, remember(snapshot.last_events, events))
             view.show(snapshot)
-        except DaemonUnreachableError as exc:
+        except SagellmError as exc:
+            if not transient(exc):
+                raise
             # Forget the cursor: the daemon that comes back may number events differently
             # (a restored or new database), and a stale cursor would never wake.
             snapshot = None

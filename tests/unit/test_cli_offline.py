@@ -221,8 +221,13 @@ def test_rollback_to_a_negative_generation_is_a_usage_error():
     assert CliRunner().invoke(app, ["rollback", "--", "-1"]).exit_code == 2
 
 
-def test_status_watch_is_not_there_yet():
-    assert CliRunner().invoke(app, ["status", "--watch"]).exit_code == 2
+def test_status_offers_watch_and_the_app_shell_completion():
+    # The watch itself runs against a real daemon in tests/integration/test_watch.py.
+    status_help = CliRunner().invoke(app, ["status", "--help"], env={"COLUMNS": "200"})
+    assert status_help.exit_code == 0 and "--watch" in status_help.output
+    root_help = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert "--install-completion" in root_help.output
+    assert "--show-completion" in root_help.output
 
 
 # --- pure pieces ----------------------------------------------------------------------

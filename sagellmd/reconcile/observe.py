@@ -8,6 +8,7 @@ import logging
 
 from sagellmd.instance import (
     LIVE_STATES,
+    Instance,
     InstanceState,
     Transition,
     became_ready,
@@ -90,7 +91,7 @@ class Prober:
         for engine_id in list(self._tasks):
             self.cancel(engine_id)
 
-    def _current(self, engine_id: str, pid: int):  # noqa: ANN202 - Instance | None
+    def _current(self, engine_id: str, pid: int) -> Instance | None:
         instance = self._world.instances.get(engine_id)
         if instance is None or instance.pid != pid or instance.state not in LIVE_STATES:
             return None

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from sagellmd.gpu.placement import memory_fraction
 from sagellmd.instance import (
-    PROCESS_STATES,
+    RESERVING_STATES,
     InstanceState,
     StopIntent,
     begin_start,
@@ -71,13 +71,12 @@ class Executor:
             pass  # the loop turns waits into timers
 
     def _taken_ports(self, engine_id: str, surge: bool = False) -> set[int]:
-        holding = PROCESS_STATES | {InstanceState.BACKOFF}
         taken = {
             instance.port
             for instance in self._world.instances.values()
             if (instance.engine_id != engine_id or surge)
             and instance.port is not None
-            and instance.state in holding
+            and instance.state in RESERVING_STATES
         }
         return taken | {
             instance.retiring.port

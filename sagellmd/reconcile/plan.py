@@ -121,17 +121,11 @@ def plan_actions(
         engine = wanted.get(engine_id)
         if engine is None:
             assert instance is not None
-            if instance.state in (
-                InstanceState.STARTING,
-                InstanceState.READY,
-                InstanceState.UNHEALTHY,
-            ):
+            if instance.state in LIVE_STATES:
                 actions.append(Stop(engine_id, "no longer desired"))
-            elif instance.retiring is not None:
-                actions.append(Retire(engine_id, "no longer desired"))
-            elif instance.state is not InstanceState.STOPPING:
+            elif instance.state is not InstanceState.STOPPING and instance.retiring is None:
                 actions.append(Forget(engine_id, "no longer desired"))
-            if instance.retiring is not None and instance.state in LIVE_STATES:
+            if instance.retiring is not None:
                 actions.append(Retire(engine_id, "no longer desired"))
             continue
         action = _plan_engine(engine, instance, now, backoff)

@@ -46,6 +46,8 @@ class Settings:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0
     reset_after_s: float = 600.0
+    # A changed engine must stay ready this long before its change is judged healthy.
+    min_healthy_s: float = 5.0
     stop_grace_s: float = 10.0
     startup_probe_interval_s: float = 0.25
     liveness_interval_s: float = 5.0
@@ -131,6 +133,7 @@ KNOWN_KEYS = {
     "gpus",
     "ports",
     "restart",
+    "rollout",
     "runtimes",
     "probes",
     "stop_grace_s",
@@ -208,6 +211,11 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
     for key in ("backoff_base_s", "backoff_max_s", "reset_after_s"):
         if key in restart:
             changes[key] = _number(restart[key], f"{where}: restart.{key}", float, 0)
+    rollout = _mapping(data.get("rollout"), f"{where}: rollout")
+    if "min_healthy_s" in rollout:
+        changes["min_healthy_s"] = _number(
+            rollout["min_healthy_s"], f"{where}: rollout.min_healthy_s", float, 0, 3600
+        )
     probes = _mapping(data.get("probes"), f"{where}: probes")
     for key, kind in (
         ("startup_probe_interval_s", float),

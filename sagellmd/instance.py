@@ -235,6 +235,9 @@ def made_pending(
             message=reason,
         )
     else:
+        # A new spec starts its crash count afresh: the rollout judge reads `failures` as
+        # exits of the spec it runs now.
+        fresh = current.spec_hash != spec_hash
         instance = replace(
             current,
             state=InstanceState.PENDING,
@@ -243,6 +246,7 @@ def made_pending(
             generation=generation,
             pid=None,
             create_time=None,
+            failures=0 if fresh else current.failures,
         )
     return Transition(instance, "pending", reason)
 

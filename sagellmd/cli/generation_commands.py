@@ -29,11 +29,14 @@ GENERATION_STYLES = {
 
 
 def generation_state(record: Mapping[str, Any], current: bool) -> str:
-    """healthy / failed; a generation not judged yet is rolling out, or superseded if old.
+    """healthy / failed / superseded / rolling out, as the daemon's `state` says.
 
-    The daemon only judges the newest generation, so an older one left without a verdict
-    was replaced by another change before it finished (docs/api.md).
+    A daemon older than per-engine verdicts gives no `state`: there, a generation without
+    a verdict is rolling out if it is the newest, otherwise superseded.
     """
+    state = record.get("state")
+    if isinstance(state, str) and state in GENERATION_STYLES:
+        return state
     healthy = record.get("healthy")
     if healthy is True:
         return "healthy"

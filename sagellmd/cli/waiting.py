@@ -1,5 +1,5 @@
 """Following a generation until the daemon judges it: healthy, failed (rolled back or kept),
-superseded, or out of time.
+superseded (its engines changed again before a verdict), or out of time.
 
 The daemon decides whether a generation is healthy (docs/api.md, "Changes, dry runs and
 rollouts"); the CLI only reads that verdict. The pure functions here take plain answers and
@@ -134,7 +134,7 @@ class Outcome:
     ok: bool = False
     reason: str = ""
     rollback: int | None = None  # the generation the daemon made to undo the failed one
-    restored: int | None = None  # the generation that rollback restored (0: nothing)
+    reverted: tuple[str, ...] = ()  # the engines that rollback put back as they were
     kept: bool = False  # failed, and left as it is because its rollback was off
     timed_out: bool = False
 
@@ -147,24 +147,13 @@ def rollback_record(
     return next((g for g in history if str(g.get("cause") or "").startswith(prefix)), None)
 
 
-def restored_generation(generation: int, history: Sequence[Mapping[str, Any]]) -> int | None:
-    """The generation a rollback of `generation` restored: the newest healthy older one.
-
-    That is the daemon's rule (docs/api.md). 0 is the empty state; None when `history`
-    does not reach back far enough to tell.
-    """
-    older = [g for g in history if isinstance(g.get("id"), int) and g["id"] < generation]
-    healthy = [g["id"] for g in older if g.get("healthy") is True]
-    if healthy:
-        return max(healthy)
-    if generation <= 1 or any(g["id"] == 1 for g in older):
-        return 0
-    return None
+def reverted_engines(record: Mapping[str, Any]) -> list[str]:
+    """The engines a revert generation put back (its `changes`)."""
+    return [str(change.get("engine")) for change in record.get("changes") or []]
 
 
 def judge(
     record: Mapping[str, Any],
-    current: int,
     history: Sequence[Mapping[str, Any]],
     rows: Sequence[EngineRow],
     window: Window,
@@ -173,10 +162,10 @@ def judge(
 ) -> Outcome:
     """Decide from one round of answers whether the wait for `record` is over.
 
-    `current` is the daemon's generation read BEFORE `record`, so a newer generation
-    seen with `healthy` still null cannot be this one's rollback (the daemon marks a
-    generation failed before it creates the rollback). `history` is `/v1/generations`
-    (newest first), fetched only once it matters (failed, or superseded).
+    The daemon judges every generation on the engines it changed, newer generations
+    notwithstanding; a failed one is followed by its rollback generation (cause
+    `rollback of N: ...`), which `history` (`/v1/generations`, newest first, fetched once
+    the generation failed) holds.
     """
     number = int(record.get("id") or 0)
     healthy = record.get("healthy")
@@ -192,26 +181,16 @@ def judge(
                 False,
                 failure,
                 rollback=int(undo.get("id") or 0),
-                restored=restored_generation(number, history),
+                reverted=tuple(reverted_engines(undo)),
             )
         if record.get("auto_rollback") is False:
             return Outcome(True, False, failure, kept=True)
         if failed_seen_at is not None and now - failed_seen_at >= ROLLBACK_GRACE_S:
             return Outcome(True, False, f"{failure}; the daemon made no rollback generation")
         return Outcome(False, reason=f"{failure}; waiting for the daemon's rollback")
-    if current > number:
-        newer = sorted(
-            (g for g in history if isinstance(g.get("id"), int) and g["id"] > number),
-            key=lambda g: g["id"],
-        )
-        by = (
-            f"generation {newer[0]['id']} ({newer[0].get('cause')})"
-            if newer
-            else f"generation {current}"
-        )
-        return Outcome(
-            True, False, f"generation {number} was superseded by {by} before it was judged"
-        )
+    if record.get("state") == "superseded":
+        # Every engine it changed was changed again before its verdict (docs/presets.md).
+        return Outcome(True, False, f"generation {number} was {verdict}")
     if window.remaining(now) <= 0:
         return Outcome(
             True,
@@ -225,14 +204,11 @@ def judge(
 def outcome_lines(outcome: Outcome, kept_note: str = "rollback off") -> list[str]:
     """What the user reads at the end of a failed wait, after the reason itself."""
     if outcome.rollback is not None:
-        restored = (
-            "the last healthy generation"
-            if outcome.restored is None
-            else "the empty state (generation 0)"
-            if outcome.restored == 0
-            else f"generation {outcome.restored}"
-        )
-        return [f"the daemon rolled it back: generation {outcome.rollback} restores {restored}"]
+        engines = f" ({', '.join(outcome.reverted)})" if outcome.reverted else ""
+        return [
+            f"the daemon rolled it back: generation {outcome.rollback} undoes this"
+            f" change{engines}; changes made since stay"
+        ]
     if outcome.kept:
         return [f"the failed state is kept as it is ({kept_note}); `sagellm rollback` undoes it"]
     if outcome.timed_out:
@@ -273,22 +249,19 @@ def follow_generation(
     window = Window(clock(), timeout_s)
     failed_seen_at: float | None = None
     while True:
-        # Status before the record: see `judge` for why the order matters.
         status = client.get("/v1/status") or {}
         record = client.get(f"/v1/generations/{generation}") or {}
         current = int(status.get("generation") or 0)
         history: list[Mapping[str, Any]] = []
-        if record.get("healthy") is False or (
-            record.get("healthy") is None and current > generation
-        ):
-            # Enough to reach the rollback (newer) and the healthy one it restored (older).
+        if record.get("healthy") is False:
+            # Enough to reach the rollback generation, which is newer.
             answer = client.get("/v1/generations", {"limit": min(1000, current + 1)}) or {}
             history = list(answer.get("generations") or [])
         rows = engine_rows(status, watched_engines(record, plan))
         now = clock()
         if record.get("healthy") is False and failed_seen_at is None:
             failed_seen_at = now
-        outcome = judge(record, current, history, rows, window, now, failed_seen_at)
+        outcome = judge(record, history, rows, window, now, failed_seen_at)
         view.update(rows, outcome.reason)
         if outcome.done:
             return outcome

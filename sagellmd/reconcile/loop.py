@@ -23,7 +23,7 @@ from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.placing import GpuView
 from sagellmd.reconcile.plan import BackoffPolicy, Plan, Stop, Wait, plan_actions
 from sagellmd.reconcile.recovery import recover
-from sagellmd.reconcile.rollout import Verdict, judge_rollout
+from sagellmd.reconcile.review import RolloutOutcome, next_deadline, review
 from sagellmd.reconcile.schedule import RestartSchedule
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.process import ProcessWatcher
@@ -150,47 +150,40 @@ class Reconciler:
         self.last_pass_at = self.world.clock()
         return plan
 
-    def watch_rollout(self) -> Verdict | None:
-        """Judge the newest generation; roll a failed one back unless that was turned off."""
-        store, world = self.world.store, self.world
-        generation = store.generation(store.current_generation())
-        if generation is None or generation.healthy is not None:
-            return None
-        # Compared with the last healthy generation, not the previous one: a change made
-        # on top of a still-failing one must be judged on that failure too.
-        before = store.generation(store.last_healthy_before(generation.id))
-        verdict = judge_rollout(
-            generation.ts,
-            store.desired(),
-            before.spec_hashes() if before else {},
-            world.instances,
-            world.clock(),
-        )
+    def watch_rollout(self) -> list[RolloutOutcome]:
+        """Judge the open generations change by change; revert a failed one's own changes."""
+        world = self.world
+        outcomes = review(world.store, world.instances, world.clock(), world.settings.min_healthy_s)
+        for outcome in outcomes:
+            self._report(outcome)
+        deadline = next_deadline(outcomes)
+        if deadline is not None:
+            self._wake_at("rollout", deadline)
+        if any(outcome.reverted_by is not None for outcome in outcomes):
+            self.wake()
+        return outcomes
+
+    def _report(self, outcome: RolloutOutcome) -> None:
+        world, verdict, number = self.world, outcome.verdict, outcome.generation
+        if not verdict.settled:
+            return
         if verdict.healthy is None:
-            if verdict.deadline is not None:
-                self._wake_at("rollout", verdict.deadline)
-            return verdict
-        store.mark_generation(generation.id, verdict.healthy, verdict.reason)
+            world.event(None, "rollout", f"generation {number}: {verdict.reason}")
+            return
         if verdict.healthy:
-            world.event(None, "rollout", f"generation {generation.id} is healthy: {verdict.reason}")
-            return verdict
-        world.event(
-            verdict.engine, "rollout", f"generation {generation.id} failed: {verdict.reason}"
-        )
-        if not generation.auto_rollback:
-            world.event(None, "rollout", f"generation {generation.id} kept as it is (rollback off)")
-            return verdict
-        target = store.last_healthy_before(generation.id)
-        cause = f"rollback of {generation.id}: {verdict.reason}"
-        result = store.restore_generation(target, cause, auto_rollback=False)
-        world.event(
-            None,
-            "rollback",
-            f"generation {result.generation} restores generation {target}"
-            f" ({'nothing' if target == 0 else 'last healthy'})",
-        )
-        self.wake()
-        return verdict
+            world.event(None, "rollout", f"generation {number} is healthy: {verdict.reason}")
+            return
+        world.event(verdict.engine, "rollout", f"generation {number} failed: {verdict.reason}")
+        if outcome.kept:
+            world.event(None, "rollout", f"generation {number} kept as it is (rollback off)")
+        elif outcome.reverted_by is not None:
+            engines = ", ".join(outcome.reverted) or "nothing"
+            world.event(
+                None,
+                "rollback",
+                f"generation {outcome.reverted_by} reverts what generation {number} changed:"
+                f" {engines} as before it",
+            )
 
     def _wake_at(self, engine_id: str, until: float) -> None:
         self._scheduler.add_job(

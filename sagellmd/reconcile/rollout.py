@@ -1,15 +1,34 @@
-"""Judging a rollout: is the newest generation healthy, failed (and why), or in progress. Pure."""
+"""Judging a rollout change by change: is each engine a generation changed ready, failed, or
+still coming up; and what that makes of the generation. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.actions import DesiredEngine
+from sagellmd.instance import Instance, InstanceState, describe_exit
 
-# Exits of a changed engine's new process that make a rollout fail ("crash-loops").
+# Exits of a changed engine's new process that make its change fail ("crash-loops").
 CRASH_LIMIT = 2
+PENDING, HEALTHY, FAILED, NONE = "pending", "healthy", "failed", "none"
+
+
+@dataclass(frozen=True)
+class EngineChange:
+    """What one generation did to one engine (store/change_log.py keeps these)."""
+
+    id: int
+    generation: int
+    engine_id: str
+    after_hash: str | None  # None: the change removed the engine
+    verdict: str  # pending, healthy, failed, or none (nothing to start)
+    reason: str = ""
+    superseded_by: int | None = None
+
+    @property
+    def open(self) -> bool:
+        """Still waiting for its own verdict, and not overtaken by a later change."""
+        return self.verdict == PENDING and self.superseded_by is None
 
 
 @dataclass(frozen=True)
@@ -18,58 +37,96 @@ class Verdict:
     reason: str = ""
     engine: str | None = None
     deadline: float | None = None  # when to look again if nothing else happens
+    superseded_by: int | None = None  # later changes overtook it before it was judged
+
+    @property
+    def settled(self) -> bool:
+        return self.healthy is not None or self.superseded_by is not None
 
 
-def changed_engines(desired: Iterable[DesiredEngine], before: Mapping[str, str]) -> list[str]:
-    """Engines new in this generation or whose process-shaping spec changed."""
-    return [engine.id for engine in desired if before.get(engine.id) != engine.spec.spec_hash]
-
-
-def judge_rollout(
+def judge_change(
+    engine_id: str,
+    after_hash: str,
     started_at: float,
-    desired: list[DesiredEngine],
-    before: Mapping[str, str],
-    instances: Mapping[str, Instance],
+    startup_timeout_s: float,
+    instance: Instance | None,
     now: float,
+    min_healthy_s: float = 0.0,
 ) -> Verdict:
-    """The verdict on a generation made at `started_at`; `before` maps ids to old spec hashes.
+    """The verdict on one engine's change made at `started_at`, from its own instance only.
 
-    Healthy when every engine runs its current spec and is ready. Failed when an engine
-    the change touched is not ready by its startup_timeout_s (counted from the change)
-    or exited CRASH_LIMIT times.
+    Healthy once it runs the changed spec and stayed ready `min_healthy_s`; failed when
+    that process failed,
+    exited CRASH_LIMIT times, or is not ready `startup_timeout_s` after the change.
     """
-    ready = all(
-        (instance := instances.get(engine.id)) is not None
-        and instance.state is InstanceState.READY
-        and instance.spec_hash == engine.spec.spec_hash
-        for engine in desired
-    )
-    if ready:
-        return Verdict(True, "all engines ready")
+    current = instance is not None and instance.spec_hash == after_hash
+    if current and instance.state is InstanceState.READY:
+        # Ready is not enough: a process that dies a second after its first good health
+        # check crash-loops, and that change must fail rather than pass.
+        ready_at = instance.ready_at if instance.ready_at is not None else started_at
+        steady_at = ready_at + min_healthy_s
+        if now >= steady_at:
+            return Verdict(True, f"{engine_id} ready", engine_id)
+        return Verdict(None, f"{engine_id} ready, not yet steady", engine_id, steady_at)
+    if current and instance.state is InstanceState.FAILED:
+        return Verdict(False, f"{engine_id} failed: {instance.message}", engine_id)
+    if current and instance.failures >= CRASH_LIMIT:
+        last = describe_exit(instance.last_exit_code, instance.last_exit_signal)
+        said = instance.message.partition("; it said: ")[2]
+        return Verdict(
+            False,
+            f"{engine_id} exited {instance.failures} times (last: {last})"
+            + (f"; it said: {said}" if said else ""),
+            engine_id,
+        )
+    deadline = started_at + startup_timeout_s
+    if now >= deadline:
+        state = instance.state.value if current else "not started"
+        pending = current and instance.state is InstanceState.PENDING
+        detail = f": {instance.message}" if pending else ""
+        return Verdict(
+            False,
+            f"{engine_id} not ready within startup_timeout_s={startup_timeout_s:g}"
+            f" ({state}{detail})",
+            engine_id,
+        )
+    state = instance.state.value if current else "not started"
+    return Verdict(None, f"{engine_id} {state}", engine_id, deadline)
+
+
+def judge_generation(changes: Iterable[EngineChange], verdicts: Mapping[int, Verdict]) -> Verdict:
+    """A generation from its engines' changes; `verdicts` holds the ones decided this pass.
+
+    Failed when a change of its own failed before anything overtook it; healthy when each
+    change it made that needed a process came up (or there was none); superseded when later
+    changes overtook all of those before they were judged; otherwise still rolling out.
+    """
+    failed, waiting, ready, superseded = [], [], [], []
     deadlines = []
-    by_id = {engine.id: engine for engine in desired}
-    for engine_id in changed_engines(desired, before):
-        spec = by_id[engine_id].spec
-        instance = instances.get(engine_id)
-        current = instance is not None and instance.spec_hash == spec.spec_hash
-        if current and instance.state is InstanceState.READY:
-            continue
-        if current and instance.state is InstanceState.FAILED:
-            return Verdict(False, f"{engine_id} failed: {instance.message}", engine_id)
-        if current and instance.failures >= CRASH_LIMIT:
-            return Verdict(
-                False,
-                f"{engine_id} exited {instance.failures} times: {instance.message}",
-                engine_id,
-            )
-        deadline = started_at + spec.startup_timeout_s
-        if now >= deadline:
-            state = instance.state.value if instance else "not started"
-            return Verdict(
-                False,
-                f"{engine_id} not ready within startup_timeout_s={spec.startup_timeout_s:g}"
-                f" ({state})",
-                engine_id,
-            )
-        deadlines.append(deadline)
-    return Verdict(None, "rolling out", deadline=min(deadlines) if deadlines else None)
+    for change in changes:
+        verdict = verdicts.get(change.id)
+        state = change.verdict
+        if verdict is not None and verdict.healthy is not None:
+            state = HEALTHY if verdict.healthy else FAILED
+        reason = verdict.reason if verdict is not None else change.reason
+        if state == FAILED:
+            failed.append((change.engine_id, reason))
+        elif state == HEALTHY:
+            ready.append(change.engine_id)
+        elif state == PENDING and change.superseded_by is not None:
+            superseded.append(change.superseded_by)
+        elif state == PENDING:
+            waiting.append(change.engine_id)
+            if verdict is not None and verdict.deadline is not None:
+                deadlines.append(verdict.deadline)
+    if failed:
+        return Verdict(False, "; ".join(reason for _, reason in failed), failed[0][0])
+    if waiting:
+        return Verdict(None, "rolling out", deadline=min(deadlines) if deadlines else None)
+    if superseded and not ready:
+        by = min(superseded)
+        return Verdict(None, f"superseded by generation {by} before it was judged", None, None, by)
+    if ready:
+        named = ", ".join(ready[:4]) + (f" and {len(ready) - 4} more" if len(ready) > 4 else "")
+        return Verdict(True, f"{named} ready")
+    return Verdict(True, "nothing to start")

@@ -47,10 +47,15 @@ def snapshot(session: Session) -> dict[str, Any]:
     }
 
 
-def new_generation(session: Session, cause: str, now: float, auto_rollback: bool) -> int:
+def new_generation(
+    session: Session, cause: str, now: float, auto_rollback: bool, reverts: int | None = None
+) -> int:
+    """Snapshot the desired set as a new generation (and its event); its id."""
     session.flush()
     encoded = json.dumps(snapshot(session), sort_keys=True)
-    generation = GenerationRow(ts=now, cause=cause, snapshot=encoded, auto_rollback=auto_rollback)
+    generation = GenerationRow(
+        ts=now, cause=cause, snapshot=encoded, auto_rollback=auto_rollback, reverts=reverts
+    )
     session.add(generation)
     session.flush()
     session.add(
@@ -59,7 +64,7 @@ def new_generation(session: Session, cause: str, now: float, auto_rollback: bool
     return generation.id
 
 
-def _upsert_engine(
+def upsert_engine(
     session: Session,
     row: DesiredEngineRow | None,
     new_id: str,
@@ -83,7 +88,7 @@ def _upsert_engine(
         row.spec, row.spec_hash, row.updated_at = encoded, spec.spec_hash, now
 
 
-def _set_preset_row(
+def set_preset_row(
     session: Session, name: str, document: dict[str, Any], source: str, now: float
 ) -> None:
     encoded = json.dumps(document, sort_keys=True)
@@ -100,7 +105,7 @@ def set_preset(session: Session, preset: Preset, source: str, now: float) -> boo
     specs = {engine_id(preset.name, spec.name): spec for spec in preset.engines}
     check_ports(session, specs, replacing_preset=preset.name)
     created = session.get(ActivePresetRow, preset.name) is None
-    _set_preset_row(session, preset.name, preset.to_dict(), source, now)
+    set_preset_row(session, preset.name, preset.to_dict(), source, now)
     rows = session.scalars(
         select(DesiredEngineRow).where(DesiredEngineRow.preset == preset.name)
     ).all()
@@ -108,7 +113,7 @@ def set_preset(session: Session, preset: Preset, source: str, now: float) -> boo
     for stale in set(current) - set(specs):
         session.delete(current[stale])
     for new_id, spec in specs.items():
-        _upsert_engine(session, current.get(new_id), new_id, preset.name, spec, now)
+        upsert_engine(session, current.get(new_id), new_id, preset.name, spec, now)
     return created
 
 
@@ -130,7 +135,7 @@ def put_engine(session: Session, new_id: str, spec: EngineSpec, now: float) -> b
             f"engine {new_id!r} belongs to preset {row.preset!r}; change the preset instead"
         )
     check_ports(session, {new_id: spec})
-    _upsert_engine(session, row, new_id, None, spec, now)
+    upsert_engine(session, row, new_id, None, spec, now)
     return row is None
 
 
@@ -163,10 +168,10 @@ def restore(session: Session, target: dict[str, Any], now: float) -> bool:
     for name, document in presets.items():
         existing = session.get(ActivePresetRow, name)
         if existing is None or json.loads(existing.document) != document:
-            _set_preset_row(session, name, document, sources.get(name, "rollback"), now)
+            set_preset_row(session, name, document, sources.get(name, "rollback"), now)
     for new_id, engine in wanted.items():
         spec = parse_engine(engine["spec"])
-        _upsert_engine(
+        upsert_engine(
             session, session.get(DesiredEngineRow, new_id), new_id, engine["preset"], spec, now
         )
     return False

@@ -49,6 +49,7 @@ class GenerationRow(Base):
     healthy: Mapped[bool | None] = mapped_column(nullable=True)
     auto_rollback: Mapped[bool] = mapped_column(default=True)
     verdict: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reverts: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class InstanceRow(Base):
@@ -90,3 +91,39 @@ class EventRow(Base):
     type: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class EngineChangeRow(Base):
+    """What one generation did to one engine, so that change alone can be judged and undone."""
+
+    __tablename__ = "engine_changes"
+    __table_args__ = (
+        Index("ix_engine_changes_generation", "generation"),
+        Index("ix_engine_changes_open", "engine_id", "superseded_by"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    engine_id: Mapped[str] = mapped_column(String(128))
+    # {"preset": ..., "spec": {...}} of the engine before this change; None: it was absent.
+    before: Mapped[str | None] = mapped_column(Text, nullable=True)
+    after_preset: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    after_hash: Mapped[str | None] = mapped_column(String(32), nullable=True)  # None: removed
+    # pending (a new process must become ready), healthy, failed, or none (nothing to start).
+    verdict: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class PresetChangeRow(Base):
+    """What one generation did to one active preset's document, for undoing that change."""
+
+    __tablename__ = "preset_changes"
+    __table_args__ = (Index("ix_preset_changes_generation", "generation"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(63))
+    # {"document": {...}, "source": ...} before this change; None: the preset was not active.
+    before: Mapped[str | None] = mapped_column(Text, nullable=True)
+    superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)

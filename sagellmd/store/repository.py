@@ -15,11 +15,13 @@ from sqlalchemy.orm import Session
 from sagellmd.errors import NotFoundError
 from sagellmd.instance import Instance, InstanceState, Retiring, StopIntent
 from sagellmd.reconcile.plan import DesiredEngine
+from sagellmd.reconcile.rollout import EngineChange
 from sagellmd.spec import EngineSpec, Preset, parse_engine
-from sagellmd.store import changes
+from sagellmd.store import change_log, changes
 from sagellmd.store.models import (
     ActivePresetRow,
     DesiredEngineRow,
+    EngineChangeRow,
     EventRow,
     GenerationRow,
     InstanceRow,
@@ -72,6 +74,17 @@ class GenerationRecord:
     healthy: bool | None
     auto_rollback: bool = True
     verdict: str | None = None
+    reverts: int | None = None
+    changes: tuple[EngineChange, ...] = ()
+
+    @property
+    def state(self) -> str:
+        """healthy, failed, superseded (overtaken before it was judged) or rolling out."""
+        if self.healthy is True:
+            return "healthy"
+        if self.healthy is False:
+            return "failed"
+        return "superseded" if self.verdict else "rolling out"
 
     def spec_hashes(self) -> dict[str, str]:
         """Engine id -> spec hash of every engine this generation declared."""
@@ -86,11 +99,24 @@ class GenerationRecord:
             "ts": iso(self.ts),
             "cause": self.cause,
             "healthy": self.healthy,
+            "state": self.state,
             "verdict": self.verdict,
             "auto_rollback": self.auto_rollback,
+            "reverts": self.reverts,
+            "changes": [_change_dict(change) for change in self.changes],
             "presets": sorted(self.snapshot.get("presets", {})),
             "engines": self.snapshot.get("engines", []),
         }
+
+
+def _change_dict(change: EngineChange) -> dict[str, Any]:
+    return {
+        "engine": change.engine_id,
+        "removed": change.after_hash is None,
+        "verdict": change.verdict,
+        "reason": change.reason,
+        "superseded_by": change.superseded_by,
+    }
 
 
 def iso(ts: float | None) -> str | None:
@@ -185,12 +211,18 @@ class Store:
         cause: str,
         dry_run: bool = False,
         auto_rollback: bool = True,
+        reverts: int | None = None,
     ) -> ChangeResult:
-        """Run one desired-state change in a transaction; a dry run rolls it back."""
+        """Run one desired-state change in a transaction; a dry run rolls it back.
+
+        The generation it makes records, engine by engine, what the change did (for the
+        rollout judge and for undoing exactly this change later).
+        """
         now = self._clock()
         with self.session() as session:
             transaction = session.begin()
             try:
+                before = change_log.read_rows(session)
                 created = apply(session, now)
                 session.flush()
                 rows = session.scalars(select(DesiredEngineRow).order_by(DesiredEngineRow.id))
@@ -198,7 +230,8 @@ class Store:
                 if dry_run:
                     transaction.rollback()
                     return ChangeResult(None, desired, created)
-                generation = changes.new_generation(session, cause, now, auto_rollback)
+                generation = changes.new_generation(session, cause, now, auto_rollback, reverts)
+                change_log.record(session, before, change_log.read_rows(session), generation)
                 transaction.commit()
                 return ChangeResult(generation, desired, created)
             except BaseException:
@@ -260,10 +293,55 @@ class Store:
             lambda session, now: changes.restore(session, snapshot, now), cause, **options
         )
 
+    def revert_generation(self, generation_id: int, cause: str) -> ChangeResult:
+        """Undo what generation `generation_id` changed and nothing changed since, as a new
+        generation on top of everything declared after it (never itself rolled back)."""
+
+        def undo(session: Session, now: float) -> bool:
+            change_log.revert(session, generation_id, now)
+            return False
+
+        return self._change(
+            undo,
+            cause,
+            auto_rollback=False,
+            reverts=generation_id,
+        )
+
     def generation(self, generation_id: int) -> GenerationRecord | None:
         with self.session() as session:
             row = session.get(GenerationRow, generation_id)
-            return _generation(row) if row else None
+            return _generation(row, _changes_of(session, [row.id])) if row else None
+
+    def open_generations(self) -> list[GenerationRecord]:
+        """Generations without a verdict yet, oldest first, with their engine changes."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(GenerationRow)
+                .where(GenerationRow.healthy.is_(None), GenerationRow.verdict.is_(None))
+                .order_by(GenerationRow.id)
+            ).all()
+            by_generation = _changes_of(session, [row.id for row in rows])
+            return [_generation(row, by_generation) for row in rows]
+
+    def settle(
+        self,
+        generation_id: int,
+        change_verdicts: dict[int, tuple[str, str]],
+        healthy: bool | None = None,
+        verdict: str | None = None,
+    ) -> None:
+        """Record verdicts of engine changes (id -> (verdict, reason)) and, when given, of
+        their generation, in one commit."""
+        with self.session() as session, session.begin():
+            for change_id, (outcome, reason) in change_verdicts.items():
+                row = session.get(EngineChangeRow, change_id)
+                if row is not None:
+                    row.verdict, row.reason = outcome, reason
+            if verdict is not None:
+                row_ = session.get(GenerationRow, generation_id)
+                if row_ is not None:
+                    row_.healthy, row_.verdict = healthy, verdict
 
     def last_healthy_before(self, generation_id: int) -> int:
         """The newest healthy generation older than `generation_id`; 0 (nothing) if none."""
@@ -294,8 +372,9 @@ class Store:
         with self.session() as session:
             rows = session.scalars(
                 select(GenerationRow).order_by(GenerationRow.id.desc()).limit(limit)
-            )
-            return [_generation(row) for row in rows]
+            ).all()
+            by_generation = _changes_of(session, [row.id for row in rows])
+            return [_generation(row, by_generation) for row in rows]
 
     # -- observed state ------------------------------------------------------
 
@@ -395,7 +474,33 @@ class Store:
             }
 
 
-def _generation(row: GenerationRow) -> GenerationRecord:
+def _changes_of(session: Session, generation_ids: list[int]) -> dict[int, list[EngineChange]]:
+    found: dict[int, list[EngineChange]] = {}
+    if not generation_ids:
+        return found
+    rows = session.scalars(
+        select(EngineChangeRow)
+        .where(EngineChangeRow.generation.in_(generation_ids))
+        .order_by(EngineChangeRow.engine_id)
+    )
+    for row in rows:
+        found.setdefault(row.generation, []).append(
+            EngineChange(
+                row.id,
+                row.generation,
+                row.engine_id,
+                row.after_hash,
+                row.verdict,
+                row.reason,
+                row.superseded_by,
+            )
+        )
+    return found
+
+
+def _generation(
+    row: GenerationRow, changes_by_generation: dict[int, list[EngineChange]] | None = None
+) -> GenerationRecord:
     return GenerationRecord(
         row.id,
         row.ts,
@@ -404,6 +509,8 @@ def _generation(row: GenerationRow) -> GenerationRecord:
         row.healthy,
         row.auto_rollback,
         row.verdict,
+        row.reverts,
+        tuple((changes_by_generation or {}).get(row.id, ())),
     )
 
 

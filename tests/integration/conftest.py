@@ -188,6 +188,8 @@ def base_config(**overrides: Any) -> dict[str, Any]:
         "restart": {"backoff_base_s": 0.2, "backoff_max_s": 2, "reset_after_s": 600},
         "probes": {"liveness_interval_s": 0.5, "liveness_failures": 2},
         "stop_grace_s": 2,
+        # Long enough that a stand-in engine crashing 1 s after its start fails its change.
+        "rollout": {"min_healthy_s": 1.5},
         # Stand-in llm engines want GPUs: two simulated 80 GiB ones, placement included.
         "gpus": "simulate:2x80",
     }

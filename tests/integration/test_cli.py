@@ -148,7 +148,7 @@ def test_set_wait_returns_once_ready(daemon: Daemon, tmp_path: Path):
     out = ok(daemon, "preset", "set", "p", "--file", str(path), "--wait", "--timeout", "30")
     # Ready when the command returns, not some time later.
     assert daemon.engine("p.chat")["state"] == "ready"
-    assert "ready: generation 1 is healthy: all engines ready" in out
+    assert "ready: generation 1 is healthy: p.chat ready" in out
     assert "p.chat  ready" in out
 
 
@@ -180,7 +180,7 @@ def test_apply_failure_of_a_new_preset_is_rolled_back_to_nothing(daemon: Daemon,
         result.stderr
     )
     assert (
-        "the daemon rolled it back: generation 2 restores the empty state (generation 0)"
+        "the daemon rolled it back: generation 2 undoes this change (p.chat)"
         in result.stderr
     )
     daemon.wait_for(lambda: daemon.get("/v1/presets/p").status_code == 404, 10, "p unset")
@@ -200,7 +200,7 @@ def test_apply_failure_restores_the_previous_document(daemon: Daemon, tmp_path: 
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "generation 2 failed: p.chat failed" in result.stderr
-    assert "the daemon rolled it back: generation 3 restores generation 1" in result.stderr
+    assert "the daemon rolled it back: generation 3 undoes this change (p.chat)" in result.stderr
 
     after = daemon.get("/v1/presets/p").json()
     assert after["active"] is True

@@ -32,7 +32,7 @@ from sagellmd.cli.waiting import (
     engine_rows,
     judge,
     outcome_lines,
-    restored_generation,
+    reverted_engines,
     watched_engines,
 )
 from sagellmd.spec import name_from_model
@@ -323,7 +323,12 @@ def test_changed_rows_are_those_not_shown_yet():
 
 
 HISTORY = [
-    {"id": 5, "cause": "rollback of 4: p.b not ready", "healthy": None},
+    {
+        "id": 5,
+        "cause": "rollback of 4: p.b not ready",
+        "healthy": None,
+        "changes": [{"engine": "p.b"}],
+    },
     {"id": 4, "cause": "preset set p", "healthy": False, "verdict": "p.b not ready"},
     {"id": 3, "cause": "preset set q", "healthy": None},
     {"id": 2, "cause": "preset set p", "healthy": True},
@@ -335,18 +340,18 @@ ROWS = [EngineRow("p.a", "ready", settled=True), EngineRow("p.b", "starting", me
 
 def test_judge_healthy():
     record = {"id": 4, "healthy": True, "verdict": "all engines ready"}
-    outcome = judge(record, 4, [], ROWS, WINDOW, 101.0)
+    outcome = judge(record, [], ROWS, WINDOW, 101.0)
     assert outcome == Outcome(True, True, "generation 4 is healthy: all engines ready")
 
 
 def test_judge_rolling_out_names_what_it_waits_for():
-    outcome = judge({"id": 4, "healthy": None}, 4, [], ROWS, WINDOW, 101.0)
+    outcome = judge({"id": 4, "healthy": None}, [], ROWS, WINDOW, 101.0)
     assert not outcome.done
     assert outcome.reason == "rolling out; waiting for: p.b starting (probe)"
 
 
 def test_judge_times_out_with_the_engines_not_ready():
-    outcome = judge({"id": 4, "healthy": None}, 4, [], ROWS, WINDOW, 130.0)
+    outcome = judge({"id": 4, "healthy": None}, [], ROWS, WINDOW, 130.0)
     assert outcome.done and not outcome.ok and outcome.timed_out
     assert outcome.reason == "timed out after 30 s; waiting for: p.b starting (probe)"
     assert "goes on in the daemon" in outcome_lines(outcome)[0]
@@ -354,51 +359,51 @@ def test_judge_times_out_with_the_engines_not_ready():
 
 def test_judge_failed_and_rolled_back_names_the_rollback_and_what_it_restored():
     record = HISTORY[1] | {"auto_rollback": True}
-    outcome = judge(record, 5, HISTORY, ROWS, WINDOW, 101.0, failed_seen_at=101.0)
+    outcome = judge(record, HISTORY, ROWS, WINDOW, 101.0, failed_seen_at=101.0)
     assert outcome.done and not outcome.ok
     assert outcome.reason == "generation 4 failed: p.b not ready"
-    assert (outcome.rollback, outcome.restored) == (5, 2)
+    assert (outcome.rollback, outcome.reverted) == (5, ("p.b",))
     assert outcome_lines(outcome) == [
-        "the daemon rolled it back: generation 5 restores generation 2"
+        "the daemon rolled it back: generation 5 undoes this change (p.b); changes made since stay"
     ]
 
 
 def test_judge_failed_waits_briefly_for_the_rollback_generation():
     record = {"id": 4, "healthy": False, "verdict": "p.b failed", "auto_rollback": True}
-    waiting = judge(record, 4, HISTORY[1:], ROWS, WINDOW, 101.0, failed_seen_at=101.0)
+    waiting = judge(record, HISTORY[1:], ROWS, WINDOW, 101.0, failed_seen_at=101.0)
     assert not waiting.done and "waiting for the daemon's rollback" in waiting.reason
     late = 101.0 + ROLLBACK_GRACE_S
-    outcome = judge(record, 4, HISTORY[1:], ROWS, WINDOW, late, failed_seen_at=101.0)
+    outcome = judge(record, HISTORY[1:], ROWS, WINDOW, late, failed_seen_at=101.0)
     assert outcome.done and "made no rollback generation" in outcome.reason
 
 
 def test_judge_failed_with_rollback_off_is_kept():
     record = {"id": 4, "healthy": False, "verdict": "p.b failed", "auto_rollback": False}
-    outcome = judge(record, 4, HISTORY[1:], ROWS, WINDOW, 101.0, failed_seen_at=101.0)
+    outcome = judge(record, HISTORY[1:], ROWS, WINDOW, 101.0, failed_seen_at=101.0)
     assert outcome.done and outcome.kept and outcome.rollback is None
     assert outcome_lines(outcome, "--no-rollback") == [
         "the failed state is kept as it is (--no-rollback); `sagellm rollback` undoes it"
     ]
 
 
-def test_judge_superseded_by_a_newer_change():
-    history = [{"id": 6, "cause": "preset set z"}, {"id": 5, "cause": "engine put y"}]
-    outcome = judge({"id": 4, "healthy": None}, 6, history, ROWS, WINDOW, 101.0)
+def test_judge_superseded_once_the_daemon_says_so_not_because_newer_ones_exist():
+    record = {"id": 4, "healthy": None, "state": "rolling out"}
+    assert not judge(record, [], ROWS, WINDOW, 101.0).done  # newer generations do not matter
+    superseded = record | {
+        "state": "superseded",
+        "verdict": "superseded by generation 5 before it was judged",
+    }
+    outcome = judge(superseded, [], ROWS, WINDOW, 101.0)
     assert outcome.done and not outcome.ok
-    assert outcome.reason == (
-        "generation 4 was superseded by generation 5 (engine put y) before it was judged"
-    )
+    assert outcome.reason == "generation 4 was superseded by generation 5 before it was judged"
 
 
-def test_restored_generation_is_the_newest_healthy_older_one_or_the_empty_state():
-    assert restored_generation(4, HISTORY) == 2
-    assert restored_generation(2, HISTORY) == 0  # generation 1 failed: nothing before it
-    assert restored_generation(1, []) == 0
-    # History cut off before a healthy one: cannot tell.
-    assert restored_generation(9, [{"id": 8, "healthy": False}]) is None
-    rolled = Outcome(True, reason="x", rollback=3, restored=0)
+def test_reverted_engines_are_the_changes_of_the_rollback_generation():
+    assert reverted_engines(HISTORY[0]) == ["p.b"]
+    assert reverted_engines({"id": 3}) == []
+    rolled = Outcome(True, reason="x", rollback=3)
     assert outcome_lines(rolled) == [
-        "the daemon rolled it back: generation 3 restores the empty state (generation 0)"
+        "the daemon rolled it back: generation 3 undoes this change; changes made since stay"
     ]
 
 
@@ -411,6 +416,9 @@ def render(renderable: object) -> str:
 def test_history_marks_the_current_generation_and_the_state_of_each():
     assert generation_state({"healthy": None}, current=True) == "rolling out"
     assert generation_state({"healthy": None}, current=False) == "superseded"
+    assert generation_state({"healthy": None, "state": "rolling out"}, current=False) == (
+        "rolling out"
+    )
     records = [
         {
             "id": 2,

@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sagellmd.cli.client import ApiClient
+from sagellmd.cli.interrupt import take_sigint
 from sagellmd.cli.render import cell, console, gpus_line, state_text
 from sagellmd.cli.waiting import next_cursor
 from sagellmd.errors import DaemonUnreachableError, SagellmError
@@ -512,6 +513,7 @@ def watch_view(url: str, as_json: bool, echo: Callable[[str], None]) -> WatchVie
 
 def watch_status(client: ApiClient, as_json: bool, echo: Callable[[str], None]) -> None:
     """`sagellm status --watch`: runs until Ctrl-C, which ends it normally (exit 0)."""
+    take_sigint()
     view = watch_view(client.base_url, as_json, echo)
     try:
         run_watch(client, view)

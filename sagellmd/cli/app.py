@@ -14,7 +14,7 @@ from sagellmd.cli.generation_commands import history, rollback
 from sagellmd.cli.gpu_commands import gpu
 from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
-from sagellmd.cli.render import console, engines_table, gpus_line, print_json
+from sagellmd.cli.render import engines_table, gpus_line, print_json, print_table
 from sagellmd.cli.watch import watch_status
 from sagellmd.errors import SagellmError, SpecError
 
@@ -91,7 +91,7 @@ def status(
     if not engines:
         typer.echo("no engines (start some with `sagellm preset set NAME`)")
         return
-    console().print(engines_table(engines))
+    print_table(engines_table(engines))
 
 
 # Registered here, after status and events, so `--help` lists the commands in that order.

@@ -104,6 +104,12 @@ class PtyProcess:
     def type(self, keys: bytes) -> None:
         os.write(self.leader, keys)
 
+    def finish(self, timeout: float) -> int:
+        """Wait for the command to exit and for its last output; its exit code."""
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
     def resize(self, columns: int, rows: int) -> None:
         set_size(self.leader, columns, rows)
 

@@ -42,10 +42,15 @@ def state_text(state: Any) -> Text:
     return Text(str(state or "-"), style=STATE_STYLES.get(str(state), ""))
 
 
+def single_line(value: Any) -> str:
+    """Free text with its newlines and runs of blanks as single spaces."""
+    return " ".join(str(value).split())
+
+
 def one_line_text(value: Any) -> Text:
     """A cell of free text (a message, a label) on one line: newlines and runs of blanks
     become single spaces, so a table row never spills onto the next line."""
-    return cell(" ".join(str(value).split()) if value is not None else None)
+    return cell(single_line(value) if value is not None else None)
 
 
 # `sagellm status` and `engine list`: id, state, pid and port always whole; then the
@@ -126,9 +131,10 @@ def presets_table(rows: Iterable[Mapping[str, Any]], show_active: bool) -> Table
 
 
 def event_line(event: Mapping[str, Any]) -> str:
-    """`ts  engine  type  message`, the shape `events` and `--wait` print."""
+    """`ts  engine  type  message`, the shape `events` and `--wait` print: one line per
+    event, whatever the message (a crash's quoted output has newlines)."""
     return "  ".join(
-        str(event.get(key) if event.get(key) not in (None, "") else "-")
+        single_line(event.get(key)) if event.get(key) not in (None, "") else "-"
         for key in ("ts", "engine", "type", "message")
     )
 

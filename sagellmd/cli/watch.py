@@ -32,7 +32,14 @@ from rich.text import Text
 from sagellmd.cli.client import ApiClient
 from sagellmd.cli.columns import Column, FittedTable
 from sagellmd.cli.interrupt import take_sigint
-from sagellmd.cli.render import cell, console, gpus_line, one_line_text, state_text
+from sagellmd.cli.render import (
+    cell,
+    console,
+    gpus_line,
+    one_line_text,
+    single_line,
+    state_text,
+)
 from sagellmd.cli.waiting import next_cursor
 from sagellmd.errors import DaemonUnreachableError, SagellmError
 
@@ -106,7 +113,7 @@ def event_text(event: Mapping[str, Any] | None) -> str:
     parts = [clock_text(when)] if when is not None else []
     parts.append(str(event.get("type") or "?"))
     if event.get("message"):
-        parts.append(str(event["message"]))
+        parts.append(single_line(event["message"]))
     return " ".join(parts)
 
 

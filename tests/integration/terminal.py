@@ -32,6 +32,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, dump: Ca
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; output:\n{dump()}")
 
 
+def event_lines(lines: list[str], engine_id: str, kind: str) -> list[str]:
+    """The `events` lines (`ts  engine  type  message`) of one engine and event type."""
+    return [line for line in lines if line.split()[1:3] == [engine_id, kind]]
+
+
 def ignore_sigint() -> None:
     # What `cmd &` in a non-interactive shell does to its job: SIGINT ignored, inherited
     # across exec by the CLI.

@@ -9,11 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from tests.integration.conftest import Daemon
-from tests.integration.terminal import CLI, PipeReader, wait_until
-
-
-def event_lines(lines: list[str], engine_id: str, kind: str) -> list[str]:
-    return [line for line in lines if line.split()[1:3] == [engine_id, kind]]
+from tests.integration.terminal import CLI, PipeReader, event_lines, wait_until
 
 
 def test_events_limit_shows_the_last_n_events(daemon: Daemon):

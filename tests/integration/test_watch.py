@@ -17,7 +17,7 @@ import pytest
 from sagellmd.cli.watch import PlainWatchView, Snapshot, duration_text, parse_ts, transient
 from sagellmd.errors import DaemonUnreachableError, NotFoundError, SagellmError, UnauthorizedError
 from tests.integration.conftest import Daemon, fake_preset
-from tests.integration.terminal import CLI, PipeReader, PtyProcess, wait_until
+from tests.integration.terminal import CLI, PipeReader, PtyProcess, event_lines, wait_until
 
 # The stand-in engine answers 503 this long after each start, so `starting` is on screen
 # long enough to be captured whatever the scheduling.
@@ -112,10 +112,6 @@ def test_status_watch_in_a_pty_follows_a_crash_and_a_daemon_restart(daemon: Daem
         assert watch.process.wait(10) == 0, dump()
     finally:
         watch.close()
-
-
-def event_lines(lines: list[str], engine_id: str, kind: str) -> list[str]:
-    return [line for line in lines if line.split()[1:3] == [engine_id, kind]]
 
 
 def test_events_follow_prints_a_restart_and_ends_on_sigint(daemon: Daemon):

@@ -8,7 +8,13 @@ import pytest
 from rich.console import Console, RenderableType
 
 from sagellmd.cli.columns import Column, fit
-from sagellmd.cli.render import ENGINE_COLUMNS, engines_table, one_line_text, print_table
+from sagellmd.cli.render import (
+    ENGINE_COLUMNS,
+    engines_table,
+    event_line,
+    one_line_text,
+    print_table,
+)
 from sagellmd.cli.watch import COLUMNS as WATCH_COLUMNS
 from sagellmd.cli.watch import watch_row, watch_table
 
@@ -142,3 +148,14 @@ def test_status_on_a_pipe_prints_every_column_whole(capsys: pytest.CaptureFixtur
         "needs 2 GPUs x 80.0 GiB; waiting for GPU memory: GPU0 has 12.1 GiB free"
     )
     assert all(line == line.rstrip() for line in lines)
+
+
+def test_an_event_with_a_multi_line_message_prints_as_one_line():
+    event = {"ts": "2026-01-01T00:00:01Z", "engine": "x", "type": "exited",
+             "message": "exited 1; it said:\n  Traceback (most recent call last)\n"}  # fmt: skip
+    assert event_line(event) == (
+        "2026-01-01T00:00:01Z  x  exited  exited 1; it said: Traceback (most recent call last)"
+    )
+    row = watch_row({"id": "x", "state": "backoff"}, event)
+    assert "\n" not in row.line(now=0.0)
+    assert row.last_event.endswith("exited exited 1; it said: Traceback (most recent call last)")

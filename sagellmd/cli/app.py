@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -10,11 +9,12 @@ import typer
 
 from sagellmd.cli.context import CliContext, cli_context
 from sagellmd.cli.engine_commands import engine_app
+from sagellmd.cli.event_commands import events
 from sagellmd.cli.generation_commands import history, rollback
 from sagellmd.cli.gpu_commands import gpu
 from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
-from sagellmd.cli.render import console, engines_table, event_line, gpus_line, print_json
+from sagellmd.cli.render import engines_table, gpus_line, print_json, print_table
 from sagellmd.cli.watch import watch_status
 from sagellmd.errors import SagellmError, SpecError
 
@@ -30,8 +30,6 @@ app = typer.Typer(
 app.add_typer(preset_app, name="preset")
 app.add_typer(engine_app, name="engine")
 app.add_typer(model_app, name="model")
-
-FOLLOW_WAIT_S = 30
 
 
 @app.callback()
@@ -93,51 +91,11 @@ def status(
     if not engines:
         typer.echo("no engines (start some with `sagellm preset set NAME`)")
         return
-    console().print(engines_table(engines))
-
-
-def _print_events(events: list[dict[str, Any]], as_json: bool) -> None:
-    for event in events:
-        typer.echo(json.dumps(event, default=str) if as_json else event_line(event))
-
-
-@app.command()
-def events(
-    ctx: typer.Context,
-    after: int | None = typer.Option(None, "--after", metavar="ID", help="Only events after ID."),
-    engine: str | None = typer.Option(None, "--engine", metavar="ID", help="Only this engine."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print the raw JSON (one event per line with -f)."
-    ),
-) -> None:
-    """Recent events: ts, engine, type, message."""
-    client = cli_context(ctx).client()
-    try:
-        answer = client.events(after=after, engine=engine)
-        if as_json and not follow:
-            print_json(answer)
-            return
-        batch = answer.get("events") or []
-        _print_events(batch, as_json)
-        cursor = _next_cursor(after, answer)
-        while follow:
-            answer = client.events(after=cursor, wait=FOLLOW_WAIT_S, engine=engine)
-            _print_events(answer.get("events") or [], as_json)
-            cursor = _next_cursor(cursor, answer)
-    except KeyboardInterrupt:
-        # Ctrl-C is how a user ends -f; it is not a failure.
-        return
-    finally:
-        client.close()
-
-
-def _next_cursor(cursor: int | None, answer: dict[str, Any]) -> int:
-    ids = [int(e["id"]) for e in answer.get("events") or [] if e.get("id") is not None]
-    return max([cursor or 0, int(answer.get("last_id") or 0), *ids])
+    print_table(engines_table(engines))
 
 
 # Registered here, after status and events, so `--help` lists the commands in that order.
+app.command("events")(events)
 app.command("history")(history)
 app.command("rollback")(rollback)
 app.command("gpu")(gpu)

@@ -10,7 +10,7 @@ import typer
 from sagellmd.cli.changes import DRY_RUN_OPTION, NO_ROLLBACK_OPTION, ChangeOptions, run_change
 from sagellmd.cli.client import segment
 from sagellmd.cli.context import cli_context
-from sagellmd.cli.render import console, engines_table, print_json
+from sagellmd.cli.render import engines_table, print_json, print_table
 from sagellmd.errors import BadInputError
 from sagellmd.spec import name_from_model, parse_engine
 
@@ -49,7 +49,7 @@ def list_engines(
     if not engines:
         typer.echo("no engines")
         return
-    console().print(engines_table(engines))
+    print_table(engines_table(engines))
 
 
 @engine_app.command("start")

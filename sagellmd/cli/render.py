@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sagellmd.cli.columns import Column, FittedTable
+
 STATE_STYLES = {
     "ready": "green",
     "starting": "yellow",
@@ -40,13 +42,35 @@ def state_text(state: Any) -> Text:
     return Text(str(state or "-"), style=STATE_STYLES.get(str(state), ""))
 
 
-def engines_table(engines: Iterable[Mapping[str, Any]]) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("ID", "KIND", "MODEL", "STATE", "PID", "PORT", "RESTARTS", "LABEL"):
-        table.add_column(column, no_wrap=column in ("ID", "STATE", "PID", "PORT"))
-    table.add_column("MESSAGE", overflow="fold")
-    for engine in engines:
-        table.add_row(
+def single_line(value: Any) -> str:
+    """Free text with its newlines and runs of blanks as single spaces."""
+    return " ".join(str(value).split())
+
+
+def one_line_text(value: Any) -> Text:
+    """A cell of free text (a message, a label) on one line: newlines and runs of blanks
+    become single spaces, so a table row never spills onto the next line."""
+    return cell(single_line(value) if value is not None else None)
+
+
+# `sagellm status` and `engine list`: id, state, pid and port always whole; then the
+# message (the rest of the width, cut with an ellipsis), restarts, model, label, kind.
+ENGINE_COLUMNS = (
+    Column("ID", 0, keep=True),
+    Column("KIND", 5),
+    Column("MODEL", 3, cut=True, min_width=10),
+    Column("STATE", 0, keep=True),
+    Column("PID", 0, keep=True, justify="right"),
+    Column("PORT", 0, keep=True, justify="right"),
+    Column("RESTARTS", 2, justify="right"),
+    Column("LABEL", 4, cut=True, min_width=8),
+    Column("MESSAGE", 1, cut=True, min_width=16),
+)
+
+
+def engines_table(engines: Iterable[Mapping[str, Any]]) -> FittedTable:
+    rows = [
+        [
             cell(engine.get("id")),
             cell(engine.get("kind")),
             cell(engine.get("model")),
@@ -54,10 +78,27 @@ def engines_table(engines: Iterable[Mapping[str, Any]]) -> Table:
             cell(engine.get("pid")),
             cell(engine.get("port")),
             cell(engine.get("restarts")),
-            cell(engine.get("label")),
-            cell(engine.get("message")),
-        )
-    return table
+            one_line_text(engine.get("label")),
+            one_line_text(engine.get("message")),
+        ]
+        for engine in engines
+    ]
+    return FittedTable(ENGINE_COLUMNS, rows)
+
+
+def print_table(table: FittedTable) -> None:
+    """A fitted table on stdout: at the terminal's width, or whole on a pipe.
+
+    On a pipe (a script, `grep`, a log) no width is the right one, so nothing is dropped
+    or cut and every row stays one line, without the padding of the last column.
+    """
+    if sys.stdout.isatty():
+        console().print(table)
+        return
+    wide = Console(highlight=False, width=max(1, table.natural_width()), no_color=True)
+    with wide.capture() as captured:
+        wide.print(table)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def gpus_line(gpus: Any) -> str:
@@ -90,9 +131,10 @@ def presets_table(rows: Iterable[Mapping[str, Any]], show_active: bool) -> Table
 
 
 def event_line(event: Mapping[str, Any]) -> str:
-    """`ts  engine  type  message`, the shape `events` and `--wait` print."""
+    """`ts  engine  type  message`, the shape `events` and `--wait` print: one line per
+    event, whatever the message (a crash's quoted output has newlines)."""
     return "  ".join(
-        str(event.get(key) if event.get(key) not in (None, "") else "-")
+        single_line(event.get(key)) if event.get(key) not in (None, "") else "-"
         for key in ("ts", "engine", "type", "message")
     )
 

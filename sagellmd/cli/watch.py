@@ -15,20 +15,31 @@ change otherwise, and one JSON status per line with `--json`.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import FrameType
 from typing import Any, Protocol
 
 from rich.console import Group, RenderableType
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from sagellmd.cli.client import ApiClient
-from sagellmd.cli.render import cell, console, gpus_line, state_text
+from sagellmd.cli.columns import Column, FittedTable
+from sagellmd.cli.interrupt import take_sigint
+from sagellmd.cli.render import (
+    cell,
+    console,
+    gpus_line,
+    one_line_text,
+    single_line,
+    state_text,
+)
 from sagellmd.cli.waiting import next_cursor
 from sagellmd.errors import DaemonUnreachableError, SagellmError
 
@@ -41,18 +52,22 @@ RECONNECT_S = 1.0
 SEED_EVENTS = 1000
 # States in which an engine has a process whose age is worth showing.
 RUNNING_STATES = frozenset({"starting", "ready", "unhealthy", "stopping"})
+# The columns in order, and which give way first when the terminal is narrow (see
+# sagellmd/cli/columns.py): ENGINE, STATE, PID and PORT are always shown whole; then LAST
+# EVENT (the rest of the width, cut with an ellipsis), MODEL, RESTARTS, UPTIME, KIND,
+# MEMORY, GPUS.
 COLUMNS = (
-    "ENGINE",
-    "KIND",
-    "MODEL",
-    "STATE",
-    "PID",
-    "PORT",
-    "GPUS",
-    "MEMORY",
-    "RESTARTS",
-    "UPTIME",
-    "LAST EVENT",
+    Column("ENGINE", 0, keep=True),
+    Column("KIND", 5),
+    Column("MODEL", 2, cut=True, min_width=10),
+    Column("STATE", 0, keep=True),
+    Column("PID", 0, keep=True, justify="right"),
+    Column("PORT", 0, keep=True, justify="right"),
+    Column("GPUS", 7),
+    Column("MEMORY", 6, justify="right"),
+    Column("RESTARTS", 3, justify="right"),
+    Column("UPTIME", 4, justify="right"),
+    Column("LAST EVENT", 1, cut=True, min_width=16),
 )
 
 
@@ -98,7 +113,7 @@ def event_text(event: Mapping[str, Any] | None) -> str:
     parts = [clock_text(when)] if when is not None else []
     parts.append(str(event.get("type") or "?"))
     if event.get("message"):
-        parts.append(str(event["message"]))
+        parts.append(single_line(event["message"]))
     return " ".join(parts)
 
 
@@ -221,30 +236,12 @@ class Snapshot:
         ]
 
 
-# Columns that give up width when the terminal is narrow; the others (ids, numbers) keep
-# theirs, since a truncated pid or port is worse than useless.
-SQUEEZABLE = frozenset({"MODEL", "LAST EVENT"})
-
-
-def one_line(value: Any) -> Text:
-    """A cell cut with an ellipsis instead of wrapped, so every engine stays one line."""
-    text = cell(value)
-    text.no_wrap, text.overflow = True, "ellipsis"
-    return text
-
-
-def watch_table(rows: Sequence[WatchRow], now: float, dim: bool = False) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold", style="dim" if dim else "")
-    for column in COLUMNS:
-        # rich narrows only wrappable columns before it squeezes every column, so the
-        # squeezable ones are declared wrappable and their cells cut (`one_line`).
-        squeezable = column in SQUEEZABLE
-        table.add_column(column, no_wrap=not squeezable, min_width=6 if squeezable else None)
-    for row in rows:
-        table.add_row(
+def watch_table(rows: Sequence[WatchRow], now: float, dim: bool = False) -> FittedTable:
+    cells = [
+        [
             cell(row.id),
             cell(row.kind),
-            one_line(row.model),
+            cell(row.model),
             state_text(row.state),
             cell(row.pid),
             cell(row.port),
@@ -252,9 +249,11 @@ def watch_table(rows: Sequence[WatchRow], now: float, dim: bool = False) -> Tabl
             cell(row.memory_text()),
             cell(row.restarts),
             cell(row.uptime(now)),
-            one_line(row.last_event),
-        )
-    return table
+            one_line_text(row.last_event),
+        ]
+        for row in rows
+    ]
+    return FittedTable(COLUMNS, cells, style="dim" if dim else "")
 
 
 def watch_screen(
@@ -312,7 +311,14 @@ class WatchView(Protocol):
 
 
 class LiveWatchView:
-    """A rich Live screen redrawn in place; the last frame stays on screen at exit."""
+    """A rich Live screen redrawn in place; the last frame stays on screen at exit.
+
+    A resize of the terminal (SIGWINCH) redraws at once at the new size, rather than at
+    the next answer of the long-poll: the signal handler runs in the main thread while it
+    waits for the daemon, and draws unless a draw is already under way (then that draw
+    repeats itself). The screen is cleared first, because the terminal may have re-wrapped
+    the old frame's lines, and the cursor-up count of an in-place redraw would be wrong.
+    """
 
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         self._url = url
@@ -320,6 +326,8 @@ class LiveWatchView:
         self._snapshot: Snapshot | None = None
         self._problem: str | None = None
         self._down_since: float | None = None
+        self._drawing = False
+        self._resized = False
         # auto_refresh off: redraws happen when the daemon reports something (and on the
         # slow uptime tick), never from rich's 4-per-second timer thread.
         self._live = Live(
@@ -329,12 +337,31 @@ class LiveWatchView:
             transient=False,
         )
         self._live.start(refresh=True)
+        self._previous_winch = on_resize(self._on_resize)
+
+    def _on_resize(self, signum: int, frame: FrameType | None) -> None:
+        self._resized = True
+        if not self._drawing:
+            self._draw()
 
     def _draw(self) -> None:
-        screen = watch_screen(
-            self._url, self._snapshot, self._clock(), self._problem, self._down_since
-        )
-        self._live.update(screen, refresh=True)
+        self._drawing = True
+        try:
+            while True:
+                if self._resized:
+                    self._resized = False
+                    self._live.console.clear()
+                screen = watch_screen(
+                    self._url, self._snapshot, self._clock(), self._problem, self._down_since
+                )
+                self._live.update(screen, refresh=True)
+                if not self._resized:
+                    break
+        finally:
+            self._drawing = False
+        # A resize between the last check and here found a draw under way: draw again.
+        if self._resized:
+            self._draw()
 
     def show(self, snapshot: Snapshot) -> None:
         self._snapshot, self._problem, self._down_since = snapshot, None, None
@@ -352,7 +379,24 @@ class LiveWatchView:
             self._draw()
 
     def close(self) -> None:
+        on_resize(self._previous_winch)
         self._live.stop()
+
+
+ResizeHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def on_resize(handler: ResizeHandler) -> ResizeHandler:
+    """Install a SIGWINCH handler; the one it replaces (None where signals are not ours:
+    outside the main thread, or no SIGWINCH on this platform)."""
+    winch = getattr(signal, "SIGWINCH", None)
+    if (
+        winch is None
+        or handler is None
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return None
+    return signal.signal(winch, handler)
 
 
 class PlainWatchView:
@@ -512,6 +556,7 @@ def watch_view(url: str, as_json: bool, echo: Callable[[str], None]) -> WatchVie
 
 def watch_status(client: ApiClient, as_json: bool, echo: Callable[[str], None]) -> None:
     """`sagellm status --watch`: runs until Ctrl-C, which ends it normally (exit 0)."""
+    take_sigint()
     view = watch_view(client.base_url, as_json, echo)
     try:
         run_watch(client, view)

@@ -4,99 +4,24 @@ on a pipe, `events -f`, and shell completion of the installed `sagellm` script."
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import re
-import select
 import signal
 import subprocess
 import sys
-import termios
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+import pytest
 
 from sagellmd.cli.watch import PlainWatchView, Snapshot, duration_text, parse_ts, transient
 from sagellmd.errors import DaemonUnreachableError, NotFoundError, SagellmError, UnauthorizedError
 from tests.integration.conftest import Daemon, fake_preset
+from tests.integration.terminal import CLI, PipeReader, PtyProcess, event_lines, wait_until
 
-CLI = [sys.executable, "-m", "sagellmd.cli.app"]
 # The stand-in engine answers 503 this long after each start, so `starting` is on screen
 # long enough to be captured whatever the scheduling.
 SLOW_START = {"FAKE_VLLM_STARTUP_DELAY": "1.5"}
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, dump: Callable[[], str]):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; output:\n{dump()}")
-
-
-def _controlling_terminal() -> None:
-    # Runs in the child after setsid (start_new_session): make the pty (its stdin) the
-    # controlling terminal, so a ^C typed on it sends SIGINT as a real terminal does.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-class PtyProcess:
-    """A command with stdin, stdout and stderr on a new pseudo-terminal; a thread keeps
-    reading the terminal so the child never blocks on a full buffer."""
-
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
-        self.leader, follower = os.openpty()
-        self.process = subprocess.Popen(
-            command,
-            env=env,
-            stdin=follower,
-            stdout=follower,
-            stderr=follower,
-            start_new_session=True,
-            preexec_fn=_controlling_terminal,
-        )
-        os.close(follower)
-        self._chunks: list[bytes] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                ready = select.select([self.leader], [], [], 0.2)[0]
-                chunk = os.read(self.leader, 65536) if ready else b""
-            except OSError:  # EIO once the child closed the terminal, EBADF after close()
-                return
-            if ready and not chunk:
-                return
-            if chunk:
-                with self._lock:
-                    self._chunks.append(chunk)
-
-    def raw(self) -> str:
-        with self._lock:
-            return b"".join(self._chunks).decode(errors="replace")
-
-    def text(self) -> str:
-        """The output without escape sequences: every frame the Live view drew, in order."""
-        return ANSI.sub("", self.raw())
-
-    def type(self, keys: bytes) -> None:
-        os.write(self.leader, keys)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-        self._reader.join(2)
-        os.close(self.leader)
 
 
 def engine_frames(text: str, engine_id: str) -> list[tuple[str, str]]:
@@ -189,48 +114,6 @@ def test_status_watch_in_a_pty_follows_a_crash_and_a_daemon_restart(daemon: Daem
         watch.close()
 
 
-class PipeReader:
-    """A command whose stdout is a pipe (not a terminal), read line by line by a thread."""
-
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def dump(self) -> str:
-        return "\n".join(self.lines)
-
-    def interrupt(self, timeout: float = 10) -> tuple[int, str]:
-        """Ctrl-C as a signal; the exit code and stderr."""
-        self.process.send_signal(signal.SIGINT)
-        code = self.process.wait(timeout)
-        self._thread.join(5)
-        assert self.process.stderr is not None
-        return code, self.process.stderr.read()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
-
-def event_lines(lines: list[str], engine_id: str, kind: str) -> list[str]:
-    return [line for line in lines if line.split()[1:3] == [engine_id, kind]]
-
-
 def test_events_follow_prints_a_restart_and_ends_on_sigint(daemon: Daemon):
     daemon.put("/v1/engines/x", {"model": "fake/x-1B"})
     old_pid = daemon.wait_state("x", "ready")["pid"]
@@ -313,6 +196,46 @@ def test_status_watch_json_prints_one_status_per_line(daemon: Daemon):
         assert all(a != b for a, b in zip(documents, documents[1:], strict=False))
         code, err = watch.interrupt()
         assert code == 0, err
+    finally:
+        watch.close()
+
+
+# The long-running commands, and a line each prints once it is following the daemon.
+FOLLOWERS = {
+    "status --watch": "watching http",
+    "status --watch --json": '"generation"',
+    "events -f": "x  ready",
+}
+
+
+@pytest.mark.parametrize("command", sorted(FOLLOWERS))
+def test_sigint_ends_a_follower_started_with_sigint_ignored(daemon: Daemon, command: str):
+    # A background job of a non-interactive shell (`sagellm events -f &` in a script)
+    # starts with SIGINT ignored; the CLI must still end on Ctrl-C / `kill -INT`.
+    daemon.put("/v1/engines/x", {"model": "fake/x-1B"})
+    daemon.wait_state("x", "ready")
+    follower = PipeReader([*CLI, *command.split()], daemon.env, sigint_ignored=True)
+    try:
+        wait_until(
+            lambda: any(FOLLOWERS[command] in line for line in follower.lines),
+            15,
+            "the first output",
+            follower.dump,
+        )
+        time.sleep(0.3)  # well inside its long-poll
+        code, err = follower.interrupt(timeout=5)
+        assert code == 0, err
+        assert "Traceback" not in err
+    finally:
+        follower.close()
+
+
+def test_ctrl_c_on_a_terminal_ends_status_watch_started_with_sigint_ignored(daemon: Daemon):
+    watch = PtyProcess([*CLI, "status", "--watch"], daemon.env, sigint_ignored=True)
+    try:
+        wait_until(lambda: "redrawn on every event" in watch.text(), 15, "a frame", watch.text)
+        watch.type(b"\x03")
+        assert watch.process.wait(5) == 0, watch.text()
     finally:
         watch.close()
 

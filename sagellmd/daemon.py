@@ -20,7 +20,7 @@ import uvicorn
 
 from sagellmd import __version__
 from sagellmd.api.app import create_app
-from sagellmd.api.auth import ensure_token
+from sagellmd.api.auth import TokenFile
 from sagellmd.api.context import ApiContext
 from sagellmd.config import Settings, load_settings
 from sagellmd.errors import AlreadyRunningError, SagellmError
@@ -96,7 +96,7 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(settings.lock_path)
-    token = ensure_token(settings.token_path)
+    token = TokenFile(settings.token_path)
     # Refuses a corrupt or newer database untouched; backs it up before a migration.
     database = prepare_database(settings.db_path)
     store = Store(database)

@@ -21,7 +21,7 @@ from sagellmd.cli.context import cli_context
 from sagellmd.cli.render import console, presets_table, print_json
 from sagellmd.errors import BadInputError, DaemonUnreachableError
 from sagellmd.presets import catalogue, find_preset, load_preset_file, read_document
-from sagellmd.spec import Preset
+from sagellmd.spec import Preset, is_valid_name
 
 preset_app = typer.Typer(
     help="List, show and validate presets; set, unset or apply them on the daemon.",
@@ -48,6 +48,17 @@ def resolve_preset(name: str | None, file: Path | None, home: Path) -> tuple[Pre
             f" use {preset.name!r} or change the file's `name`"
         )
     return preset, read_document(file)
+
+
+def check_preset_name(name: str, command: str) -> None:
+    """A NAME that cannot be a preset (a path, say) fails here, before any URL is built."""
+    if is_valid_name(name):
+        return
+    if command == "unset":
+        hint = "unset takes the name of an active preset (see `sagellm status`)"
+    else:
+        hint = f"to {command} a file use --file: `sagellm preset {command} --file {name}`"
+    raise BadInputError(f"no preset named {name!r}; {hint}")
 
 
 def _engines_word(count: int) -> str:
@@ -121,10 +132,11 @@ def validate(
 
 def _preset_change(
     ctx: typer.Context,
-    name: str,
+    name: str | None,
     file: Path | None,
     options: ChangeOptions,
     *,
+    command: str,
     wait: bool,
     timeout: float,
     kept_note: str = "rollback off",
@@ -133,7 +145,12 @@ def _preset_change(
     document = None
     if file is not None:
         # Validated here first: a malformed file fails before the daemon is contacted.
-        _, document = resolve_preset(name, file, cli_context(ctx).home)
+        preset, document = resolve_preset(name, file, cli_context(ctx).home)
+        name = preset.name
+    elif not name:
+        raise BadInputError(f"give a preset NAME or --file FILE (`sagellm preset {command} NAME`)")
+    else:
+        check_preset_name(name, command)
     client = cli_context(ctx).client()
     try:
         run_change(
@@ -149,10 +166,18 @@ def _preset_change(
         client.close()
 
 
+OPTIONAL_NAME_ARG = typer.Argument(
+    None,
+    metavar="[NAME]",
+    help="Preset name (from the catalogue; with --file, defaults to the file's name).",
+    show_default=False,
+)
+
+
 @preset_app.command("set")
 def set_preset(
     ctx: typer.Context,
-    name: str = typer.Argument(..., metavar="NAME", help="Preset name."),
+    name: str | None = OPTIONAL_NAME_ARG,
     file: Path | None = FILE_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     no_rollback: bool = NO_ROLLBACK_OPTION,
@@ -161,7 +186,7 @@ def set_preset(
 ) -> None:
     """Add or replace a preset's engines on the daemon."""
     options = ChangeOptions(dry_run=dry_run, rollback=not no_rollback)
-    _preset_change(ctx, name, file, options, wait=wait, timeout=timeout)
+    _preset_change(ctx, name, file, options, command="set", wait=wait, timeout=timeout)
 
 
 @preset_app.command("unset")
@@ -174,6 +199,7 @@ def unset_preset(
     timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """Remove a preset's engines from the daemon."""
+    check_preset_name(name, "unset")
     client = cli_context(ctx).client()
     try:
         run_change(
@@ -191,7 +217,7 @@ def unset_preset(
 @preset_app.command("apply")
 def apply_preset(
     ctx: typer.Context,
-    name: str = typer.Argument(..., metavar="NAME", help="Preset name."),
+    name: str | None = OPTIONAL_NAME_ARG,
     file: Path | None = FILE_OPTION,
     no_rollback: bool = typer.Option(
         False, "--no-rollback", help="If it does not become ready, keep the failed state."
@@ -205,6 +231,7 @@ def apply_preset(
         name,
         file,
         ChangeOptions(rollback=not no_rollback),
+        command="apply",
         wait=True,
         timeout=timeout,
         kept_note="--no-rollback",

@@ -10,6 +10,7 @@ import typer
 from sagellmd.cli.changes import DRY_RUN_OPTION, NO_ROLLBACK_OPTION, ChangeOptions, run_change
 from sagellmd.cli.client import segment
 from sagellmd.cli.context import cli_context
+from sagellmd.cli.model_kind import kind_on_disk
 from sagellmd.cli.render import console, engines_table, print_json
 from sagellmd.errors import BadInputError
 from sagellmd.spec import name_from_model, parse_engine
@@ -58,7 +59,10 @@ def start(
     model: str = typer.Argument(..., metavar="MODEL", help="Hugging Face id or local path."),
     name: str | None = typer.Option(None, "--name", help="Engine name (default: from MODEL)."),
     kind: Literal["llm", "embedding"] | None = typer.Option(
-        None, "--kind", help="Engine kind (default llm)."
+        None,
+        "--kind",
+        help="Engine kind (default: what the model on disk is for, else llm).",
+        show_default=False,
     ),
     runtime: str | None = typer.Option(None, "--runtime", help="Runtime from the config."),
     port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Fixed port."),
@@ -104,15 +108,21 @@ def start(
     spec.update({key: value for key, value in options.items() if value is not None})
     # Validate here too so a typo fails fast with the field named, daemon or not.
     parse_engine({**spec, "name": engine_name})
+    header = [f"engine {engine_name}"]
     client = cli_context(ctx).client()
     try:
+        found = kind_on_disk(client, model) if kind is None else None
+        if found is not None and found.kind != "llm":
+            # llm is the default anyway; only a different kind is worth a line.
+            spec["kind"] = found.kind
+            header.append(found.note())
         run_change(
             client,
             lambda params: client.put(
                 f"/v1/engines/{segment(engine_name)}", body=spec, params=params
             ),
             ChangeOptions(dry_run=dry_run, rollback=not no_rollback),
-            header=lambda _: [f"engine {engine_name}"],
+            header=lambda _: header,
         )
     finally:
         client.close()

@@ -9,6 +9,7 @@ import typer
 import yaml
 
 from sagellmd.cli.changes import (
+    DEFAULT_TIMEOUT_S,
     DRY_RUN_OPTION,
     NO_ROLLBACK_OPTION,
     TIMEOUT_OPTION,
@@ -17,18 +18,27 @@ from sagellmd.cli.changes import (
     run_change,
 )
 from sagellmd.cli.client import segment
+from sagellmd.cli.completion import complete_active_preset, complete_preset_name
 from sagellmd.cli.context import cli_context
+from sagellmd.cli.help_format import SagellmGroup
 from sagellmd.cli.render import console, presets_table, print_json
 from sagellmd.errors import BadInputError, DaemonUnreachableError
 from sagellmd.presets import catalogue, find_preset, load_preset_file, read_document
 from sagellmd.spec import Preset, is_valid_name
 
 preset_app = typer.Typer(
+    cls=SagellmGroup,
     help="List, show and validate presets; set, unset or apply them on the daemon.",
     no_args_is_help=True,
 )
 
-NAME_ARG = typer.Argument(None, metavar="NAME", help="Preset name.", show_default=False)
+NAME_ARG = typer.Argument(
+    None,
+    metavar="NAME",
+    help="Preset name.",
+    show_default=False,
+    autocompletion=complete_preset_name,
+)
 FILE_OPTION = typer.Option(
     None, "--file", help="Preset YAML or JSON file.", dir_okay=False, show_default=False
 )
@@ -168,9 +178,10 @@ def _preset_change(
 
 OPTIONAL_NAME_ARG = typer.Argument(
     None,
-    metavar="[NAME]",
+    metavar="NAME",
     help="Preset name (from the catalogue; with --file, defaults to the file's name).",
     show_default=False,
+    autocompletion=complete_preset_name,
 )
 
 
@@ -192,7 +203,9 @@ def set_preset(
 @preset_app.command("unset")
 def unset_preset(
     ctx: typer.Context,
-    name: str = typer.Argument(..., metavar="NAME", help="Preset name."),
+    name: str = typer.Argument(
+        ..., metavar="NAME", help="Active preset name.", autocompletion=complete_active_preset
+    ),
     dry_run: bool = DRY_RUN_OPTION,
     no_rollback: bool = NO_ROLLBACK_OPTION,
     wait: bool = WAIT_OPTION,
@@ -222,7 +235,13 @@ def apply_preset(
     no_rollback: bool = typer.Option(
         False, "--no-rollback", help="If it does not become ready, keep the failed state."
     ),
-    timeout: float = TIMEOUT_OPTION,
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT_S,
+        "--timeout",
+        min=1,
+        metavar="S",
+        help="Seconds to wait for the preset to become ready (apply always waits).",
+    ),
 ) -> None:
     """Set a preset and wait until it is ready; if it is not, the daemon rolls it back."""
     # The daemon does the undo (a `rollback of N` generation), so apply is set + wait.

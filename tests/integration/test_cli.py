@@ -311,6 +311,50 @@ def test_url_of_an_engine_is_not_a_sagellm_daemon(daemon: Daemon):
     assert daemon.get("/v1/engines/m").status_code == 200
 
 
+def test_engine_arguments_with_values_reach_the_spec(daemon: Daemon):
+    ok(daemon, "engine", "start", "fake/m-1B", "--name", "m",
+       "--arg=--max-model-len=2048", "--arg", "--dtype", "--arg", "half")  # fmt: skip
+    assert daemon.engine("m")["spec"]["extra_args"] == ["--max-model-len=2048", "--dtype", "half"]
+    result = run(daemon, "engine", "start", "fake/m-1B", "--name", "n", "--arg", "--dtype", "half")
+    assert result.returncode == 2, result.stderr
+    assert "repeat --arg once per argv word" in result.stderr
+    assert daemon.get("/v1/engines/n").status_code == 404
+
+
+def _complete(daemon: Daemon, words: str, env: dict[str, str] | None = None) -> list[str]:
+    parts = words.split(" ")
+    result = run(
+        daemon,
+        env={
+            "_SAGELLM_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(parts) - 1),
+            **(env or {}),
+        },
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return result.stdout.split()
+
+
+def test_shell_completion_offers_the_daemons_engines_and_presets(daemon: Daemon):
+    assert daemon.put("/v1/presets/p", fake_preset("p", {"name": "chat"})).status_code == 200
+    assert daemon.put("/v1/engines/solo", {"model": "fake/solo-1B"}).status_code in (200, 201)
+    assert _complete(daemon, "sagellm engine logs ") == ["p.chat", "solo"]
+    assert _complete(daemon, "sagellm engine restart p") == ["p.chat"]
+    # `engine stop` refuses a preset's engines, so it offers only the ad-hoc one.
+    assert _complete(daemon, "sagellm engine stop ") == ["solo"]
+    assert _complete(daemon, "sagellm preset unset ") == ["p"]
+    offered = _complete(daemon, "sagellm preset set ")
+    assert "p" in offered and "minilm-cpu" in offered
+    # --url on the command line is the daemon asked, whatever SAGELLM_URL says.
+    dead = {"SAGELLM_URL": "http://127.0.0.1:9"}
+    assert _complete(daemon, "sagellm engine logs ", env=dead) == []
+    assert _complete(daemon, f"sagellm --url {daemon.url} engine logs ", env=dead) == [
+        "p.chat",
+        "solo",
+    ]
+
+
 def test_bad_engine_input_exits_2_and_changes_nothing(daemon: Daemon):
     # Caught by the CLI's own option checks.
     result = run(daemon, "engine", "start", "fake/m-1B", "--name", "m", "--tensor-parallel", "0")

@@ -19,12 +19,8 @@ def _ts(text: str) -> float:
 
 def test_engines_receive_their_gpus_and_memory_share(daemon: Daemon, tmp_path: Path):
     record = tmp_path / "record.jsonl"
-    engine = {
-        "name": "big",
-        "tensor_parallel": 2,
-        "gpu_memory_gb": 20,
-        "env": {"FAKE_VLLM_RECORD": str(record)},
-    }
+    engine = {"name": "big", "tensor_parallel": 2, "gpu_memory_gb": 20,
+              "env": {"FAKE_VLLM_RECORD": str(record)}}
     daemon.put("/v1/presets/p", fake_preset("p", engine))
     entry = daemon.wait_state("p.big", "ready")
     assert entry["gpus"] == [0, 1] and entry["gpu_memory_gb"] == 20
@@ -53,7 +49,9 @@ def test_an_engine_that_does_not_fit_waits_then_starts_when_memory_frees(daemon:
     response = daemon.put("/v1/engines/third", {"model": "fake/c-1B", "gpu_memory_gb": 30})
     assert [a["action"] for a in response.json()["plan"]] == ["pending"]
     entry = daemon.wait_state("third", "pending")
-    assert entry["message"] == ("needs 1 GPU x 30.0 GiB; GPU0 16.0 GiB free, GPU1 16.0 GiB free")
+    assert entry["message"] == (
+        "needs 1 GPU x 30.0 GiB; GPU0 16.0 GiB free, GPU1 16.0 GiB free"
+    )
     assert entry["pid"] is None and entry["memory_estimate"]["source"] == "gpu_memory_gb"
     daemon.delete("/v1/engines/first")
     entry = daemon.wait_state("third", "ready")
@@ -80,7 +78,7 @@ def test_engines_sharing_a_gpu_start_one_after_the_other(daemon: Daemon):
     alone = next(group for group in by_gpu.values() if len(group) == 1)[0]
     first, second = sorted(shared, key=lambda e: events[(e, "started")])
     assert events[(second, "started")] >= events[(first, "ready")]
-    assert "pending" in [t for (e, t) in events if e == second]
+    assert ("pending" in [t for (e, t) in events if e == second])
     other_first = first if events[(first, "started")] < events[(alone, "started")] else alone
     other = alone if other_first == first else first
     # The engine alone on its GPU did not wait for the other GPU's start to finish.

@@ -26,9 +26,8 @@ def test_minilm_cpu_serves_real_embeddings_and_comes_back_after_a_crash(daemon: 
     texts = ["sagellm keeps engines running", "a second, different sentence"]
     url = f"http://127.0.0.1:{entry['port']}/v1/embeddings"
     served = httpx.post(url, json={"input": texts}, timeout=60).json()["data"]
-    model = SentenceTransformer(
-        resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"), device="cpu"
-    )
+    model = SentenceTransformer(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"),
+                                device="cpu")
     expected = model.encode(texts)
     for item, reference in zip(served, expected, strict=True):
         vector = np.array(item["embedding"])
@@ -39,14 +38,8 @@ def test_minilm_cpu_serves_real_embeddings_and_comes_back_after_a_crash(daemon: 
 
     os.kill(entry["pid"], signal.SIGKILL)
     again = daemon.wait_for(
-        lambda: (
-            (e := daemon.engine("minilm-cpu.embed"))["state"] == "ready"
-            and e["pid"] != entry["pid"]
-            and e
-        ),
-        180,
-        "the engine back after SIGKILL",
-    )
+        lambda: (e := daemon.engine("minilm-cpu.embed"))["state"] == "ready"
+        and e["pid"] != entry["pid"] and e, 180, "the engine back after SIGKILL")
     assert again["restarts"] == 1 and again["port"] == entry["port"]
 
     result = daemon.cli("preset", "unset", "minilm-cpu")

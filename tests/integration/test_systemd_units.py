@@ -25,9 +25,8 @@ def test_unit_verifies(unit: Path, tmp_path: Path):
     text = re.sub(r"^ExecStart=.*$", f"ExecStart={sagellmd}", text, flags=re.M)
     copy = tmp_path / "sagellmd.service"
     copy.write_text(text)
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sagellmd.service" not in result.stdout + result.stderr
 

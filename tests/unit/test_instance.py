@@ -109,10 +109,7 @@ def test_spawn_failed_counts_as_a_failure():
 def test_made_pending_from_nothing_and_after_a_stop():
     pending = made_pending(None, "chat", "h1", 2, "no free port").instance
     assert (pending.state, pending.message, pending.generation) == (
-        InstanceState.PENDING,
-        "no free port",
-        2,
-    )
+        InstanceState.PENDING, "no free port", 2)
     stopped = exit_of(begin_stop(ready(), StopIntent.REMOVE, "bye").instance).instance
     again = made_pending(stopped, "chat", "h2", 5, "port 9000 is held").instance
     assert (again.state, again.spec_hash, again.pid) == (InstanceState.PENDING, "h2", None)
@@ -200,17 +197,11 @@ def test_failures_count_up_across_crashes():
         instance = exit_of(instance, 1, now=T0 + 10 * expected).instance
         assert instance.failures == expected
         delays.append(instance.message.split("; ")[-1])
-        instance = begin_start(
-            instance, "chat", "h1", 3, 20001, T0 + 10 * expected + 1, True
-        ).instance
+        instance = begin_start(instance, "chat", "h1", 3, 20001, T0 + 10 * expected + 1,
+                               True).instance
         instance = became_ready(instance, T0 + 10 * expected + 2).instance
-    assert delays == [
-        "restarting now",
-        "next start in 2s",
-        "next start in 4s",
-        "next start in 8s",
-        "next start in 16s",
-    ]
+    assert delays == ["restarting now", "next start in 2s", "next start in 4s",
+                      "next start in 8s", "next start in 16s"]
 
 
 def test_failures_reset_after_staying_ready_long_enough():
@@ -239,13 +230,8 @@ def test_exit_message_names_the_cause():
 
 @pytest.mark.parametrize(
     ("code", "signal", "text"),
-    [
-        (0, None, "exit code 0"),
-        (3, None, "exit code 3"),
-        (None, 9, "signal 9"),
-        (1, 9, "signal 9"),
-        (None, None, "exit status unknown (process was not our child)"),
-    ],
+    [(0, None, "exit code 0"), (3, None, "exit code 3"), (None, 9, "signal 9"),
+     (1, 9, "signal 9"), (None, None, "exit status unknown (process was not our child)")],
 )
 def test_describe_exit(code, signal, text):
     assert describe_exit(code, signal) == text
@@ -268,24 +254,16 @@ ILLEGAL = [
     ("unhealthy-from-stopped", lambda: became_unhealthy(stopped(), "x")),
     ("stop-a-stopped-instance", lambda: begin_stop(stopped(), StopIntent.REMOVE, "x")),
     ("stop-a-backoff-instance", lambda: begin_stop(backoff(), StopIntent.REMOVE, "x")),
-    (
-        "stop-twice",
-        lambda: begin_stop(
-            begin_stop(ready(), StopIntent.REMOVE, "x").instance, StopIntent.REMOVE, "x"
-        ),
-    ),
+    ("stop-twice", lambda: begin_stop(begin_stop(ready(), StopIntent.REMOVE, "x").instance,
+                                      StopIntent.REMOVE, "x")),
     ("start-a-ready-instance", lambda: start(current=ready())),
-    (
-        "start-a-stopping-instance",
-        lambda: start(current=begin_stop(ready(), StopIntent.REMOVE, "x").instance),
-    ),
+    ("start-a-stopping-instance",
+     lambda: start(current=begin_stop(ready(), StopIntent.REMOVE, "x").instance)),
     ("exit-of-a-backoff-instance", lambda: exit_of(backoff(), 1)),
     ("exit-of-a-stopped-instance", lambda: exit_of(stopped(), 1, policy="never")),
     ("pending-from-ready", lambda: made_pending(ready(), "chat", "h1", 1, "x")),
-    (
-        "spawn-failed-of-a-stopped-instance",
-        lambda: spawn_failed(stopped(), "x", T0, InstanceState.BACKOFF),
-    ),
+    ("spawn-failed-of-a-stopped-instance",
+     lambda: spawn_failed(stopped(), "x", T0, InstanceState.BACKOFF)),
 ]
 
 

@@ -32,10 +32,8 @@ class Clock:
 
 
 def preset(name="tiny", *engines) -> object:
-    engines = engines or (
-        {"name": "chat", "model": "org/chat"},
-        {"name": "embed", "kind": "embedding", "model": "org/embed"},
-    )
+    engines = engines or ({"name": "chat", "model": "org/chat"},
+                          {"name": "embed", "kind": "embedding", "model": "org/embed"})
     return parse_preset({"version": 1, "name": name, "engines": list(engines)})
 
 
@@ -72,13 +70,8 @@ def store(database) -> Store:
 
 def snapshot(store: Store):
     """Everything a rejected write must leave unchanged."""
-    return (
-        store.count_rows(),
-        store.desired(),
-        store.active_presets(),
-        store.last_event_id(),
-        store.current_generation(),
-    )
+    return (store.count_rows(), store.desired(), store.active_presets(), store.last_event_id(),
+            store.current_generation())
 
 
 # -- database ------------------------------------------------------------------
@@ -145,9 +138,7 @@ def test_set_preset_makes_a_generation_with_a_snapshot(store):
     assert (record.id, record.cause, record.healthy) == (1, "preset set tiny", None)
     assert sorted(record.snapshot["presets"]) == ["tiny"]
     assert [(e["id"], e["preset"], e["spec"]["name"]) for e in record.snapshot["engines"]] == [
-        ("tiny.chat", "tiny", "chat"),
-        ("tiny.embed", "tiny", "embed"),
-    ]
+        ("tiny.chat", "tiny", "chat"), ("tiny.embed", "tiny", "embed")]
     assert record.to_dict()["presets"] == ["tiny"]
 
     desired = {engine.id: engine for engine in store.desired()}
@@ -162,11 +153,7 @@ def test_set_preset_makes_a_generation_with_a_snapshot(store):
 
     (event,) = store.events(None, 10)
     assert (event.type, event.message, event.generation, event.engine) == (
-        "generation",
-        "preset set tiny",
-        1,
-        None,
-    )
+        "generation", "preset set tiny", 1, None)
 
 
 def test_snapshot_holds_every_engine_not_only_the_presets(store):
@@ -178,9 +165,8 @@ def test_snapshot_holds_every_engine_not_only_the_presets(store):
 
 def test_setting_a_preset_again_with_fewer_engines_removes_the_stale_one(store):
     store.set_preset(preset(), "builtin", "first")
-    generation = store.set_preset(
-        preset("tiny", {"name": "chat", "model": "org/chat-v2"}), "file", "second"
-    )
+    generation = store.set_preset(preset("tiny", {"name": "chat", "model": "org/chat-v2"}),
+                                  "file", "second")
     assert generation == 2
     (only,) = store.desired()
     assert (only.id, only.spec.model) == ("tiny.chat", "org/chat-v2")
@@ -195,11 +181,7 @@ def test_two_presets_live_side_by_side(store):
     store.set_preset(preset("one"), "builtin", "one")
     store.set_preset(preset("two"), "builtin", "two")
     assert [engine.id for engine in store.desired()] == [
-        "one.chat",
-        "one.embed",
-        "two.chat",
-        "two.embed",
-    ]
+        "one.chat", "one.embed", "two.chat", "two.embed"]
     store.unset_preset("one", "unset one")
     assert [engine.id for engine in store.desired()] == ["two.chat", "two.embed"]
 
@@ -212,10 +194,8 @@ def test_unset_removes_the_presets_engines(store):
     assert [engine.id for engine in store.desired()] == ["solo"]
     assert store.active_presets() == []
     assert store.generations()[0].snapshot == {
-        "presets": {},
-        "sources": {},
-        "engines": [{"id": "solo", "preset": None, "spec": store.desired()[0].spec.to_dict()}],
-    }
+        "presets": {}, "sources": {}, "engines": [{"id": "solo", "preset": None,
+                                    "spec": store.desired()[0].spec.to_dict()}]}
 
 
 def test_unset_of_an_unknown_preset_is_not_found(store):
@@ -306,22 +286,11 @@ def test_request_restart(store):
 # -- instances -----------------------------------------------------------------
 
 FULL_INSTANCE = Instance(
-    engine_id="tiny.chat",
-    generation=7,
-    spec_hash="0123456789abcdef",
-    state=InstanceState.STOPPING,
-    message="health check failed 3 times",
-    pid=4242,
-    create_time=1_700_000_000.25,
-    port=20001,
-    restarts=3,
-    failures=2,
-    last_exit_code=1,
-    last_exit_signal=9,
-    started_at=1_700_000_100.5,
-    ready_at=1_700_000_101.5,
-    exited_at=1_700_000_050.0,
-    stop_intent=StopIntent.FAILURE,
+    engine_id="tiny.chat", generation=7, spec_hash="0123456789abcdef",
+    state=InstanceState.STOPPING, message="health check failed 3 times", pid=4242,
+    create_time=1_700_000_000.25, port=20001, restarts=3, failures=2, last_exit_code=1,
+    last_exit_signal=9, started_at=1_700_000_100.5, ready_at=1_700_000_101.5,
+    exited_at=1_700_000_050.0, stop_intent=StopIntent.FAILURE,
 )
 
 
@@ -341,23 +310,12 @@ def test_every_state_round_trips(store, state):
 
 def test_save_instance_updates_in_place_and_records_the_event(store):
     store.save_instance(FULL_INSTANCE)
-    ready = Instance(
-        **{
-            **vars(FULL_INSTANCE),
-            "state": InstanceState.READY,
-            "stop_intent": None,
-            "pid": 5151,
-            "message": "healthy",
-        }
-    )
+    ready = Instance(**{**vars(FULL_INSTANCE), "state": InstanceState.READY, "stop_intent": None,
+                        "pid": 5151, "message": "healthy"})
     event = store.save_instance(ready, ("ready", "healthy after 3.0s"), 7)
     assert store.instances() == {"tiny.chat": ready}
     assert (event.engine, event.type, event.message, event.generation) == (
-        "tiny.chat",
-        "ready",
-        "healthy after 3.0s",
-        7,
-    )
+        "tiny.chat", "ready", "healthy after 3.0s", 7)
     assert store.events(None, 10) == [event]
 
 
@@ -419,31 +377,20 @@ def test_data_survives_closing_and_reopening(db_path):
         store.put_engine("solo", parse_engine({"name": "solo", "model": "m", "port": 9000}), "add")
         store.request_restart("solo")
         store.save_instance(FULL_INSTANCE, ("stopping", "too slow"), 2)
-        before = (
-            store.desired(),
-            store.active_presets(),
-            store.generations(),
-            store.instances(),
-            store.events(None, 100),
-        )
+        before = (store.desired(), store.active_presets(), store.generations(),
+                  store.instances(), store.events(None, 100))
     finally:
         engine.dispose()
 
     engine, store = open_store(db_path)
     try:
-        after = (
-            store.desired(),
-            store.active_presets(),
-            store.generations(),
-            store.instances(),
-            store.events(None, 100),
-        )
+        after = (store.desired(), store.active_presets(), store.generations(),
+                 store.instances(), store.events(None, 100))
         assert after == before
         assert store.current_generation() == 2
         with pytest.raises(ConflictError):
-            store.put_engine(
-                "other", parse_engine({"name": "other", "model": "m", "port": 9000}), "add"
-            )
+            store.put_engine("other", parse_engine({"name": "other", "model": "m",
+                                                    "port": 9000}), "add")
     finally:
         engine.dispose()
 

@@ -20,9 +20,9 @@ import uvicorn
 
 from sagellmd import __version__
 from sagellmd.api.app import create_app
-from sagellmd.api.auth import ensure_token
+from sagellmd.api.auth import TokenFile
 from sagellmd.api.context import ApiContext
-from sagellmd.config import Settings, load_settings
+from sagellmd.config import Settings, default_home, load_settings
 from sagellmd.errors import AlreadyRunningError, SagellmError
 from sagellmd.events import EventHub
 from sagellmd.notify import Notifier
@@ -96,7 +96,7 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(settings.lock_path)
-    token = ensure_token(settings.token_path)
+    token = TokenFile(settings.token_path)
     # Refuses a corrupt or newer database untouched; backs it up before a migration.
     database = prepare_database(settings.db_path)
     store = Store(database)
@@ -165,8 +165,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="sagellmd",
         description="Keep the declared LLM and embedding engines running.",
     )
-    parser.add_argument("--home", type=Path, help="state directory (default: $SAGELLM_HOME)")
-    parser.add_argument("--config", type=Path, help="config file (default: HOME/config.yaml)")
+    # The real fallback chain, and where it leads here (argparse %-formats help texts).
+    now = str(default_home()).replace("%", "%%")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        metavar="DIR",
+        help="state directory (default: $SAGELLM_HOME, else systemd's $STATE_DIRECTORY,"
+        f" else ~/.local/share/sagellm; now {now})",
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="config file (default: DIR/config.yaml)"
+    )
     parser.add_argument("--host", help="API bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="API port (default 8765)")
     parser.add_argument(

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from sagellmd.cron import CronError, cron_trigger
+from sagellmd.cron import CronError, parse_cron
 from sagellmd.errors import SpecError
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -273,7 +273,7 @@ def _check_values(spec: EngineSpec, prefix: str) -> list[str]:
             problems.append(f"{_field(prefix, name)}: {FIELD_RULES[name]}, got {value}")
     if spec.restart_schedule is not None:
         try:
-            cron_trigger(spec.restart_schedule)
+            parse_cron(spec.restart_schedule)
         except CronError as exc:
             problems.append(
                 f"{_field(prefix, 'restart_schedule')}: not a cron expression ({exc});"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sagellmd.api.auth import TokenFile
 from sagellmd.config import Settings
 from sagellmd.events import EventHub
 from sagellmd.reconcile.loop import Reconciler
@@ -16,5 +17,5 @@ class ApiContext:
     store: Store
     hub: EventHub
     reconciler: Reconciler
-    token: str
+    token: TokenFile
     started_at: float

@@ -7,11 +7,13 @@ from typing import Any
 
 import typer
 
+from sagellmd import __version__
 from sagellmd.cli.context import CliContext, cli_context
 from sagellmd.cli.engine_commands import engine_app
 from sagellmd.cli.event_commands import events
 from sagellmd.cli.generation_commands import history, rollback
 from sagellmd.cli.gpu_commands import gpu
+from sagellmd.cli.help_format import SagellmGroup
 from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
 from sagellmd.cli.render import engines_table, gpus_line, print_json, print_table
@@ -19,6 +21,7 @@ from sagellmd.cli.watch import watch_status
 from sagellmd.errors import SagellmError, SpecError
 
 app = typer.Typer(
+    cls=SagellmGroup,
     name="sagellm",
     help="Control sagellmd, the daemon that keeps LLM and embedding engines running.",
     no_args_is_help=True,
@@ -32,6 +35,12 @@ app.add_typer(engine_app, name="engine")
 app.add_typer(model_app, name="model")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sagellm {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -40,6 +49,13 @@ def root(
         "--url",
         metavar="URL",
         help="Daemon URL (default: SAGELLM_URL or http://127.0.0.1:8765).",
+    ),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version of sagellm and exit.",
     ),
 ) -> None:
     """Control sagellmd, the daemon that keeps LLM and embedding engines running."""

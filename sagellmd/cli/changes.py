@@ -107,7 +107,8 @@ def wait_for_generation(
     finally:
         view.close()
     if outcome.ok:
-        typer.echo(f"ready: {outcome.reason}")
+        # "ready" would be wrong for a change that only removed engines.
+        typer.echo(f"{'done' if outcome.removal_only else 'ready'}: {outcome.reason}")
         return
     raise SagellmError(
         "; ".join([f"{failure}: {outcome.reason}", *outcome_lines(outcome, kept_note)])

@@ -49,17 +49,51 @@ def segment(name: str) -> str:
     return quote(name, safe="")
 
 
-def read_token(home: Path | None = None) -> str | None:
-    """SAGELLM_TOKEN, else `<home>/token`; None when neither is readable."""
-    if os.environ.get("SAGELLM_TOKEN"):
-        return os.environ["SAGELLM_TOKEN"].strip()
-    path = (home or default_home()) / "token"
+class TokenLookup:
+    """Where the CLI finds the daemon's token: SAGELLM_TOKEN, else `<home>/token`."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.path = (home or default_home()) / "token"
+        self.origin = ""  # how the last `find` went, in words for an error message
+
+    def find(self) -> str | None:
+        """The token, or None; `origin` then says where it came from or why there is none."""
+        if os.environ.get("SAGELLM_TOKEN", "").strip():
+            self.origin = "the CLI sent the token from SAGELLM_TOKEN"
+            return os.environ["SAGELLM_TOKEN"].strip()
+        try:
+            token = self.path.read_text().strip()
+            problem = "is empty"
+        except FileNotFoundError:
+            token, problem = "", "does not exist"
+        except OSError as exc:
+            # A system daemon's home is usually not readable by the user.
+            token, problem = "", f"cannot be read ({exc.strerror or type(exc).__name__})"
+        if not token:
+            self.origin = (
+                f"the CLI found no token: SAGELLM_TOKEN is not set and {self.path} {problem}"
+            )
+            return None
+        self.origin = f"the CLI sent the token from {self.path}"
+        return token
+
+
+def _is_api_error(response: httpx.Response) -> bool:
+    """Whether the answer has the daemon's error shape `{"error": {...}}`."""
     try:
-        return path.read_text().strip() or None
-    except OSError:
-        # A system daemon's home is usually not readable by the user; the daemon then
-        # answers 401 and the error explains how to pass the token.
-        return None
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+
+
+def _looks_like_sagellmd(answer: Any) -> bool:
+    return (
+        isinstance(answer, dict)
+        and answer.get("ok") is True
+        and isinstance(answer.get("pid"), int)
+        and "version" in answer
+    )
 
 
 def error_from_response(response: httpx.Response) -> SagellmError:
@@ -86,11 +120,7 @@ def error_from_response(response: httpx.Response) -> SagellmError:
     if status == 413:
         return PayloadTooLargeError(message, details)
     if status == 401:
-        return UnauthorizedError(
-            f"{message} (the CLI sends the token from SAGELLM_TOKEN or <SAGELLM_HOME>/token;"
-            " set SAGELLM_TOKEN or SAGELLM_HOME to the daemon's home)",
-            details,
-        )
+        return UnauthorizedError(message, details)
     if status == 404:
         return NotFoundError(message, details)
     if status == 409:
@@ -106,11 +136,12 @@ class ApiClient:
     def __init__(
         self,
         base_url: str,
-        token: str | None = None,
+        token: str | TokenLookup | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.base_url = base_url
-        self._token = token
+        self._lookup = token if isinstance(token, TokenLookup) else None
+        self._token = self._lookup.find() if self._lookup else token
         self._http = httpx.Client(base_url=base_url, timeout=timeout)
 
     def close(self) -> None:
@@ -126,13 +157,47 @@ class ApiClient:
         timeout: float | None = None,
     ) -> Any:
         """Send one call and return its decoded JSON answer (None for an empty one)."""
+        response = self._send(method, path, params=params, body=body, timeout=timeout)
+        if response.status_code == 401 and self._token is None and self._lookup is not None:
+            # The daemon writes a deleted token file again when it answers 401 (see
+            # docs/configuration.md); a 401 changed nothing, so one retry is safe.
+            self._token = self._lookup.find()
+            if self._token is not None:
+                response = self._send(method, path, params=params, body=body, timeout=timeout)
+        if response.status_code >= 400:
+            if not _is_api_error(response) and not self._is_sagellmd():
+                raise self._not_sagellmd(f"{method} {path} answered HTTP {response.status_code}")
+            error = error_from_response(response)
+            if isinstance(error, UnauthorizedError) and self._lookup is not None:
+                error = UnauthorizedError(
+                    f"{error.message}; {self._lookup.origin}. Set SAGELLM_TOKEN to the daemon's"
+                    " token, or SAGELLM_HOME to the daemon's home",
+                    error.details,
+                )
+            raise error
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise self._not_sagellmd(f"{method} {path} did not answer with JSON") from None
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None,
+        body: Any,
+        timeout: float | None,
+    ) -> httpx.Response:
         headers = {"Accept": "application/json"}
         # Reads carry the token too: a daemon bound off loopback asks for it on every call.
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         clean_params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            response = self._http.request(
+            return self._http.request(
                 method,
                 path,
                 params=clean_params,
@@ -157,17 +222,20 @@ class ApiClient:
                 f"the connection to the sagellm daemon at {self.base_url} failed during"
                 f" {method} {path}: {exc}; check `sagellm status`"
             ) from exc
-        if response.status_code >= 400:
-            raise error_from_response(response)
-        if not response.content:
-            return None
+
+    def _is_sagellmd(self) -> bool:
+        """Whether /healthz answers like sagellmd's (asked only after an odd answer)."""
         try:
-            return response.json()
-        except ValueError as exc:
-            raise SagellmError(
-                f"{self.base_url}{path} did not answer with JSON; is SAGELLM_URL pointing at"
-                " sagellmd?"
-            ) from exc
+            response = self._http.get("/healthz", timeout=5.0)
+            return response.status_code == 200 and _looks_like_sagellmd(response.json())
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    def _not_sagellmd(self, what: str) -> DaemonUnreachableError:
+        return DaemonUnreachableError(
+            f"{self.base_url} is not a sagellm daemon ({what}, and its /healthz does not answer"
+            f" like sagellmd's); point --url or SAGELLM_URL at sagellmd (by default {DEFAULT_URL})"
+        )
 
     def get(
         self, path: str, params: dict[str, Any] | None = None, timeout: float | None = None

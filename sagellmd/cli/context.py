@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from sagellmd.cli.client import ApiClient, read_token, resolve_url
+from sagellmd.cli.client import ApiClient, TokenLookup, resolve_url
 from sagellmd.config import default_home
 
 
@@ -22,7 +22,7 @@ class CliContext:
         return default_home()
 
     def client(self) -> ApiClient:
-        return ApiClient(resolve_url(self.url), read_token(self.home))
+        return ApiClient(resolve_url(self.url), TokenLookup(self.home))
 
 
 def cli_context(ctx: typer.Context) -> CliContext:

@@ -9,16 +9,29 @@ import typer
 
 from sagellmd.cli.changes import DRY_RUN_OPTION, NO_ROLLBACK_OPTION, ChangeOptions, run_change
 from sagellmd.cli.client import segment
+from sagellmd.cli.completion import complete_adhoc_engine_id, complete_engine_id
 from sagellmd.cli.context import cli_context
+from sagellmd.cli.help_format import SagellmGroup
+from sagellmd.cli.model_kind import kind_on_disk
 from sagellmd.cli.render import engines_table, print_json, print_table
 from sagellmd.errors import BadInputError
 from sagellmd.spec import name_from_model, parse_engine
 
 engine_app = typer.Typer(
-    help="List engines; start, stop, restart ad-hoc engines; show logs.", no_args_is_help=True
+    cls=SagellmGroup,
+    help="List engines; start, stop, restart ad-hoc engines; show logs.",
+    no_args_is_help=True,
 )
 
-ID_ARG = typer.Argument(..., metavar="ID", help="Engine id (<preset>.<name> or <name>).")
+ID_ARG = typer.Argument(
+    ...,
+    metavar="ID",
+    help="Engine id (<preset>.<name> or <name>).",
+    autocompletion=complete_engine_id,
+)
+ADHOC_ID_ARG = typer.Argument(
+    ..., metavar="ID", help="Ad-hoc engine id.", autocompletion=complete_adhoc_engine_id
+)
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -52,13 +65,33 @@ def list_engines(
     print_table(engines_table(engines))
 
 
-@engine_app.command("start")
+def _extra_words_error(extras: list[str], engine_args: list[str]) -> BadInputError:
+    """Words left over after the options: usually the value of an `--arg` flag."""
+    words = " ".join(extras)
+    flag = next((a for a in reversed(engine_args) if a.startswith("-") and "=" not in a), None)
+    if flag is None:
+        return BadInputError(
+            f"engine start takes one MODEL; {words!r} is left over (an engine argument goes"
+            " in --arg, once per argv word)"
+        )
+    value = extras[0]
+    return BadInputError(
+        f"{words!r} is left over after --arg {flag}: --arg takes one argv word, so repeat"
+        f" --arg once per argv word (--arg {flag} --arg {value}) or join the flag and its"
+        f" value (--arg={flag}={value})"
+    )
+
+
+@engine_app.command("start", context_settings={"allow_extra_args": True})
 def start(
     ctx: typer.Context,
     model: str = typer.Argument(..., metavar="MODEL", help="Hugging Face id or local path."),
     name: str | None = typer.Option(None, "--name", help="Engine name (default: from MODEL)."),
     kind: Literal["llm", "embedding"] | None = typer.Option(
-        None, "--kind", help="Engine kind (default llm)."
+        None,
+        "--kind",
+        help="Engine kind (default: what the model on disk is for, else llm).",
+        show_default=False,
     ),
     runtime: str | None = typer.Option(None, "--runtime", help="Runtime from the config."),
     port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Fixed port."),
@@ -76,7 +109,11 @@ def start(
         None, "--max-concurrent-requests", min=1, metavar="N", help="Concurrency cap."
     ),
     extra_args: list[str] | None = typer.Option(
-        None, "--arg", metavar="X", help="Extra argument for the engine (repeatable)."
+        None,
+        "--arg",
+        metavar="WORD",
+        help="One argv word for the engine; repeat per word (--arg --dtype --arg half)"
+        " or join (--arg=--dtype=half).",
     ),
     env: list[str] | None = typer.Option(
         None, "--env", metavar="K=V", help="Environment variable (repeatable)."
@@ -85,6 +122,8 @@ def start(
     no_rollback: bool = NO_ROLLBACK_OPTION,
 ) -> None:
     """Create or replace the ad-hoc engine NAME running MODEL."""
+    if ctx.args:
+        raise _extra_words_error(list(ctx.args), list(extra_args or []))
     engine_name = name or name_from_model(model)
     if not engine_name:
         raise BadInputError(f"cannot derive an engine name from {model!r}; give --name")
@@ -104,15 +143,21 @@ def start(
     spec.update({key: value for key, value in options.items() if value is not None})
     # Validate here too so a typo fails fast with the field named, daemon or not.
     parse_engine({**spec, "name": engine_name})
+    header = [f"engine {engine_name}"]
     client = cli_context(ctx).client()
     try:
+        found = kind_on_disk(client, model) if kind is None else None
+        if found is not None and found.kind != "llm":
+            # llm is the default anyway; only a different kind is worth a line.
+            spec["kind"] = found.kind
+            header.append(found.note())
         run_change(
             client,
             lambda params: client.put(
                 f"/v1/engines/{segment(engine_name)}", body=spec, params=params
             ),
             ChangeOptions(dry_run=dry_run, rollback=not no_rollback),
-            header=lambda _: [f"engine {engine_name}"],
+            header=lambda _: header,
         )
     finally:
         client.close()
@@ -121,7 +166,7 @@ def start(
 @engine_app.command("stop")
 def stop(
     ctx: typer.Context,
-    engine_id: str = ID_ARG,
+    engine_id: str = ADHOC_ID_ARG,
     dry_run: bool = DRY_RUN_OPTION,
     no_rollback: bool = NO_ROLLBACK_OPTION,
 ) -> None:

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from sagellmd.cli.context import CliContext, cli_context
+from sagellmd.cli.help_format import SagellmGroup
 from sagellmd.cli.render import cell, console, print_json
 from sagellmd.config import load_settings
 from sagellmd.errors import BadInputError, DaemonUnreachableError, SagellmError
@@ -25,6 +26,7 @@ from sagellmd.models.jobs import job_outcome
 from sagellmd.models.resolve import hub_cache_for
 
 model_app = typer.Typer(
+    cls=SagellmGroup,
     help="Models on this machine: list, download from the Hugging Face hub, delete.",
     no_args_is_help=True,
 )

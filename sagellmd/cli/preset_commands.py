@@ -9,6 +9,7 @@ import typer
 import yaml
 
 from sagellmd.cli.changes import (
+    DEFAULT_TIMEOUT_S,
     DRY_RUN_OPTION,
     NO_ROLLBACK_OPTION,
     TIMEOUT_OPTION,
@@ -17,18 +18,27 @@ from sagellmd.cli.changes import (
     run_change,
 )
 from sagellmd.cli.client import segment
+from sagellmd.cli.completion import complete_active_preset, complete_preset_name
 from sagellmd.cli.context import cli_context
+from sagellmd.cli.help_format import SagellmGroup
 from sagellmd.cli.render import console, presets_table, print_json
 from sagellmd.errors import BadInputError, DaemonUnreachableError
 from sagellmd.presets import catalogue, find_preset, load_preset_file, read_document
-from sagellmd.spec import Preset
+from sagellmd.spec import Preset, is_valid_name
 
 preset_app = typer.Typer(
+    cls=SagellmGroup,
     help="List, show and validate presets; set, unset or apply them on the daemon.",
     no_args_is_help=True,
 )
 
-NAME_ARG = typer.Argument(None, metavar="NAME", help="Preset name.", show_default=False)
+NAME_ARG = typer.Argument(
+    None,
+    metavar="NAME",
+    help="Preset name.",
+    show_default=False,
+    autocompletion=complete_preset_name,
+)
 FILE_OPTION = typer.Option(
     None, "--file", help="Preset YAML or JSON file.", dir_okay=False, show_default=False
 )
@@ -48,6 +58,17 @@ def resolve_preset(name: str | None, file: Path | None, home: Path) -> tuple[Pre
             f" use {preset.name!r} or change the file's `name`"
         )
     return preset, read_document(file)
+
+
+def check_preset_name(name: str, command: str) -> None:
+    """A NAME that cannot be a preset (a path, say) fails here, before any URL is built."""
+    if is_valid_name(name):
+        return
+    if command == "unset":
+        hint = "unset takes the name of an active preset (see `sagellm status`)"
+    else:
+        hint = f"to {command} a file use --file: `sagellm preset {command} --file {name}`"
+    raise BadInputError(f"no preset named {name!r}; {hint}")
 
 
 def _engines_word(count: int) -> str:
@@ -121,10 +142,11 @@ def validate(
 
 def _preset_change(
     ctx: typer.Context,
-    name: str,
+    name: str | None,
     file: Path | None,
     options: ChangeOptions,
     *,
+    command: str,
     wait: bool,
     timeout: float,
     kept_note: str = "rollback off",
@@ -133,7 +155,12 @@ def _preset_change(
     document = None
     if file is not None:
         # Validated here first: a malformed file fails before the daemon is contacted.
-        _, document = resolve_preset(name, file, cli_context(ctx).home)
+        preset, document = resolve_preset(name, file, cli_context(ctx).home)
+        name = preset.name
+    elif not name:
+        raise BadInputError(f"give a preset NAME or --file FILE (`sagellm preset {command} NAME`)")
+    else:
+        check_preset_name(name, command)
     client = cli_context(ctx).client()
     try:
         run_change(
@@ -149,10 +176,19 @@ def _preset_change(
         client.close()
 
 
+OPTIONAL_NAME_ARG = typer.Argument(
+    None,
+    metavar="NAME",
+    help="Preset name (from the catalogue; with --file, defaults to the file's name).",
+    show_default=False,
+    autocompletion=complete_preset_name,
+)
+
+
 @preset_app.command("set")
 def set_preset(
     ctx: typer.Context,
-    name: str = typer.Argument(..., metavar="NAME", help="Preset name."),
+    name: str | None = OPTIONAL_NAME_ARG,
     file: Path | None = FILE_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     no_rollback: bool = NO_ROLLBACK_OPTION,
@@ -161,19 +197,22 @@ def set_preset(
 ) -> None:
     """Add or replace a preset's engines on the daemon."""
     options = ChangeOptions(dry_run=dry_run, rollback=not no_rollback)
-    _preset_change(ctx, name, file, options, wait=wait, timeout=timeout)
+    _preset_change(ctx, name, file, options, command="set", wait=wait, timeout=timeout)
 
 
 @preset_app.command("unset")
 def unset_preset(
     ctx: typer.Context,
-    name: str = typer.Argument(..., metavar="NAME", help="Preset name."),
+    name: str = typer.Argument(
+        ..., metavar="NAME", help="Active preset name.", autocompletion=complete_active_preset
+    ),
     dry_run: bool = DRY_RUN_OPTION,
     no_rollback: bool = NO_ROLLBACK_OPTION,
     wait: bool = WAIT_OPTION,
     timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """Remove a preset's engines from the daemon."""
+    check_preset_name(name, "unset")
     client = cli_context(ctx).client()
     try:
         run_change(
@@ -191,12 +230,18 @@ def unset_preset(
 @preset_app.command("apply")
 def apply_preset(
     ctx: typer.Context,
-    name: str = typer.Argument(..., metavar="NAME", help="Preset name."),
+    name: str | None = OPTIONAL_NAME_ARG,
     file: Path | None = FILE_OPTION,
     no_rollback: bool = typer.Option(
         False, "--no-rollback", help="If it does not become ready, keep the failed state."
     ),
-    timeout: float = TIMEOUT_OPTION,
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT_S,
+        "--timeout",
+        min=1,
+        metavar="S",
+        help="Seconds to wait for the preset to become ready (apply always waits).",
+    ),
 ) -> None:
     """Set a preset and wait until it is ready; if it is not, the daemon rolls it back."""
     # The daemon does the undo (a `rollback of N` generation), so apply is set + wait.
@@ -205,6 +250,7 @@ def apply_preset(
         name,
         file,
         ChangeOptions(rollback=not no_rollback),
+        command="apply",
         wait=True,
         timeout=timeout,
         kept_note="--no-rollback",

@@ -137,6 +137,7 @@ class Outcome:
     reverted: tuple[str, ...] = ()  # the engines that rollback put back as they were
     kept: bool = False  # failed, and left as it is because its rollback was off
     timed_out: bool = False
+    removal_only: bool = False  # healthy, and all it watched was engines leaving
 
 
 def rollback_record(
@@ -150,6 +151,15 @@ def rollback_record(
 def reverted_engines(record: Mapping[str, Any]) -> list[str]:
     """The engines a revert generation put back (its `changes`)."""
     return [str(change.get("engine")) for change in record.get("changes") or []]
+
+
+def _member_ids(record: Mapping[str, Any]) -> set[str]:
+    engines = record.get("engines") or []
+    return {str(e["id"]) for e in engines if isinstance(e, Mapping) and e.get("id")}
+
+
+def _ids(rows: Sequence[EngineRow]) -> set[str]:
+    return {row.id for row in rows}
 
 
 def judge(
@@ -171,7 +181,25 @@ def judge(
     healthy = record.get("healthy")
     verdict = str(record.get("verdict") or "no verdict given")
     if healthy is True:
-        return Outcome(True, True, f"generation {number} is healthy: {verdict}")
+        healthy_text = f"generation {number} is healthy: {verdict}"
+        # The daemon judges a generation by its own engines; the engines the change
+        # removes may still be stopping, and "done" must mean they are gone too.
+        members = _member_ids(record)
+        removed = [row for row in rows if row.id not in members]
+        leaving = [row for row in removed if not row.settled]
+        if not leaving:
+            if removed:
+                healthy_text += "; " + ", ".join(f"{row.id} stopped" for row in removed)
+            return Outcome(True, True, healthy_text, removal_only=not members & _ids(rows))
+        if window.remaining(now) <= 0:
+            return Outcome(
+                True,
+                False,
+                f"timed out after {window.timeout_s:g} s; {healthy_text}, but still"
+                f" waiting for: {waiting_for(leaving)}",
+                timed_out=True,
+            )
+        return Outcome(False, reason=f"{healthy_text}; waiting for: {waiting_for(leaving)}")
     if healthy is False:
         failure = f"generation {number} failed: {verdict}"
         undo = rollback_record(number, history)
@@ -262,7 +290,8 @@ def follow_generation(
         if record.get("healthy") is False and failed_seen_at is None:
             failed_seen_at = now
         outcome = judge(record, history, rows, window, now, failed_seen_at)
-        view.update(rows, outcome.reason)
+        # A finished wait's reason is printed once, below the view, by the caller.
+        view.update(rows, "" if outcome.done else outcome.reason)
         if outcome.done:
             return outcome
         wait = min(POLL_S, window.remaining(now))

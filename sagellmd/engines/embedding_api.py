@@ -18,6 +18,7 @@ from starlette.routing import Route
 from sagellmd.engines.embedding_batcher import DynamicBatcher, QueueFullError
 from sagellmd.engines.embedding_model import EncodedBatch
 from sagellmd.errors import BadInputError, PayloadTooLargeError, SagellmError
+from sagellmd.models.packages import package_for
 
 MAX_INPUTS = 2048
 MAX_INPUT_CHARS = 100_000
@@ -99,6 +100,13 @@ def _parse_texts(value: object) -> list[str]:
     return texts
 
 
+def served_names(served_model: str) -> tuple[str, ...]:
+    """The served id first, then the other names of the same model (docs/models.md aliases)."""
+    package = package_for(served_model)
+    others = [name for name in package.names if name != served_model] if package else []
+    return (served_model, *others)
+
+
 def parse_request(body: bytes, served_model: str, model_dimension: int) -> EmbeddingRequest:
     """Validate a /v1/embeddings body; raise BadInputError naming the offending field."""
     try:
@@ -123,8 +131,13 @@ def parse_request(body: bytes, served_model: str, model_dimension: int) -> Embed
     if model is not None:
         if not isinstance(model, str):
             raise BadInputError(f"'model' must be a string, got {_json_type(model)}")
-        if model != served_model:
-            raise BadInputError(f"'model' is {model!r} but this engine serves {served_model!r}")
+        names = served_names(served_model)
+        if model not in names:
+            shown = " (also answering to " + ", ".join(map(repr, names[1:])) + ")"
+            raise BadInputError(
+                f"'model' is {model!r} but this engine serves {served_model!r}"
+                + (shown if len(names) > 1 else "")
+            )
 
     encoding_format = payload.get("encoding_format")
     if encoding_format is None:

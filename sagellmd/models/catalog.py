@@ -76,6 +76,7 @@ class LocalModel:
             "id": self.id,
             "revision": self.revision,
             "refs": list(self.refs),
+            "aliases": list(self.aliases),
             "source": self.source,
             "path": str(self.path),
             "size_bytes": self.size_bytes,

@@ -1,18 +1,47 @@
-"""Planned restarts: one APScheduler cron job per engine with a `restart_schedule`."""
+"""Planned restarts: one APScheduler job per engine with a `restart_schedule`."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 
 from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.base import BaseTrigger
 
-from sagellmd.cron import cron_trigger
+from sagellmd.cron import CronSchedule, parse_cron
 from sagellmd.instance import InstanceState
 from sagellmd.reconcile.actions import DesiredEngine
 from sagellmd.reconcile.world import World
 
 log = logging.getLogger(__name__)
+
+
+class CronScheduleTrigger(BaseTrigger):
+    """Fire times from our own cron parser, in the machine's local wall-clock time.
+
+    APScheduler's CronTrigger numbers weekdays from Monday and lacks cron's
+    day-of-month/day-of-week OR rule, so it would fire at other times than cron.
+    """
+
+    __slots__ = ("schedule",)
+
+    def __init__(self, schedule: CronSchedule) -> None:
+        self.schedule = schedule
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        after = previous_fire_time or now
+        # Wall-clock arithmetic on naive local time; `astimezone()` then gives a naive local
+        # time its real offset (across DST a skipped time lands an hour later, and a
+        # repeated one fires once, at its first occurrence).
+        local = after.astimezone().replace(tzinfo=None)
+        found = self.schedule.next_after(local)
+        return found.astimezone() if found is not None else None
+
+    def __str__(self) -> str:
+        return f"cron[{self.schedule.expression}]"
 
 
 class RestartSchedule:
@@ -33,7 +62,7 @@ class RestartSchedule:
             if engine_id not in self._jobs:
                 self._scheduler.add_job(
                     self._fire,
-                    cron_trigger(expression),
+                    CronScheduleTrigger(parse_cron(expression)),
                     args=[engine_id, expression],
                     id=f"restart:{engine_id}",
                     replace_existing=True,

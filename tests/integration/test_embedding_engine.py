@@ -571,3 +571,9 @@ def test_sigterm_while_loading_exits_zero_promptly(tmp_path: Path) -> None:
     finally:
         _stop(process)
     assert returncode == 0, (tmp_path / "stderr.log").read_text()
+
+
+@pytest.mark.slow
+def test_the_alias_of_the_served_model_is_accepted(client: httpx.Client) -> None:
+    payload = _embed(client, input="alias", model="all-MiniLM-L6-v2")
+    assert payload["model"] == MODEL_ID and len(payload["data"]) == 1

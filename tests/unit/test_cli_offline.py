@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -339,9 +340,31 @@ ROWS = [EngineRow("p.a", "ready", settled=True), EngineRow("p.b", "starting", me
 
 
 def test_judge_healthy():
-    record = {"id": 4, "healthy": True, "verdict": "all engines ready"}
+    record = {
+        "id": 4,
+        "healthy": True,
+        "verdict": "all engines ready",
+        "engines": [{"id": "p.a"}, {"id": "p.b"}],
+    }
     outcome = judge(record, [], ROWS, WINDOW, 101.0)
     assert outcome == Outcome(True, True, "generation 4 is healthy: all engines ready")
+
+
+def test_judge_healthy_waits_for_the_engines_the_change_removes():
+    record = {"id": 5, "healthy": True, "verdict": "all engines ready", "engines": []}
+    stopping = [EngineRow("p.a", "stopping")]
+    outcome = judge(record, [], stopping, WINDOW, 101.0)
+    assert not outcome.done
+    assert outcome.reason == (
+        "generation 5 is healthy: all engines ready; waiting for: p.a stopping"
+    )
+    gone = [EngineRow("p.a", "removed", settled=True)]
+    outcome = judge(record, [], gone, WINDOW, 102.0)
+    assert outcome.done and outcome.ok and outcome.removal_only
+    assert outcome.reason == "generation 5 is healthy: all engines ready; p.a stopped"
+    late = judge(record, [], stopping, WINDOW, 131.0)
+    assert late.done and not late.ok and late.timed_out
+    assert "still waiting for: p.a stopping" in late.reason
 
 
 def test_judge_rolling_out_names_what_it_waits_for():
@@ -477,3 +500,87 @@ def test_gpu_table_shows_reservations_and_the_simulated_label():
     assert gpu_title({"simulated": True, "message": "two GPUs"}) == "two GPUs (simulated)"
     assert device_name({"name": "A100", "simulated": True}) == "A100 (simulated)"
     assert device_name({"name": "A100", "simulated": False}) == "A100"
+
+
+# --- item 21 of issue 11: version, help, argument errors, completion ---------------------
+
+
+def test_version_prints_the_package_version(env):
+    from sagellmd import __version__
+
+    result = sagellm(env, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"sagellm {__version__}"
+
+
+def _command_paths(command: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        paths += _command_paths(sub, (*prefix, name))
+    return paths
+
+
+def test_no_help_screen_shows_a_bool_placeholder():
+    import typer.main
+
+    paths = _command_paths(typer.main.get_command(app))
+    assert ("engine", "start") in paths and ("preset", "apply") in paths
+    for path in paths:
+        result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (path, result.output)
+        assert "<bool>" not in result.output, (path, result.output)
+        assert "[[" not in result.output, (path, result.output)
+    # Flags still say what they do; options that take a value still show it.
+    start = CliRunner().invoke(app, ["engine", "start", "--help"], env={"COLUMNS": "200"})
+    assert "--dry-run" in start.output and "K=V" in start.output
+
+
+def test_preset_apply_help_mentions_no_wait_flag_it_lacks():
+    result = CliRunner().invoke(app, ["preset", "apply", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--wait" not in result.output
+    assert "--timeout" in result.output
+
+
+def test_an_engine_argument_with_a_value_says_to_repeat_arg(env):
+    result = sagellm(env, "engine", "start", "m", "--arg", "--max-batch-size", "8")
+    assert result.returncode == 2, result.stderr
+    assert "unexpected extra argument" not in result.stderr.lower()
+    assert "repeat --arg once per argv word" in result.stderr
+    assert "--arg=--max-batch-size=8" in result.stderr
+    assert "--arg --max-batch-size --arg 8" in result.stderr
+
+
+def test_arg_with_an_equals_sign_is_one_argv_word(env):
+    # Parsed without complaint: it fails only on the daemon being unreachable.
+    result = sagellm(env, "engine", "start", "m", "--arg=--max-batch-size=8", "--arg", "--x=1")
+    assert result.returncode == 3, result.stderr
+
+
+def _complete(env: dict[str, str], words: str) -> list[str]:
+    """What bash completion offers for the last word of `words` (Typer's protocol)."""
+    parts = words.split(" ")
+    result = subprocess.run(
+        [sys.executable, "-m", "sagellmd.cli.app"],
+        env={
+            **env,
+            "_SAGELLM_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(parts) - 1),
+        },
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+    return result.stdout.split()
+
+
+def test_completion_without_a_daemon_is_quiet_and_offers_local_presets(env):
+    assert _complete(env, "sagellm engine stop ") == []
+    assert _complete(env, "sagellm engine logs ") == []
+    assert _complete(env, "sagellm preset unset ") == []
+    offered = _complete(env, "sagellm preset set minilm")
+    assert offered and all(name.startswith("minilm") for name in offered)
+    assert "minilm-cpu" in offered

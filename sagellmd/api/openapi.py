@@ -141,6 +141,17 @@ EVENT = {
         "generation": NULLABLE_INT,
     },
 }
+ENGINE_CHANGE = {
+    "type": "object",
+    "required": ["engine", "removed", "verdict", "reason", "superseded_by"],
+    "properties": {
+        "engine": {"type": "string"},
+        "removed": {"type": "boolean"},
+        "verdict": {"enum": ["pending", "healthy", "failed", "none"]},
+        "reason": {"type": "string"},
+        "superseded_by": NULLABLE_INT,
+    },
+}
 GENERATION = {
     "type": "object",
     "required": ["id", "ts", "cause", "healthy", "engines"],
@@ -149,10 +160,13 @@ GENERATION = {
         "ts": {"type": "string"},
         "cause": {"type": "string"},
         "healthy": {"type": ["boolean", "null"]},
+        "state": {"enum": ["rolling out", "healthy", "failed", "superseded"]},
         "verdict": NULLABLE_STRING,
         "auto_rollback": {"type": "boolean"},
+        "reverts": NULLABLE_INT,
         "presets": {"type": "array", "items": {"type": "string"}},
         "engines": {"type": "array", "items": OPEN_OBJECT},
+        "changes": {"type": "array", "items": ENGINE_CHANGE},
     },
 }
 GPUS = {

@@ -17,6 +17,10 @@ def test_events_limit_shows_the_last_n_events(daemon: Daemon):
     daemon.wait_state("x", "ready")
     daemon.put("/v1/engines/y", {"model": "fake/y-1B"})
     daemon.wait_state("y", "ready")
+    # Settled, so no rollout event lands between this read and the CLI's.
+    daemon.wait_for(
+        lambda: daemon.get("/v1/generations/2").json()["healthy"] is True, 20, "generation 2"
+    )
     recorded = daemon.events()
     assert len(recorded) > 4, recorded
 

@@ -305,7 +305,7 @@ def test_apply_on_a_terminal_says_healthy_once(daemon: Daemon, tmp_path: Path):
     )  # fmt: skip
     assert code == 0, output
     assert output.count("generation 1 is healthy") == 1, output
-    assert "ready: generation 1 is healthy: all engines ready" in output
+    assert "ready: generation 1 is healthy: p.a ready" in output
 
 
 def test_unset_wait_returns_once_the_engines_are_gone(daemon: Daemon, tmp_path: Path):

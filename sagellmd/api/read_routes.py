@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -15,7 +16,7 @@ from sagellmd.api.gpu_views import gpus_document
 from sagellmd.api.views import engine_entries, engine_entry
 from sagellmd.errors import NotFoundError
 from sagellmd.reconcile.actions import DesiredEngine
-from sagellmd.runtime.logs import log_path, tail_lines
+from sagellmd.runtime.logs import log_path, read_tail
 from sagellmd.store.repository import iso
 
 
@@ -91,7 +92,22 @@ async def engine_logs(request: Request) -> JSONResponse:
     find_engine(ctx, engine_id)
     tail = int(query_number(request, "tail", 100, minimum=0, maximum=10000) or 0)
     path = log_path(ctx.settings.logs_dir, engine_id)
-    return JSONResponse({"engine": engine_id, "path": str(path), "lines": tail_lines(path, tail)})
+    # A thread, not the event loop: a log is as big as the engine made it, and the loop
+    # also serves /healthz and runs the reconcile passes.
+    found = await asyncio.to_thread(read_tail, path, tail)
+    body: dict[str, Any] = {
+        "engine": engine_id,
+        "path": str(path),
+        "lines": found.lines,
+        "truncated": found.truncated,
+        "max_bytes": found.max_bytes,
+    }
+    if found.truncated:
+        body["message"] = (
+            f"cut to the last {found.max_bytes} bytes of the log (fewer lines than asked"
+            f" for, or one line cut at its start); read {path} for the rest"
+        )
+    return JSONResponse(body)
 
 
 async def gpus(request: Request) -> JSONResponse:

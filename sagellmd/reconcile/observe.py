@@ -19,7 +19,7 @@ from sagellmd.instance import (
 )
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import ENGINE_HOST
-from sagellmd.runtime.logs import log_path, tail_lines
+from sagellmd.runtime.logs import last_engine_line, log_path
 from sagellmd.runtime.probe import probe_health
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,9 @@ def on_exit(
     if code not in (None, 0) and instance.stop_intent is None:
         # An engine that fails says why on its last line ("model not found ..."):
         # show it where the user looks, in status and events.
-        last = tail_lines(log_path(settings.logs_dir, engine_id), 1)
-        if last and last[0].strip():
-            said = last[0].strip()[:300]
+        said = last_engine_line(log_path(settings.logs_dir, engine_id))
+        if said is not None:
+            said = said[:300]
             transition = Transition(
                 dataclasses.replace(
                     transition.instance, message=f"{transition.instance.message}; it said: {said}"

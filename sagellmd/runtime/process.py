@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from sagellmd.runtime.logs import DAEMON_HEADER, open_log
+
 log = logging.getLogger(__name__)
 
 ExitCallback = Callable[[str, int, "int | None", "int | None"], None]
@@ -55,10 +57,9 @@ def identity_matches(pid: int, create_time: float, engine_id: str | None = None)
 
 def spawn(argv: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
     """Start an engine in its own session, output appended to its log file, never a pipe."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as out:
+    with os.fdopen(open_log(log_file), "ab") as out:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        out.write(f"=== sagellm {stamp}: {' '.join(argv)}\n".encode())
+        out.write(f"{DAEMON_HEADER} {stamp}: {' '.join(argv)}\n".encode())
         out.flush()
         # A new session makes the engine a process-group leader, so a stop reaches
         # every worker it forks; output goes to a file so engines outlive the daemon.

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from sagellmd.gpu.placement import memory_fraction
 from sagellmd.instance import (
     RESERVING_STATES,
+    Instance,
     InstanceState,
     StopIntent,
     begin_start,
@@ -42,6 +43,12 @@ from sagellmd.runtime.ports import pick_port, port_is_free
 from sagellmd.runtime.process import spawn
 
 log = logging.getLogger(__name__)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Executor:
@@ -170,22 +177,34 @@ class Executor:
         if action.gpus:
             capacities = [gpu for gpu in world.gpu_view.gpus if gpu.index in action.gpus]
             assignment = GpuAssignment(action.gpus, memory_fraction(action.gpu_bytes, capacities))
-        argv = build_argv(spec, settings, engine.id, port, assignment)
-        env = build_env(spec, settings, engine.id, port, assignment)
+        command = "the engine"
         try:
+            argv = build_argv(spec, settings, engine.id, port, assignment)
+            command = argv[0] if argv else command
+            env = build_env(spec, settings, engine.id, port, assignment)
             popen = spawn(argv, env, log_path(settings.logs_dir, engine.id))
-        except OSError as exc:
-            next_state = InstanceState.FAILED if spec.restart == "never" else InstanceState.BACKOFF
-            world.record(
-                spawn_failed(
-                    starting, f"{argv[0]}: {exc.strerror or exc}", world.clock(), next_state
-                )
-            )
+        except Exception as exc:
+            # OSError (no such file, not executable), ValueError (a NUL byte in argv or
+            # env), TypeError...: whatever it is, the intent row must not sit in
+            # `starting` without a process. It becomes a crash the restart policy handles.
+            self._spawn_failed(starting, spec.restart, f"{command}: {_describe(exc)}")
             return
-        process = world.watcher.watch_child(engine.id, popen)
+        try:
+            process = world.watcher.watch_child(engine.id, popen)
+        except Exception as exc:  # the process exists but cannot be watched
+            log.exception("engine=%s pid=%s cannot be watched: killing it", engine.id, popen.pid)
+            popen.kill()
+            popen.wait()
+            self._spawn_failed(starting, spec.restart, f"cannot watch pid {popen.pid}: {exc}")
+            return
         world.record(spawned(starting, process.pid, process.create_time))
         touch_model(settings.home, spec.model)
         self._prober.start(engine.id, process.pid)
+
+    def _spawn_failed(self, starting: Instance, restart: str, reason: str) -> None:
+        next_state = InstanceState.FAILED if restart == "never" else InstanceState.BACKOFF
+        log.warning("engine=%s cannot start: %s", starting.engine_id, reason)
+        self._world.record(spawn_failed(starting, reason, self._world.clock(), next_state))
 
     def _retire(self, engine_id: str, reason: str) -> None:
         world = self._world

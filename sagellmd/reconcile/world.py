@@ -12,6 +12,7 @@ from sagellmd.events import EventHub
 from sagellmd.gpu.inventory import GpuInventory
 from sagellmd.instance import Instance, InstanceState, Transition
 from sagellmd.metrics import Metrics
+from sagellmd.reconcile.backoff import backoff_delay
 from sagellmd.reconcile.placing import GpuView
 from sagellmd.runtime.process import ProcessWatcher
 from sagellmd.store.repository import Store
@@ -60,8 +61,24 @@ class World:
             instance.pid,
             transition.message,
         )
+        if instance.state is InstanceState.BACKOFF and (
+            previous is None or previous.state is not InstanceState.BACKOFF
+        ):
+            self._backoff_event(instance)
         self.hub.notify()
         return instance
+
+    def _backoff_event(self, instance: Instance) -> None:
+        """A crash loop is visible as such: when the next start comes, and why that late."""
+        settings = self.settings
+        delay = backoff_delay(instance.failures, settings.backoff_base_s, settings.backoff_max_s)
+        when = "restarting now" if delay == 0 else f"next start in {delay:g}s"
+        self.event(
+            instance.engine_id,
+            "backoff",
+            f"{when} (failure {instance.failures} in a row; backoff"
+            f" {settings.backoff_base_s:g}s doubling to {settings.backoff_max_s:g}s)",
+        )
 
     def event(self, engine: str | None, type_: str, message: str) -> None:
         self.store.add_event(engine, type_, message, self.store.current_generation())

@@ -44,8 +44,8 @@ class _Server(uvicorn.Server):
 
 def acquire_lock(path: Path) -> IO[str]:
     """Hold an exclusive lock on the home for the daemon's lifetime."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -93,8 +93,9 @@ def declare_presets(store: Store, settings: Settings, names: list[str]) -> None:
 
 
 async def serve(settings: Settings, presets: list[str]) -> int:
-    settings.home.mkdir(parents=True, exist_ok=True)
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    # 0700: the database and the logs hold engine env values (tokens) in clear text.
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = acquire_lock(settings.lock_path)
     token = ensure_token(settings.token_path)
     # Refuses a corrupt or newer database untouched; backs it up before a migration.

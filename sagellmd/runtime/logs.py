@@ -24,7 +24,10 @@ def log_path(logs_dir: Path, engine_id: str) -> Path:
 def open_log(path: Path) -> int:
     """An append descriptor on the engine's log, created 0600 (engines print secrets too)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, 0o600)  # a log an older version created world-readable
+    return fd
 
 
 @dataclass(frozen=True)

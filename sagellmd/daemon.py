@@ -186,13 +186,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+# Libraries that log routine work at INFO: APScheduler two lines per timer, alembic its
+# migration context at every start. Their warnings still show.
+QUIET_LIBRARIES = ("apscheduler", "alembic", "httpx", "httpcore", "huggingface_hub", "uvicorn")
+
+
+def configure_logging(level: str) -> None:
+    """Our loggers at `level`; third-party ones at WARNING unless `level` is debug."""
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level.lower() != "debug":
+        for name in QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
     try:
         settings = load_settings(
             home=args.home, config_file=args.config, host=args.host, port=args.port

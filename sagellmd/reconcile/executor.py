@@ -122,7 +122,8 @@ class Executor:
         ):
             return
         self._world.record(
-            made_pending(current, engine.id, engine.spec.spec_hash, generation, reason)
+            made_pending(current, engine.id, engine.spec.spec_hash, generation, reason),
+            intent=True,
         )
 
     def _start(
@@ -143,9 +144,6 @@ class Executor:
             self._pend(engine, generation, f"runtime {spec.runtime!r} is not configured ({known})")
             return
         if surge and current is not None:
-            # The running process keeps serving under another key until the new is ready.
-            self._prober.cancel(engine.id)
-            world.watcher.rekey(engine.id, retiring_key(engine.id))
             transition = begin_surge(
                 current,
                 spec.spec_hash,
@@ -167,7 +165,12 @@ class Executor:
                 action.gpus,
                 action.gpu_bytes,
             )
-        starting = world.record(transition, generation)
+        # The intent is on disk before anything is done (a full disk raises here).
+        starting = world.record(transition, generation, intent=True)
+        if surge and current is not None:
+            # The running process keeps serving under another key until the new is ready.
+            self._prober.cancel(engine.id)
+            world.watcher.rekey(engine.id, retiring_key(engine.id))
         missing = missing_model_reason(spec, settings)
         if missing is not None:
             # Not a crash worth retrying: nothing changes until the model is on disk.
@@ -225,8 +228,8 @@ class Executor:
         self._prober.cancel(engine_id)
         if engine_id not in world.watcher:
             # Nothing to signal: the process is already gone, so record its end now.
-            world.record(begin_stop(instance, intent, reason))
+            world.record(begin_stop(instance, intent, reason), intent=True)
             on_exit(world, engine_id, instance.pid, None, None)
             return
-        world.record(begin_stop(instance, intent, reason))
+        world.record(begin_stop(instance, intent, reason), intent=True)
         world.watcher.stop(engine_id, world.settings.stop_grace_s)

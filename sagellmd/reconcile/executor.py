@@ -40,7 +40,7 @@ from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
 from sagellmd.runtime.logs import log_path
 from sagellmd.runtime.ports import pick_port, port_is_free
-from sagellmd.runtime.process import spawn
+from sagellmd.runtime.process import RUN_MARKER, Markers, new_run_marker, spawn
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,7 @@ class Executor:
             argv = build_argv(spec, settings, engine.id, port, assignment)
             command = argv[0] if argv else command
             env = build_env(spec, settings, engine.id, port, assignment)
+            env[RUN_MARKER] = new_run_marker()
             popen = spawn(argv, env, log_path(settings.logs_dir, engine.id))
         except Exception as exc:
             # OSError (no such file, not executable), ValueError (a NUL byte in argv or
@@ -193,7 +194,7 @@ class Executor:
             self._spawn_failed(starting, spec.restart, f"{command}: {_describe(exc)}")
             return
         try:
-            process = world.watcher.watch_child(engine.id, popen)
+            process = world.watcher.watch_child(engine.id, popen, Markers.of(env))
         except Exception as exc:  # the process exists but cannot be watched
             log.exception("engine=%s pid=%s cannot be watched: killing it", engine.id, popen.pid)
             popen.kill()

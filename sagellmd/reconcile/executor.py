@@ -20,8 +20,10 @@ from sagellmd.instance import (
     spawn_failed,
     spawned,
 )
+from sagellmd.models.download import hub_endpoint
+from sagellmd.models.hub_reach import HubReachability
 from sagellmd.models.last_used import touch_model
-from sagellmd.models.resolve import missing_model_reason
+from sagellmd.models.resolve import missing_model_reason, needs_hub, spec_environ
 from sagellmd.reconcile.actions import (
     Action,
     DesiredEngine,
@@ -37,7 +39,7 @@ from sagellmd.reconcile.actions import (
 )
 from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.world import World
-from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
+from sagellmd.runtime.argv import BUILTIN_FLAGS, GpuAssignment, build_argv, build_env
 from sagellmd.runtime.logs import log_path
 from sagellmd.runtime.ports import pick_port, port_is_free
 from sagellmd.runtime.process import RUN_MARKER, Markers, new_run_marker, spawn
@@ -57,6 +59,7 @@ class Executor:
     def __init__(self, world: World, prober: Prober) -> None:
         self._world = world
         self._prober = prober
+        self._hub = HubReachability(world.wake)
 
     def execute(
         self, action: Action, desired: Mapping[str, DesiredEngine], generation: int
@@ -143,6 +146,20 @@ class Executor:
             known = ", ".join(sorted(settings.runtimes))
             self._pend(engine, generation, f"runtime {spec.runtime!r} is not configured ({known})")
             return
+        endpoint = None
+        if settings.hub_check and needs_hub(spec, settings, BUILTIN_FLAGS):
+            endpoint = hub_endpoint(spec_environ(spec))
+        hub = self._hub.answer(endpoint) if endpoint is not None else None
+        if endpoint is not None and hub is None:
+            # Being checked (seconds at most); its answer wakes the loop.
+            if not surge:
+                self._pend(
+                    engine,
+                    generation,
+                    f"checking that the Hugging Face hub at {endpoint} answers, to download"
+                    f" {spec.model} (it is not on this machine)",
+                )
+            return
         if surge and current is not None:
             transition = begin_surge(
                 current,
@@ -175,6 +192,17 @@ class Executor:
         if missing is not None:
             # Not a crash worth retrying: nothing changes until the model is on disk.
             world.record(spawn_failed(starting, missing, world.clock(), InstanceState.FAILED))
+            return
+        if hub is not None and not hub.reachable:
+            # vLLM and huggingface_hub would retry for over a minute before saying so.
+            self._spawn_failed(
+                starting,
+                spec.restart,
+                f"model {spec.model!r} is not on this machine and the Hugging Face hub at"
+                f" {endpoint} is not reachable ({hub.detail}); run `sagellm model download"
+                f" {spec.model}` where the hub is reachable (or put it in a models.paths"
+                " directory), then restart the engine",
+            )
             return
         assignment = None
         if action.gpus:

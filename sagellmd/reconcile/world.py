@@ -56,6 +56,7 @@ class World:
             instance,
             (transition.event_type, transition.message),
             generation if generation is not None else instance.generation,
+            transition.details,
         )
         try:
             self.flush_unsaved()

@@ -13,6 +13,8 @@ DAEMON_HEADER = "=== sagellm"
 MAX_TAIL_BYTES = 1 << 20
 # A crash message quotes the last line; this much of the log end is enough to find it.
 LAST_LINE_BYTES = 64 << 10
+# How much of an engine's last line a status message quotes.
+QUOTED_LINE_CHARS = 300
 # `\r` too: progress bars (tqdm, pip) rewrite one line with it and never end it with `\n`.
 LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
@@ -99,3 +101,15 @@ def last_engine_line(path: Path, look_back: int = 50) -> str | None:
         if text:
             return text
     return None
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` within `limit` characters, cut at a word boundary and marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    boundary = cut.rfind(" ")
+    # Without a space in the second half, a hard cut keeps more of the message.
+    if boundary > limit // 2:
+        cut = cut[:boundary]
+    return cut.rstrip() + "…"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -34,6 +34,7 @@ class EventRecord:
     type: str
     message: str
     generation: int | None
+    details: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class EventRecord:
             "type": self.type,
             "message": self.message,
             "generation": self.generation,
+            "details": self.details or {},
         }
 
 
@@ -311,6 +313,7 @@ class Store:
         instance: Instance,
         event: tuple[str, str] | None = None,
         generation: int | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> EventRecord | None:
         """Persist an instance (and the event of its transition) in one commit."""
         now = self._clock()
@@ -350,6 +353,7 @@ class Store:
                 type=event[0],
                 message=event[1],
                 generation=generation,
+                details=json.dumps(dict(details)) if details else None,
             )
             session.add(event_row)
             session.flush()
@@ -408,4 +412,5 @@ def _generation(row: GenerationRow) -> GenerationRecord:
 
 
 def _event(row: EventRow) -> EventRecord:
-    return EventRecord(row.id, row.ts, row.engine, row.type, row.message, row.generation)
+    details = json.loads(row.details) if row.details else None
+    return EventRecord(row.id, row.ts, row.engine, row.type, row.message, row.generation, details)

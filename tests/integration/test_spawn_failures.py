@@ -63,3 +63,33 @@ def test_a_crash_without_output_does_not_quote_the_daemon_header(make_daemon) ->
     assert "exit code 3" in entry["message"]
     assert "=== sagellm" not in entry["message"]
     assert not any("=== sagellm" in e["message"] for e in daemon.events("s"))
+
+
+LONG_WORDS = " ".join(f"reason{i:03d}" for i in range(120))  # ~1200 characters
+TALKER = {
+    "command": [
+        sys.executable,
+        "-c",
+        f"import sys; print('fatal: {LONG_WORDS}'); sys.exit(4)",
+        "{port}",
+    ]
+}
+
+
+def test_a_long_last_line_is_cut_between_words_and_kept_whole_in_details(make_daemon) -> None:
+    daemon = make_daemon(runtimes={"talker": TALKER})
+    daemon.put(
+        "/v1/engines/t?rollback=false",
+        {"model": "m", "use_gpu": False, "runtime": "talker", "restart": "never"},
+    )
+    entry = daemon.wait_state("t", "failed", timeout=10)
+    said = entry["message"].split("it said: ", 1)[1]
+    assert said.endswith("…")
+    last_word = said.removesuffix("…").split()[-1]
+    assert last_word.startswith("reason") and len(last_word) == len("reason000")
+    failed = [
+        e for e in daemon.events("t") if e["type"] == "exited" and "exit code 4" in e["message"]
+    ]
+    assert failed, daemon.events("t")
+    assert len(failed[-1]["message"]) < 600
+    assert failed[-1]["details"]["last_log_line"] == f"fatal: {LONG_WORDS}"

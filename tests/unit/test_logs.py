@@ -11,6 +11,7 @@ from sagellmd.runtime.logs import (
     DAEMON_HEADER,
     last_engine_line,
     read_tail,
+    shorten,
     tail_lines,
 )
 
@@ -87,3 +88,16 @@ def test_last_engine_line_skips_the_daemon_header(tmp_path: Path) -> None:
         handle.write("cuda error: out of memory\n\n")
     assert last_engine_line(path) == "cuda error: out of memory"
     assert last_engine_line(tmp_path / "absent.log") is None
+
+
+def test_shorten_cuts_at_a_word_boundary() -> None:
+    text = "error: " + " ".join(f"word{i}" for i in range(200))
+    short = shorten(text, 300)
+    assert len(short) <= 300
+    assert short.endswith("…")
+    kept = short.removesuffix("…").rstrip()
+    assert text.startswith(kept)
+    assert text[len(kept)] == " "  # the cut is between words, not inside one
+    assert shorten("short enough", 300) == "short enough"
+    # One long token has no boundary: it is cut hard, still within the limit.
+    assert len(shorten("x" * 1000, 300)) <= 300

@@ -60,6 +60,9 @@ class Settings:
     overhead_gb: float = 1.0
     runtimes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     model_paths: tuple[Path, ...] = ()
+    # Before starting a vllm/embedding engine whose model is not on disk, check that the
+    # hub answers (off the loop, 5 s at most) and fail at once with a hint if it does not.
+    hub_check: bool = True
 
     @property
     def db_path(self) -> Path:
@@ -146,9 +149,11 @@ KNOWN_KEYS = {
 def _model_paths(value: Any, where: str) -> tuple[Path, ...]:
     """`models: {paths: [...]}`: absolute directories holding model directories."""
     models = _mapping(value, f"{where}: models")
-    unknown = sorted(set(models) - {"paths"})
+    unknown = sorted(set(models) - {"paths", "hub_check"})
     if unknown:
-        raise ConfigError(f"{where}: models: unknown key(s) {', '.join(unknown)}; known: paths")
+        raise ConfigError(
+            f"{where}: models: unknown key(s) {', '.join(unknown)}; known: hub_check, paths"
+        )
     paths = models.get("paths")
     paths = [] if paths is None else paths
     if not isinstance(paths, list):
@@ -235,6 +240,8 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
         )
     if "models" in data:
         changes["model_paths"] = _model_paths(data["models"], where)
+        if "hub_check" in data["models"]:
+            changes["hub_check"] = _bool(data["models"]["hub_check"], f"{where}: models.hub_check")
     runtimes = _mapping(data.get("runtimes"), f"{where}: runtimes")
     if runtimes:
         merged = dict(settings.runtimes)

@@ -44,8 +44,8 @@ class _Server(uvicorn.Server):
 
 def acquire_lock(path: Path) -> IO[str]:
     """Hold an exclusive lock on the home for the daemon's lifetime."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -93,8 +93,9 @@ def declare_presets(store: Store, settings: Settings, names: list[str]) -> None:
 
 
 async def serve(settings: Settings, presets: list[str]) -> int:
-    settings.home.mkdir(parents=True, exist_ok=True)
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    # 0700: the database and the logs hold engine env values (tokens) in clear text.
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = acquire_lock(settings.lock_path)
     token = TokenFile(settings.token_path)
     # Refuses a corrupt or newer database untouched; backs it up before a migration.
@@ -195,13 +196,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+# Libraries that log routine work at INFO: APScheduler two lines per timer, alembic its
+# migration context at every start. Their warnings still show.
+QUIET_LIBRARIES = ("apscheduler", "alembic", "httpx", "httpcore", "huggingface_hub", "uvicorn")
+
+
+def configure_logging(level: str) -> None:
+    """Our loggers at `level`; third-party ones at WARNING unless `level` is debug."""
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level.lower() != "debug":
+        for name in QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
     try:
         settings = load_settings(
             home=args.home, config_file=args.config, host=args.host, port=args.port

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from sagellmd.reconcile.backoff import backoff_delay
 
@@ -82,6 +84,8 @@ class Transition:
     instance: Instance
     event_type: str
     message: str
+    # The whole text behind a shortened message, kept with the event.
+    details: Mapping[str, Any] | None = None
 
 
 class IllegalTransitionError(Exception):

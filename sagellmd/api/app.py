@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -25,6 +27,7 @@ from sagellmd.api.context import ApiContext
 from sagellmd.api.errors import error_response, sagellm_error_handler
 from sagellmd.api.openapi import openapi_document
 from sagellmd.errors import SagellmError
+from sagellmd.store.failures import is_storage_failure, storage_error
 
 
 async def metrics(request: Request) -> Response:
@@ -137,11 +140,26 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, "http_error", str(exc.detail))
 
 
+async def storage_error_handler(request: Request, exc: Exception) -> Response:
+    """A full or read-only disk is the machine's problem: 503 naming it, not a bare 500."""
+    if not is_storage_failure(exc):
+        raise exc
+    ctx: ApiContext = request.app.state.ctx
+    error = storage_error(exc, ctx.settings.db_path)
+    return error_response(error.http_status, error.code, error.message, error.details)
+
+
 def create_app(ctx: ApiContext) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         middleware=[Middleware(AuthMiddleware)],
-        exception_handlers={SagellmError: sagellm_error_handler, HTTPException: http_error_handler},
+        exception_handlers={
+            SagellmError: sagellm_error_handler,
+            HTTPException: http_error_handler,
+            OperationalError: storage_error_handler,
+            sqlite3.OperationalError: storage_error_handler,
+            OSError: storage_error_handler,
+        },
     )
     app.state.ctx = ctx
     app.state.openapi = openapi_document(sorted(ctx.settings.runtimes))

@@ -94,6 +94,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def presents_token(request: Request, token: TokenFile) -> bool:
+    """The request carries the right bearer token (reads on loopback need not)."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return (
+        scheme.lower() == "bearer"
+        and bool(given)
+        and hmac.compare_digest(given.strip().encode(), token.current().encode())
+    )
+
+
 def require_token(request: Request, token: TokenFile, bound_host: str) -> None:
     """Raise UnauthorizedError unless this request may go through."""
     if request.method not in MUTATING_METHODS and is_loopback(bound_host):

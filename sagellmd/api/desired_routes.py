@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from sagellmd.api.body import NO_BODY, query_bool, read_json
 from sagellmd.api.context import ApiContext
 from sagellmd.api.read_routes import find_engine
+from sagellmd.api.secrets import preset_for_reader, shows_secrets
 from sagellmd.errors import BadInputError, NotFoundError, SpecError
 from sagellmd.presets import catalogue, find_preset
 from sagellmd.spec import Preset, check_runtime_known, is_valid_name, parse_engine, parse_preset
@@ -97,7 +98,8 @@ async def put_engine(request: Request) -> JSONResponse:
     result = engine_put_change(ctx, engine_id, await read_json(request), options)
     if options.dry_run:
         return JSONResponse(answer_change(ctx, result))
-    body = answer_change(ctx, result, engine=find_engine(ctx, engine_id))
+    # A PUT carries the token (mutations need it): it may read back the env it sent.
+    body = answer_change(ctx, result, engine=find_engine(ctx, engine_id, secrets=True))
     return JSONResponse(body, status_code=201 if result.created else 200)
 
 
@@ -154,10 +156,12 @@ async def get_preset(request: Request) -> JSONResponse:
     active = _active_documents(ctx)
     if name in active:
         document, source = active[name]
+        document = preset_for_reader(document, shows_secrets(request))
         return JSONResponse({"name": name, "source": source, "active": True, "document": document})
     entry = find_preset(name, ctx.settings.home)
+    document = preset_for_reader(entry.preset.to_dict(), shows_secrets(request))
     return JSONResponse(
-        {"name": name, "source": entry.source, "active": False, "document": entry.preset.to_dict()}
+        {"name": name, "source": entry.source, "active": False, "document": document}
     )
 
 

@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 
 from sagellmd.api.body import query_number
 from sagellmd.api.context import ApiContext
+from sagellmd.api.secrets import generation_for_reader, shows_secrets
 from sagellmd.errors import BadInputError, NotFoundError
 
 
@@ -32,8 +33,14 @@ async def events(request: Request) -> JSONResponse:
 async def generations(request: Request) -> JSONResponse:
     ctx: ApiContext = request.app.state.ctx
     limit = int(query_number(request, "limit", 50, minimum=1, maximum=1000) or 50)
+    secrets = shows_secrets(request)
     return JSONResponse(
-        {"generations": [record.to_dict() for record in ctx.store.generations(limit)]}
+        {
+            "generations": [
+                generation_for_reader(record.to_dict(), secrets)
+                for record in ctx.store.generations(limit)
+            ]
+        }
     )
 
 
@@ -45,4 +52,4 @@ async def generation(request: Request) -> JSONResponse:
     record = ctx.store.generation(int(raw))
     if record is None:
         raise NotFoundError(f"no generation {raw}; `sagellm history` lists them")
-    return JSONResponse(record.to_dict())
+    return JSONResponse(generation_for_reader(record.to_dict(), shows_secrets(request)))

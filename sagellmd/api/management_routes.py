@@ -12,6 +12,7 @@ from sagellmd.api.body import read_json
 from sagellmd.api.context import ApiContext
 from sagellmd.api.desired_routes import ChangeOptions, answer_change, engine_put_change
 from sagellmd.api.read_routes import estimates_for, gpu_summary
+from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries
 from sagellmd.errors import BadInputError, SpecError
 from sagellmd.spec import name_from_model
@@ -105,7 +106,9 @@ async def status(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "gpus": gpu_summary(ctx),
-            "engines": engine_entries(desired, instances, estimates_for(ctx, desired)),
+            "engines": engine_entries(
+                desired, instances, estimates_for(ctx, desired), shows_secrets(request)
+            ),
             "instances": [_instance_entry(instances[key]) for key in sorted(instances)],
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -12,10 +13,11 @@ from sagellmd import __version__
 from sagellmd.api.body import query_number
 from sagellmd.api.context import ApiContext
 from sagellmd.api.gpu_views import gpus_document
+from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries, engine_entry
 from sagellmd.errors import NotFoundError
 from sagellmd.reconcile.actions import DesiredEngine
-from sagellmd.runtime.logs import log_path, tail_lines
+from sagellmd.runtime.logs import log_path, read_tail
 from sagellmd.store.repository import iso
 
 
@@ -54,7 +56,10 @@ async def status(request: Request) -> JSONResponse:
             "gpus": gpu_summary(ctx),
             "presets": [preset.name for preset in ctx.store.active_presets()],
             "engines": engine_entries(
-                desired, ctx.reconciler.world.instances, estimates_for(ctx, desired)
+                desired,
+                ctx.reconciler.world.instances,
+                estimates_for(ctx, desired),
+                shows_secrets(request),
             ),
         }
     )
@@ -66,23 +71,27 @@ async def list_engines(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "engines": engine_entries(
-                desired, ctx.reconciler.world.instances, estimates_for(ctx, desired)
+                desired,
+                ctx.reconciler.world.instances,
+                estimates_for(ctx, desired),
+                shows_secrets(request),
             )
         }
     )
 
 
-def find_engine(ctx: ApiContext, engine_id: str) -> dict[str, object]:
+def find_engine(ctx: ApiContext, engine_id: str, secrets: bool = False) -> dict[str, object]:
     desired = ctx.store.desired_engine(engine_id)
     instance = ctx.reconciler.world.instances.get(engine_id)
     if desired is None and instance is None:
         raise NotFoundError(f"no engine {engine_id!r}; `sagellm engine list` shows the engines")
     estimate = ctx.reconciler.estimates.get(desired) if desired and desired.spec.wants_gpu else None
-    return engine_entry(engine_id, desired, instance, estimate)
+    return engine_entry(engine_id, desired, instance, estimate, secrets)
 
 
 async def get_engine(request: Request) -> JSONResponse:
-    return JSONResponse(find_engine(_ctx(request), request.path_params["engine_id"]))
+    engine_id = request.path_params["engine_id"]
+    return JSONResponse(find_engine(_ctx(request), engine_id, shows_secrets(request)))
 
 
 async def engine_logs(request: Request) -> JSONResponse:
@@ -91,7 +100,22 @@ async def engine_logs(request: Request) -> JSONResponse:
     find_engine(ctx, engine_id)
     tail = int(query_number(request, "tail", 100, minimum=0, maximum=10000) or 0)
     path = log_path(ctx.settings.logs_dir, engine_id)
-    return JSONResponse({"engine": engine_id, "path": str(path), "lines": tail_lines(path, tail)})
+    # A thread, not the event loop: a log is as big as the engine made it, and the loop
+    # also serves /healthz and runs the reconcile passes.
+    found = await asyncio.to_thread(read_tail, path, tail)
+    body: dict[str, Any] = {
+        "engine": engine_id,
+        "path": str(path),
+        "lines": found.lines,
+        "truncated": found.truncated,
+        "max_bytes": found.max_bytes,
+    }
+    if found.truncated:
+        body["message"] = (
+            f"cut to the last {found.max_bytes} bytes of the log (fewer lines than asked"
+            f" for, or one line cut at its start); read {path} for the rest"
+        )
+    return JSONResponse(body)
 
 
 async def gpus(request: Request) -> JSONResponse:

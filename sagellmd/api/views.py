@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sagellmd.api.secrets import spec_for_reader
 from sagellmd.gpu.estimate import GIB, MemoryEstimate
 from sagellmd.instance import Instance
 from sagellmd.reconcile.plan import DesiredEngine
@@ -28,8 +29,9 @@ def engine_entry(
     desired: DesiredEngine | None,
     instance: Instance | None,
     estimate: MemoryEstimate | str | None = None,
+    secrets: bool = False,
 ) -> dict[str, Any]:
-    """One engine as `/v1/status` and `/v1/engines` show it."""
+    """One engine as `/v1/status` and `/v1/engines` show it; env values only with `secrets`."""
     spec = desired.spec if desired else None
     holds = instance is not None and instance.holds_gpus
     last_exit = None
@@ -68,7 +70,7 @@ def engine_entry(
         "spec_hash": spec.spec_hash if spec else None,
         "running_spec_hash": instance.spec_hash if instance else None,
         "metadata": dict(spec.metadata) if spec else {},
-        "spec": spec.to_dict() if spec else None,
+        "spec": spec_for_reader(spec.to_dict(), secrets) if spec else None,
     }
 
 
@@ -76,12 +78,17 @@ def engine_entries(
     desired: list[DesiredEngine],
     instances: Mapping[str, Instance],
     estimates: Mapping[str, MemoryEstimate | str] | None = None,
+    secrets: bool = False,
 ) -> list[dict[str, Any]]:
     by_id = {engine.id: engine for engine in desired}
     estimates = estimates or {}
     return [
         engine_entry(
-            engine_id, by_id.get(engine_id), instances.get(engine_id), estimates.get(engine_id)
+            engine_id,
+            by_id.get(engine_id),
+            instances.get(engine_id),
+            estimates.get(engine_id),
+            secrets,
         )
         for engine_id in sorted(set(by_id) | set(instances))
     ]

@@ -150,6 +150,23 @@ def engine_model(spec: EngineSpec, settings: Settings) -> EngineModel:
     return EngineModel(str(local.path), flags)
 
 
+def model_is_local(spec: EngineSpec, settings: Settings) -> bool:
+    """The engine can run from disk alone (a pinned --revision is left to the engine)."""
+    if _has_flag(spec.extra_args, "--revision"):
+        return False
+    if looks_like_path(spec.model):
+        return Path(spec.model).expanduser().exists()
+    return find_local(spec.model, settings, spec_environ(spec)) is not None
+
+
+def needs_hub(spec: EngineSpec, settings: Settings, runtimes: Iterable[str]) -> bool:
+    """The engine (of one of `runtimes`) must download its model: not on disk, not offline."""
+    env = spec_environ(spec)
+    if spec.runtime not in runtimes or looks_like_path(spec.model) or is_offline(env):
+        return False
+    return not model_is_local(spec, settings)
+
+
 def missing_model_reason(spec: EngineSpec, settings: Settings) -> str | None:
     """Why the engine cannot get its model (not on disk and downloads forbidden), or None."""
     env = spec_environ(spec)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from sagellmd.gpu.placement import memory_fraction
 from sagellmd.instance import (
     RESERVING_STATES,
+    Instance,
     InstanceState,
     StopIntent,
     begin_start,
@@ -19,8 +20,10 @@ from sagellmd.instance import (
     spawn_failed,
     spawned,
 )
+from sagellmd.models.download import hub_endpoint
+from sagellmd.models.hub_reach import HubReachability
 from sagellmd.models.last_used import touch_model
-from sagellmd.models.resolve import missing_model_reason
+from sagellmd.models.resolve import missing_model_reason, needs_hub, spec_environ
 from sagellmd.reconcile.actions import (
     Action,
     DesiredEngine,
@@ -36,12 +39,18 @@ from sagellmd.reconcile.actions import (
 )
 from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.world import World
-from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
+from sagellmd.runtime.argv import BUILTIN_FLAGS, GpuAssignment, build_argv, build_env
 from sagellmd.runtime.logs import log_path
 from sagellmd.runtime.ports import pick_port, port_is_free
-from sagellmd.runtime.process import spawn
+from sagellmd.runtime.process import RUN_MARKER, Markers, new_run_marker, spawn
 
 log = logging.getLogger(__name__)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Executor:
@@ -50,6 +59,7 @@ class Executor:
     def __init__(self, world: World, prober: Prober) -> None:
         self._world = world
         self._prober = prober
+        self._hub = HubReachability(world.wake)
 
     def execute(
         self, action: Action, desired: Mapping[str, DesiredEngine], generation: int
@@ -115,7 +125,8 @@ class Executor:
         ):
             return
         self._world.record(
-            made_pending(current, engine.id, engine.spec.spec_hash, generation, reason)
+            made_pending(current, engine.id, engine.spec.spec_hash, generation, reason),
+            intent=True,
         )
 
     def _start(
@@ -135,10 +146,21 @@ class Executor:
             known = ", ".join(sorted(settings.runtimes))
             self._pend(engine, generation, f"runtime {spec.runtime!r} is not configured ({known})")
             return
+        endpoint = None
+        if settings.hub_check and needs_hub(spec, settings, BUILTIN_FLAGS):
+            endpoint = hub_endpoint(spec_environ(spec))
+        hub = self._hub.answer(endpoint) if endpoint is not None else None
+        if endpoint is not None and hub is None:
+            # Being checked (seconds at most); its answer wakes the loop.
+            if not surge:
+                self._pend(
+                    engine,
+                    generation,
+                    f"checking that the Hugging Face hub at {endpoint} answers, to download"
+                    f" {spec.model} (it is not on this machine)",
+                )
+            return
         if surge and current is not None:
-            # The running process keeps serving under another key until the new is ready.
-            self._prober.cancel(engine.id)
-            world.watcher.rekey(engine.id, retiring_key(engine.id))
             transition = begin_surge(
                 current,
                 spec.spec_hash,
@@ -160,32 +182,61 @@ class Executor:
                 action.gpus,
                 action.gpu_bytes,
             )
-        starting = world.record(transition, generation)
+        # The intent is on disk before anything is done (a full disk raises here).
+        starting = world.record(transition, generation, intent=True)
+        if surge and current is not None:
+            # The running process keeps serving under another key until the new is ready.
+            self._prober.cancel(engine.id)
+            world.watcher.rekey(engine.id, retiring_key(engine.id))
         missing = missing_model_reason(spec, settings)
         if missing is not None:
             # Not a crash worth retrying: nothing changes until the model is on disk.
             world.record(spawn_failed(starting, missing, world.clock(), InstanceState.FAILED))
             return
+        if hub is not None and not hub.reachable:
+            # vLLM and huggingface_hub would retry for over a minute before saying so.
+            self._spawn_failed(
+                starting,
+                spec.restart,
+                f"model {spec.model!r} is not on this machine and the Hugging Face hub at"
+                f" {endpoint} is not reachable ({hub.detail}); run `sagellm model download"
+                f" {spec.model}` where the hub is reachable (or put it in a models.paths"
+                " directory), then restart the engine",
+            )
+            return
         assignment = None
         if action.gpus:
             capacities = [gpu for gpu in world.gpu_view.gpus if gpu.index in action.gpus]
             assignment = GpuAssignment(action.gpus, memory_fraction(action.gpu_bytes, capacities))
-        argv = build_argv(spec, settings, engine.id, port, assignment)
-        env = build_env(spec, settings, engine.id, port, assignment)
+        command = "the engine"
         try:
+            argv = build_argv(spec, settings, engine.id, port, assignment)
+            command = argv[0] if argv else command
+            env = build_env(spec, settings, engine.id, port, assignment)
+            env[RUN_MARKER] = new_run_marker()
             popen = spawn(argv, env, log_path(settings.logs_dir, engine.id))
-        except OSError as exc:
-            next_state = InstanceState.FAILED if spec.restart == "never" else InstanceState.BACKOFF
-            world.record(
-                spawn_failed(
-                    starting, f"{argv[0]}: {exc.strerror or exc}", world.clock(), next_state
-                )
-            )
+        except Exception as exc:
+            # OSError (no such file, not executable), ValueError (a NUL byte in argv or
+            # env), TypeError...: whatever it is, the intent row must not sit in
+            # `starting` without a process. It becomes a crash the restart policy handles.
+            self._spawn_failed(starting, spec.restart, f"{command}: {_describe(exc)}")
             return
-        process = world.watcher.watch_child(engine.id, popen)
+        try:
+            process = world.watcher.watch_child(engine.id, popen, Markers.of(env))
+        except Exception as exc:  # the process exists but cannot be watched
+            log.exception("engine=%s pid=%s cannot be watched: killing it", engine.id, popen.pid)
+            popen.kill()
+            popen.wait()
+            self._spawn_failed(starting, spec.restart, f"cannot watch pid {popen.pid}: {exc}")
+            return
         world.record(spawned(starting, process.pid, process.create_time))
         touch_model(settings.home, spec.model)
         self._prober.start(engine.id, process.pid)
+
+    def _spawn_failed(self, starting: Instance, restart: str, reason: str) -> None:
+        next_state = InstanceState.FAILED if restart == "never" else InstanceState.BACKOFF
+        log.warning("engine=%s cannot start: %s", starting.engine_id, reason)
+        self._world.record(spawn_failed(starting, reason, self._world.clock(), next_state))
 
     def _retire(self, engine_id: str, reason: str) -> None:
         world = self._world
@@ -206,8 +257,8 @@ class Executor:
         self._prober.cancel(engine_id)
         if engine_id not in world.watcher:
             # Nothing to signal: the process is already gone, so record its end now.
-            world.record(begin_stop(instance, intent, reason))
+            world.record(begin_stop(instance, intent, reason), intent=True)
             on_exit(world, engine_id, instance.pid, None, None)
             return
-        world.record(begin_stop(instance, intent, reason))
+        world.record(begin_stop(instance, intent, reason), intent=True)
         world.watcher.stop(engine_id, world.settings.stop_grace_s)

@@ -27,11 +27,15 @@ from sagellmd.reconcile.review import RolloutOutcome, next_deadline, review
 from sagellmd.reconcile.schedule import RestartSchedule
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.process import ProcessWatcher
+from sagellmd.store.failures import is_storage_failure
 from sagellmd.store.repository import Store
 
 log = logging.getLogger(__name__)
 
 PENDING_RECHECK_S = 5.0
+# A failed pass (a full disk, a broken database) is retried this soon, doubling to the cap.
+PASS_RETRY_BASE_S = 0.5
+PASS_RETRY_MAX_S = 4.0
 
 
 class Reconciler:
@@ -64,6 +68,7 @@ class Reconciler:
         self._heartbeat: Callable[[], object] | None = None
         self._heartbeat_interval_s: float | None = None
         self.passes = 0
+        self._failed_passes = 0
         self.last_pass_at: float | None = None
 
     def _on_exit(self, engine_id: str, pid: int, code: int | None, signum: int | None) -> None:
@@ -124,6 +129,7 @@ class Reconciler:
             return self._reconcile_once()
 
     def _reconcile_once(self) -> Plan:
+        self.world.flush_unsaved()  # what a full disk kept from being recorded, in order
         desired_list = self.world.store.desired()
         desired = {engine.id: engine for engine in desired_list}
         plan = self._plan(desired_list, self.observe_gpus(desired_list))
@@ -136,7 +142,9 @@ class Reconciler:
                 continue
             try:
                 self._executor.execute(action, desired, generation)
-            except Exception:
+            except Exception as exc:
+                if is_storage_failure(exc):
+                    raise  # the whole pass is retried soon (run), not at the next tick
                 log.exception("engine=%s action=%s failed", action.engine_id, action.action)
         if self.world.instances != before:
             # Acting changed the world (a start sets a deadline, a stop frees a
@@ -213,10 +221,10 @@ class Reconciler:
                 break
             try:
                 self.reconcile_once()
-            except Exception:
-                log.exception("reconcile pass failed")
-                await asyncio.sleep(1.0)
+            except Exception as exc:
+                self._pass_failed(exc)
                 continue
+            self._failed_passes = 0
             try:
                 self.watch_rollout()
             except Exception:
@@ -224,6 +232,20 @@ class Reconciler:
             if self._heartbeat is not None:
                 # Only a pass that completed proves the loop is alive (systemd watchdog).
                 self._heartbeat()
+
+    def _pass_failed(self, exc: Exception) -> None:
+        """Retry a failed pass in 0.5 s, doubling to 4 s, rather than at the next tick."""
+        self._failed_passes += 1
+        doublings = min(self._failed_passes - 1, 16)
+        delay = min(PASS_RETRY_BASE_S * 2**doublings, PASS_RETRY_MAX_S)
+        if is_storage_failure(exc):
+            log.error("reconcile pass failed, retry in %gs: %s", delay, exc)
+            if self._heartbeat is not None:
+                # The loop is alive, the disk is not: a watchdog restart would not help.
+                self._heartbeat()
+        else:
+            log.exception("reconcile pass failed, retry in %gs", delay)
+        self._wake_at("retry-pass", self.world.clock() + delay)
 
     async def shutdown(self, stop_engines: bool, timeout_s: float = 4.0) -> None:
         """Stop the loop; leave the engines running unless asked to stop them."""

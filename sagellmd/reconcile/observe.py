@@ -19,7 +19,7 @@ from sagellmd.instance import (
 )
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import ENGINE_HOST
-from sagellmd.runtime.logs import log_path, tail_lines
+from sagellmd.runtime.logs import QUOTED_LINE_CHARS, last_engine_line, log_path, shorten
 from sagellmd.runtime.probe import probe_health
 
 log = logging.getLogger(__name__)
@@ -55,15 +55,17 @@ def on_exit(
     if code not in (None, 0) and instance.stop_intent is None:
         # An engine that fails says why on its last line ("model not found ..."):
         # show it where the user looks, in status and events.
-        last = tail_lines(log_path(settings.logs_dir, engine_id), 1)
-        if last and last[0].strip():
-            said = last[0].strip()[:300]
+        whole = last_engine_line(log_path(settings.logs_dir, engine_id))
+        if whole is not None:
+            # Status, events, verdicts and history quote it; the event keeps it whole.
+            said = shorten(whole, QUOTED_LINE_CHARS)
             transition = Transition(
                 dataclasses.replace(
                     transition.instance, message=f"{transition.instance.message}; it said: {said}"
                 ),
                 transition.event_type,
                 f"{transition.message}; last log line: {said}",
+                {"last_log_line": whole},
             )
     world.record(transition)
     world.wake()

@@ -5,44 +5,72 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from dataclasses import dataclass
 
 import psutil
 
 from sagellmd.instance import PROCESS_STATES, InstanceState, retired, retiring_key, spawned
 from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.world import World
-from sagellmd.runtime.process import signal_group
+from sagellmd.runtime.process import Markers, signal_group
 
 log = logging.getLogger(__name__)
 
 
-def _marked_processes(home: str) -> list[tuple[int, int, str]]:
-    """(pid, pgid, engine id) of every live process carrying this home's engine marker."""
+@dataclass(frozen=True)
+class MarkedProcess:
+    """A live process carrying this home's engine marker."""
+
+    pid: int
+    pgid: int
+    engine_id: str
+    run: str | None
+    create_time: float
+
+
+def _marked_processes(home: str) -> list[MarkedProcess]:
+    """Every live process carrying this home's engine marker, oldest first."""
     found = []
     for process in psutil.process_iter(["pid"]):
         try:
             if process.status() == psutil.STATUS_ZOMBIE:
                 continue
             pgid = os.getpgid(process.pid)
-            env = process.environ()
+            markers = Markers.of(process.environ())
+            create_time = process.create_time()
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
-        if env.get("SAGELLM_HOME") == home and env.get("SAGELLM_ENGINE_ID"):
-            found.append((process.pid, pgid, env["SAGELLM_ENGINE_ID"]))
-    return found
+        if markers is not None and markers.home == home:
+            found.append(
+                MarkedProcess(process.pid, pgid, markers.engine_id, markers.run, create_time)
+            )
+    return sorted(found, key=lambda marked: marked.create_time)
 
 
-def _kill_leaderless_groups(world: World, marked: list[tuple[int, int, str]]) -> None:
+def _kill_leaderless_groups(world: World, marked: list[MarkedProcess], live_runs: set[str]) -> None:
     """Workers whose engine process died while no daemon watched: they hold GPU memory."""
-    leaders = {pid for pid, pgid, _ in marked if pid == pgid}
-    for pgid, engine_id in {(pgid, engine) for _, pgid, engine in marked}:
-        if pgid in leaders:
-            continue
+    leaders = {entry.pid for entry in marked if entry.pid == entry.pgid}
+    groups = {
+        (entry.pgid, entry.engine_id)
+        for entry in marked
+        if entry.pgid not in leaders and entry.run not in live_runs
+    }
+    for pgid, engine_id in groups:
         log.warning(
             "engine=%s pgid=%s workers outlived their engine: killing them", engine_id, pgid
         )
         world.event(engine_id, "stopped", f"workers of dead pid {pgid} outlived it: killed")
         signal_group(pgid, signal.SIGKILL)
+
+
+def _live_runs(world: World) -> set[str]:
+    """Run markers of the processes adopted so far: their setsid children are no strays."""
+    runs = set()
+    for key in world.watcher.engine_ids():
+        process = world.watcher.get(key)
+        if process is not None and process.markers is not None and process.markers.run:
+            runs.add(process.markers.run)
+    return runs
 
 
 def recover(world: World, prober: Prober) -> None:
@@ -77,9 +105,12 @@ def recover(world: World, prober: Prober) -> None:
         else:
             prober.start(engine_id, instance.pid)
     marked = _marked_processes(str(world.settings.home))
-    _kill_leaderless_groups(world, marked)
-    for pid, engine_id in [(pid, engine) for pid, pgid, engine in marked if pid == pgid]:
-        if pid in adopted:
+    _kill_leaderless_groups(world, marked, _live_runs(world))
+    # Oldest first: of a run's group leaders (the engine, and children that called
+    # setsid), the engine itself was started first.
+    for entry in [entry for entry in marked if entry.pid == entry.pgid]:
+        pid, engine_id = entry.pid, entry.engine_id
+        if pid in adopted or (entry.run is not None and entry.run in _live_runs(world)):
             continue
         instance = world.instances.get(engine_id)
         # The daemon died between spawning this process and recording its pid.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -12,8 +13,10 @@ from sagellmd.events import EventHub
 from sagellmd.gpu.inventory import GpuInventory
 from sagellmd.instance import Instance, InstanceState, Transition
 from sagellmd.metrics import Metrics
+from sagellmd.reconcile.backoff import backoff_delay
 from sagellmd.reconcile.placing import GpuView
 from sagellmd.runtime.process import ProcessWatcher
+from sagellmd.store.failures import is_storage_failure
 from sagellmd.store.repository import Store
 
 log = logging.getLogger("sagellmd.reconcile")
@@ -33,11 +36,38 @@ class World:
     inventory: GpuInventory = field(default_factory=lambda: GpuInventory("none"))
     gpu_view: GpuView = field(default_factory=lambda: GpuView(()))
     metrics: Metrics = field(default_factory=Metrics)
+    # Saves that failed on a full or broken disk, retried in order (`flush_unsaved`).
+    unsaved: list[Callable[[], object]] = field(default_factory=list)
 
-    def record(self, transition: Transition, generation: int | None = None) -> Instance:
-        """Persist the new instance value with its event, then let watchers know."""
+    def record(
+        self, transition: Transition, generation: int | None = None, intent: bool = False
+    ) -> Instance:
+        """Persist the new instance value with its event, keep it, then let watchers know.
+
+        An `intent` (a start or stop about to be carried out) that cannot be persisted
+        raises and changes nothing: nothing is done without a record of it. An
+        observation (an exit, a probe result, a spawned pid) is a fact and is kept in
+        memory even when the disk is full; persisting it is retried (`flush_unsaved`).
+        """
         instance = transition.instance
         previous = self.instances.get(instance.engine_id)
+        save = functools.partial(
+            self.store.save_instance,
+            instance,
+            (transition.event_type, transition.message),
+            generation if generation is not None else instance.generation,
+            transition.details,
+        )
+        try:
+            self.flush_unsaved()
+            save()
+        except Exception as exc:
+            if intent:
+                raise
+            self.instances[instance.engine_id] = instance
+            if not is_storage_failure(exc):
+                raise
+            self._save_later(save, instance.engine_id, exc)
         self.instances[instance.engine_id] = instance
         if (
             previous is not None
@@ -47,11 +77,6 @@ class World:
             and instance.ready_at is not None
         ):
             self.metrics.time_to_ready.observe(instance.ready_at - instance.started_at)
-        self.store.save_instance(
-            instance,
-            (transition.event_type, transition.message),
-            generation if generation is not None else instance.generation,
-        )
         log.info(
             "engine=%s event=%s state=%s pid=%s %s",
             instance.engine_id,
@@ -60,8 +85,51 @@ class World:
             instance.pid,
             transition.message,
         )
+        if instance.state is InstanceState.BACKOFF and (
+            previous is None or previous.state is not InstanceState.BACKOFF
+        ):
+            self._backoff_event(instance)
         self.hub.notify()
         return instance
+
+    def _save_later(self, save: Callable[[], object], engine_id: str, exc: Exception) -> None:
+        self.unsaved.append(save)
+        log.warning("engine=%s not recorded yet, retried soon: %s", engine_id, exc)
+        # The pass starts with flush_unsaved: a failing one is retried with a short backoff.
+        self.wake()
+
+    def flush_unsaved(self) -> None:
+        """Persist, in order, what could not be persisted when it happened (a full disk)."""
+        while self.unsaved:
+            self.unsaved[0]()
+            self.unsaved.pop(0)
+
+    def _backoff_event(self, instance: Instance) -> None:
+        """A crash loop is visible as such: when the next start comes, and why that late."""
+        settings = self.settings
+        delay = backoff_delay(instance.failures, settings.backoff_base_s, settings.backoff_max_s)
+        when = "restarting now" if delay == 0 else f"next start in {delay:g}s"
+        message = (
+            f"{when} (failure {instance.failures} in a row; backoff"
+            f" {settings.backoff_base_s:g}s doubling to {settings.backoff_max_s:g}s)"
+        )
+        add = functools.partial(
+            self.store.add_event,
+            instance.engine_id,
+            "backoff",
+            message,
+            self.store.current_generation(),
+        )
+        if self.unsaved:
+            self.unsaved.append(add)  # after the exit it follows, which waits for the disk too
+        else:
+            try:
+                add()
+            except Exception as exc:
+                if not is_storage_failure(exc):
+                    raise
+                self.unsaved.append(add)
+        log.info("engine=%s event=backoff %s", instance.engine_id, message)
 
     def event(self, engine: str | None, type_: str, message: str) -> None:
         self.store.add_event(engine, type_, message, self.store.current_generation())

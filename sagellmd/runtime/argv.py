@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from sagellmd.config import Settings
-from sagellmd.models.resolve import engine_model
+from sagellmd.models.resolve import engine_model, model_is_local
 from sagellmd.spec import EngineSpec
 
 ENGINE_HOST = "127.0.0.1"
@@ -97,6 +97,10 @@ def build_env(
     """The daemon's environment, the spec's env, and the markers that identify the engine."""
     env = dict(os.environ)
     env.update(spec.env)
+    if "HF_HUB_OFFLINE" not in env and model_is_local(spec, settings):
+        # The model is on disk: huggingface_hub would still ask the hub for every file
+        # (and retry for over a minute when it cannot reach it) unless told it is offline.
+        env["HF_HUB_OFFLINE"] = "1"
     env["SAGELLM_ENGINE_ID"] = engine_id
     env["SAGELLM_HOME"] = str(settings.home)
     env["SAGELLM_ENGINE_PORT"] = str(port)

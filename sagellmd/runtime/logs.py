@@ -1,27 +1,115 @@
-"""Engine log files: where they are and their last lines."""
+"""Engine log files: where they are, how they are opened, and their last lines."""
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
+
+# The daemon's own line before every spawn; an engine's last words never start with it.
+DAEMON_HEADER = "=== sagellm"
+# A tail answers at most this much text: a log is the engine's, its lines can be any size.
+MAX_TAIL_BYTES = 1 << 20
+# A crash message quotes the last line; this much of the log end is enough to find it.
+LAST_LINE_BYTES = 64 << 10
+# How much of an engine's last line a status message quotes.
+QUOTED_LINE_CHARS = 300
+# `\r` too: progress bars (tqdm, pip) rewrite one line with it and never end it with `\n`.
+LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
 def log_path(logs_dir: Path, engine_id: str) -> Path:
     return logs_dir / f"{engine_id}.log"
 
 
-def tail_lines(path: Path, count: int, block: int = 65536) -> list[str]:
-    """The last `count` lines of a file, reading from its end only."""
-    if count <= 0 or not path.exists():
-        return []
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        data = b""
-        while size > 0 and data.count(b"\n") <= count:
-            step = min(block, size)
-            size -= step
-            handle.seek(size)
-            data = handle.read(step) + data
-    lines = data.decode(errors="replace").splitlines()
-    return lines[-count:]
+def open_log(path: Path) -> int:
+    """An append descriptor on the engine's log, created 0600 (engines print secrets too)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, 0o600)  # a log an older version created world-readable
+    return fd
+
+
+@dataclass(frozen=True)
+class LogTail:
+    """The last lines of a log; `truncated` when the byte cap cut what was asked for."""
+
+    lines: list[str]
+    truncated: bool
+    max_bytes: int
+
+
+def read_tail(
+    path: Path, count: int, max_bytes: int = MAX_TAIL_BYTES, block: int = 1 << 16
+) -> LogTail:
+    """The last `count` lines, reading backwards in blocks; never more than `max_bytes`.
+
+    Linear in the bytes read, and they are bounded: a single 80 MB line costs one
+    `max_bytes` read, not a quadratic rescan of everything read so far.
+    """
+    if count <= 0:
+        return LogTail([], False, max_bytes)
+    try:
+        handle = path.open("rb")
+    except (FileNotFoundError, NotADirectoryError):
+        return LogTail([], False, max_bytes)
+    with handle:
+        end = os.fstat(handle.fileno()).st_size
+        chunks: list[bytes] = []
+        read = 0
+        breaks = 0
+        # `\r\n` counts twice here, so twice the wanted breaks is surely enough lines.
+        while end > 0 and read < max_bytes and breaks <= 2 * count + 1:
+            step = min(block, end, max_bytes - read)
+            end -= step
+            handle.seek(end)
+            chunk = handle.read(step)
+            chunks.append(chunk)
+            read += len(chunk)
+            breaks += chunk.count(b"\n") + chunk.count(b"\r")
+    parts = LINE_BREAK.split(b"".join(reversed(chunks)))
+    if parts and parts[-1] == b"":
+        parts.pop()  # the file ends with a line break: no empty last line
+    truncated = False
+    if end > 0 and parts:
+        # The first part starts where reading stopped, most likely mid-line.
+        if len(parts) > count:
+            parts = parts[-count:]
+        elif len(parts) > 1:
+            parts = parts[1:]
+            truncated = True
+        else:
+            truncated = True  # one line longer than the cap: its end is what we have
+    lines = [part.decode(errors="replace") for part in parts[-count:]]
+    return LogTail(lines, truncated, max_bytes)
+
+
+def tail_lines(path: Path, count: int, max_bytes: int = MAX_TAIL_BYTES) -> list[str]:
+    """The last `count` lines of a file (at most `max_bytes` of them), from its end only."""
+    return read_tail(path, count, max_bytes).lines
+
+
+def last_engine_line(path: Path, look_back: int = 50) -> str | None:
+    """The engine's last non-empty line of its newest run; None if it printed nothing."""
+    lines = read_tail(path, look_back, LAST_LINE_BYTES).lines
+    for line in reversed(lines):
+        text = line.strip()
+        if text.startswith(DAEMON_HEADER):
+            return None  # everything after our header is empty: this run said nothing
+        if text:
+            return text
+    return None
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` within `limit` characters, cut at a word boundary and marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    boundary = cut.rfind(" ")
+    # Without a space in the second half, a hard cut keeps more of the message.
+    if boundary > limit // 2:
+        cut = cut[:boundary]
+    return cut.rstrip() + "…"

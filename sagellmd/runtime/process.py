@@ -3,20 +3,73 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+from sagellmd.runtime.logs import DAEMON_HEADER, open_log
+
 log = logging.getLogger(__name__)
 
 ExitCallback = Callable[[str, int, "int | None", "int | None"], None]
+
+# Every engine process carries these in its environment, and so does everything it starts:
+# the engine, the daemon's home, and one run of the engine (one spawn). A child that left
+# the engine's process group (setsid) is still found by them.
+ENGINE_MARKER = "SAGELLM_ENGINE_ID"
+HOME_MARKER = "SAGELLM_HOME"
+RUN_MARKER = "SAGELLM_ENGINE_RUN"
+
+
+def new_run_marker() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Markers:
+    """The env markers of one run of an engine; `run` is None for an older daemon's engine."""
+
+    engine_id: str
+    home: str
+    run: str | None
+
+    @classmethod
+    def of(cls, env: Mapping[str, str]) -> Markers | None:
+        if not env.get(ENGINE_MARKER) or not env.get(HOME_MARKER):
+            return None
+        return cls(env[ENGINE_MARKER], env[HOME_MARKER], env.get(RUN_MARKER) or None)
+
+
+def processes_of_run(markers: Markers | None) -> list[psutil.Process]:
+    """Live processes of this run of the engine, wherever their session or group is."""
+    if markers is None or markers.run is None:
+        return []
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if Markers.of(process.environ()) == markers:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def signal_run(markers: Markers | None, signum: int) -> None:
+    """Signal every process of the run: its group missed those that called setsid()."""
+    for process in processes_of_run(markers):
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signum)
 
 
 @dataclass
@@ -28,6 +81,7 @@ class EngineProcess:
     create_time: float
     popen: subprocess.Popen[bytes] | None
     pidfd: int
+    markers: Markers | None = None
     kill_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -55,10 +109,9 @@ def identity_matches(pid: int, create_time: float, engine_id: str | None = None)
 
 def spawn(argv: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
     """Start an engine in its own session, output appended to its log file, never a pipe."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as out:
+    with os.fdopen(open_log(log_file), "ab") as out:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        out.write(f"=== sagellm {stamp}: {' '.join(argv)}\n".encode())
+        out.write(f"{DAEMON_HEADER} {stamp}: {' '.join(argv)}\n".encode())
         out.flush()
         # A new session makes the engine a process-group leader, so a stop reaches
         # every worker it forks; output goes to a file so engines outlive the daemon.
@@ -99,10 +152,12 @@ class ProcessWatcher:
     def __contains__(self, engine_id: str) -> bool:
         return engine_id in self._processes
 
-    def watch_child(self, engine_id: str, popen: subprocess.Popen[bytes]) -> EngineProcess:
+    def watch_child(
+        self, engine_id: str, popen: subprocess.Popen[bytes], markers: Markers | None = None
+    ) -> EngineProcess:
         create_time = process_create_time(popen.pid) or time.time()
         pidfd = os.pidfd_open(popen.pid)
-        return self._add(EngineProcess(engine_id, popen.pid, create_time, popen, pidfd))
+        return self._add(EngineProcess(engine_id, popen.pid, create_time, popen, pidfd, markers))
 
     def adopt(self, engine_id: str, pid: int, create_time: float) -> EngineProcess | None:
         """Watch a process this daemon did not start (it survived a daemon restart)."""
@@ -115,7 +170,11 @@ class ProcessWatcher:
         if not identity_matches(pid, create_time, engine_id):
             os.close(pidfd)
             return None
-        return self._add(EngineProcess(engine_id, pid, create_time, None, pidfd))
+        try:
+            markers = Markers.of(psutil.Process(pid).environ())
+        except psutil.Error:
+            markers = None
+        return self._add(EngineProcess(engine_id, pid, create_time, None, pidfd, markers))
 
     def _add(self, process: EngineProcess) -> EngineProcess:
         self._processes[process.engine_id] = process
@@ -131,8 +190,9 @@ class ProcessWatcher:
             process.kill_timer.cancel()
         # Workers the leader forked must not outlive it (they hold GPU memory and
         # ports). For our own child the zombie still holds the pgid, so this
-        # cannot hit a reused pid.
+        # cannot hit a reused pid. The run's marker finds those that left the group.
         signal_group(process.pid, signal.SIGKILL)
+        signal_run(process.markers, signal.SIGKILL)
         code, signum = self._reap(process)
         os.close(process.pidfd)
         self._on_exit(engine_id, process.pid, code, signum)
@@ -152,10 +212,14 @@ class ProcessWatcher:
         if process is None:
             return
         signal_group(process.pid, signal.SIGTERM)
+        signal_run(process.markers, signal.SIGTERM)
         if process.kill_timer is None:
-            process.kill_timer = self._loop.call_later(
-                grace_s, signal_group, process.pid, signal.SIGKILL
-            )
+            process.kill_timer = self._loop.call_later(grace_s, self._kill_all, process)
+
+    @staticmethod
+    def _kill_all(process: EngineProcess) -> None:
+        signal_group(process.pid, signal.SIGKILL)
+        signal_run(process.markers, signal.SIGKILL)
 
     def rekey(self, old: str, new: str) -> None:
         """Watch a process under another key (a surge: the old process retires)."""
@@ -173,7 +237,7 @@ class ProcessWatcher:
     def kill(self, engine_id: str) -> None:
         process = self._processes.get(engine_id)
         if process is not None:
-            signal_group(process.pid, signal.SIGKILL)
+            self._kill_all(process)
 
     def release_all(self) -> None:
         """Stop watching without touching the processes (the daemon is exiting)."""

@@ -36,9 +36,33 @@ def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def make_private(path: Path) -> None:
+    """Create `path` (empty) as 0600 if it is missing; take group and other bits off it.
+
+    The database holds engine env values (HF_TOKEN...). SQLite gives its -wal and -shm
+    files the mode of the database file, so a private database has private sidecars.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def private_sidecars(path: Path) -> None:
+    """-wal/-shm left by an older version with looser modes become 0600 too."""
+    for sidecar in (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if sidecar.stat().st_mode & 0o077:
+                sidecar.chmod(0o600)
+
+
 def open_database(path: Path) -> Engine:
     """An engine on the SQLite file with WAL, synchronous=FULL and foreign keys on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(path)
+    private_sidecars(path)
     engine = create_engine(f"sqlite:///{path}", future=True)
     event.listen(engine, "connect", _set_pragmas)
     return engine
@@ -179,6 +203,7 @@ def backup_database(path: Path, revision: str | None, now: float | None = None) 
         target = path.with_name(f"{path.name}.bak-{revision or 'empty'}-{stamp}-{counter}")
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
+    make_private(partial)  # a backup holds the same secrets as the database
     # The backup API reads through SQLite, so commits still in the -wal file are included,
     # which a plain file copy of sagellm.db would miss.
     with _read_only(path) as source:

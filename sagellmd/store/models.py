@@ -91,6 +91,8 @@ class EventRow(Base):
     type: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # JSON: the whole text behind a shortened message (migration 0006).
+    details: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class EngineChangeRow(Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -36,6 +36,7 @@ class EventRecord:
     type: str
     message: str
     generation: int | None
+    details: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class EventRecord:
             "type": self.type,
             "message": self.message,
             "generation": self.generation,
+            "details": self.details or {},
         }
 
 
@@ -390,6 +392,7 @@ class Store:
         instance: Instance,
         event: tuple[str, str] | None = None,
         generation: int | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> EventRecord | None:
         """Persist an instance (and the event of its transition) in one commit."""
         now = self._clock()
@@ -429,6 +432,7 @@ class Store:
                 type=event[0],
                 message=event[1],
                 generation=generation,
+                details=json.dumps(dict(details)) if details else None,
             )
             session.add(event_row)
             session.flush()
@@ -515,4 +519,5 @@ def _generation(
 
 
 def _event(row: EventRow) -> EventRecord:
-    return EventRecord(row.id, row.ts, row.engine, row.type, row.message, row.generation)
+    details = json.loads(row.details) if row.details else None
+    return EventRecord(row.id, row.ts, row.engine, row.type, row.message, row.generation, details)

@@ -192,6 +192,8 @@ def base_config(**overrides: Any) -> dict[str, Any]:
         "rollout": {"min_healthy_s": 1.5},
         # Stand-in llm engines want GPUs: two simulated 80 GiB ones, placement included.
         "gpus": "simulate:2x80",
+        # Their fake/... models are on no disk and need no hub: do not ask it (offline here).
+        "models": {"hub_check": False},
     }
     config.update(overrides)
     return config

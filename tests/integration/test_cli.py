@@ -225,7 +225,7 @@ def test_apply_no_rollback_leaves_it_set(daemon: Daemon, tmp_path: Path):
     assert "rolled it back" not in result.stderr
     time.sleep(1)  # a rollback, had there been one, comes right after the verdict
     assert daemon.get("/v1/status").json()["generation"] == 1
-    info = daemon.get("/v1/presets/p").json()
+    info = daemon.get("/v1/presets/p", headers=daemon.auth()).json()  # env values need it
     assert info["active"] is True
     assert info["document"]["engines"][0]["env"] == CRASHES
     assert daemon.engine("p.chat")["state"] == "failed"

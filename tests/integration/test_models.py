@@ -158,7 +158,8 @@ def test_the_minilm_cpu_preset_starts_offline_from_the_package(
     daemon.start()
     result = daemon.cli("preset", "set", "minilm-cpu")
     assert result.returncode == 0, result.stderr
-    entry = daemon.wait_state("minilm-cpu.embed", "ready", timeout=120)
+    daemon.wait_state("minilm-cpu.embed", "ready", timeout=120)
+    entry = daemon.get("/v1/engines/minilm-cpu.embed", headers=daemon.auth()).json()
     assert entry["spec"]["env"]["HF_HUB_OFFLINE"] == "1"
     minilm = local_models(daemon)[MINILM]
     assert minilm["used_by"] == ["minilm-cpu.embed"] and minilm["last_used"] is not None

@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -15,8 +15,20 @@ import jsonschema
 
 from sagellmd.cron import CronError, cron_trigger
 from sagellmd.errors import SpecError
+from sagellmd.json_values import json_value_problems
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# No control characters (C0, DEL, C1) where they make no sense: a model id, a label.
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+# Arguments, environment values and descriptions may hold tabs and newlines (a chat
+# template, a PEM key); NUL can never reach exec and the other C0 controls are mistakes.
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+CONTROL_RULES = {
+    NO_CONTROL_PATTERN: "must not contain control characters (NUL, tab, newline, ESC, ...)",
+    TEXT_PATTERN: (
+        "must not contain control characters other than tab and line breaks (NUL, ESC, ...)"
+    ),
+}
 NAME_RULE = (
     "must be lowercase letters, digits and '-', start and end alphanumeric, at most 63 chars"
 )
@@ -49,20 +61,29 @@ ENGINE_SCHEMA: dict[str, Any] = {
     "properties": {
         "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
         "kind": {"enum": list(KINDS)},
-        "model": {"type": "string", "minLength": 1, "maxLength": 1024},
+        "model": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 1024,
+            "pattern": NO_CONTROL_PATTERN,
+        },
         "runtime": {"type": "string", "pattern": r"^[A-Za-z0-9][-_.A-Za-z0-9]*$", "maxLength": 63},
         "tensor_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
         "pipeline_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
         "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
-        "label": {"type": ["string", "null"], "maxLength": 256},
+        "label": {"type": ["string", "null"], "maxLength": 256, "pattern": NO_CONTROL_PATTERN},
         "max_concurrent_requests": {"type": "integer", "minimum": 1, "maximum": 65536},
         "use_gpu": {"type": ["boolean", "null"]},
         "gpu_memory_gb": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 4096},
-        "extra_args": {"type": "array", "items": {"type": "string"}, "maxItems": 256},
+        "extra_args": {
+            "type": "array",
+            "items": {"type": "string", "pattern": TEXT_PATTERN},
+            "maxItems": 256,
+        },
         "env": {
             "type": "object",
             "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
-            "additionalProperties": {"type": "string"},
+            "additionalProperties": {"type": "string", "pattern": TEXT_PATTERN},
         },
         "metadata": {"type": "object"},
         "restart": {"enum": list(RESTART_POLICIES)},
@@ -82,7 +103,7 @@ PRESET_SCHEMA: dict[str, Any] = {
     "properties": {
         "version": {"const": 1},
         "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
-        "description": {"type": "string", "maxLength": 4096},
+        "description": {"type": "string", "maxLength": 4096, "pattern": TEXT_PATTERN},
         "engines": {"type": "array", "minItems": 1, "maxItems": 64, "items": ENGINE_SCHEMA},
     },
 }
@@ -217,6 +238,8 @@ def _error_message(error: jsonschema.ValidationError, prefix: str) -> str:
     field_name = relative[0] if relative and isinstance(relative[0], str) else ""
     if error.validator in ("maxItems", "minItems") and field_name == "engines":
         return f"{where}: must list between 1 and 64 engines, got {len(error.instance)}"
+    if error.validator == "pattern" and error.validator_value in CONTROL_RULES:
+        return f"{where}: {CONTROL_RULES[error.validator_value]}, got {_describe(error.instance)}"
     if error.validator == "maxLength":
         limit = error.validator_value
         return f"{where}: must be at most {limit} characters, got {len(error.instance)}"
@@ -229,11 +252,34 @@ def _error_message(error: jsonschema.ValidationError, prefix: str) -> str:
     return f"{where}: {rule}, got {_describe(error.instance)}"
 
 
+def ecma_match(pattern: str, text: str) -> bool:
+    """A JSON Schema (ECMA-262) pattern's meaning: a final `$` is the end of the text.
+
+    Python's `$` also matches before a trailing newline, so "chat\n" would pass as a name.
+    """
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.search(pattern, text) is not None
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, _schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not ecma_match(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r:.60} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
 def _validate(data: Any, schema: dict[str, Any], prefix: str) -> None:
-    validator = jsonschema.Draft202012Validator(schema)
+    # Only what a JSON answer can carry back: YAML has dates and NaN, JSON lone surrogates.
+    problems = json_value_problems(data, prefix)
+    validator = _Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise SpecError([_error_message(error, prefix) for error in errors])
+    problems += [_error_message(error, prefix) for error in errors]
+    if problems:
+        raise SpecError(problems)
 
 
 def _build_engine(data: Mapping[str, Any]) -> EngineSpec:
@@ -262,11 +308,8 @@ def _field(prefix: str, name: str) -> str:
 
 
 def _check_values(spec: EngineSpec, prefix: str) -> list[str]:
-    """What JSON Schema cannot say: no NUL bytes in argv, no NaN or infinite numbers."""
+    """What JSON Schema cannot say: no NaN or infinite numbers, a cron expression that parses."""
     problems = []
-    for index, arg in enumerate(spec.extra_args):
-        if "\x00" in arg:
-            problems.append(f"{_field(prefix, 'extra_args')}[{index}]: must not contain NUL bytes")
     for name in ("startup_timeout_s", "gpu_memory_gb"):
         value = getattr(spec, name)
         if value is not None and not math.isfinite(value):
@@ -330,7 +373,7 @@ def check_runtime_known(spec: EngineSpec, runtimes: Mapping[str, Any], where: st
 
 
 def is_valid_name(name: str) -> bool:
-    return len(name) <= 63 and re.match(NAME_PATTERN, name) is not None
+    return len(name) <= 63 and ecma_match(NAME_PATTERN, name)
 
 
 def name_from_model(model: str) -> str:

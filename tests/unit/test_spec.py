@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 from dataclasses import replace
 from typing import Any
 
@@ -319,7 +320,7 @@ MALFORMED = [
     ("extra-args-number", parse_preset, with_engine(extra_args=["--max-model-len", 4096]),
      "engines[1].extra_args[1]: must be a list of strings, got 4096"),
     ("extra-args-nul", parse_preset, with_engine(extra_args=["a\x00b"]),
-     "engines[1].extra_args[0]: must not contain NUL bytes"),
+     "engines[1].extra_args[0]: must not contain control characters other than tab"),
     ("env-non-string-value", parse_preset, with_engine(env={"HF_HOME": 1}),
      "engines[1].env.HF_HOME: must be a mapping of VARIABLE_NAME to string, got 1"),
     ("env-bad-key", parse_preset, with_engine(env={"1BAD": "x"}),
@@ -397,7 +398,8 @@ def test_nan_numbers_are_rejected(field):
 def test_nul_byte_message_of_a_bare_engine_has_no_leading_dot():
     with pytest.raises(SpecError) as caught:
         parse_engine({**GOOD_ENGINE, "extra_args": ["a\x00b"]})
-    assert caught.value.errors == ["extra_args[0]: must not contain NUL bytes"]
+    (message,) = caught.value.errors
+    assert message.startswith("extra_args[0]: must not contain control characters")
 
 
 def test_env_key_named_like_a_field_gets_the_env_rule():
@@ -419,3 +421,74 @@ def test_engine_item_that_is_not_a_mapping_says_so():
     (message,) = caught.value.errors
     assert message.startswith("engines[0]:")
     assert "must be a non-empty list" not in message
+
+
+# (spec fields on top of GOOD_ENGINE, expected start of the one message)
+UNSENDABLE_OR_UNSPAWNABLE = [
+    ({"model": "fake/a\x00b"}, "model: must not contain control characters"),
+    ({"model": "m\n"}, "model: must not contain control characters"),
+    ({"model": "m\x85"}, "model: must not contain control characters"),
+    ({"label": "a\tb"}, "label: must not contain control characters"),
+    ({"env": {"A": "x\x00"}}, "env.A: must not contain control characters other than tab"),
+    ({"extra_args": ["\x1b[31m"]}, "extra_args[0]: must not contain control characters"),
+    ({"label": "\ud800"}, "label: not valid Unicode (a lone surrogate \\ud800)"),
+    ({"metadata": {"k": ["\udfff"]}}, "metadata.k[0]: not valid Unicode"),
+    ({"metadata": {"\ud800": 1}}, "metadata: a key is not valid Unicode"),
+    ({"metadata": {"x": float("nan")}}, "metadata.x: nan is not a number JSON allows"),
+    ({"metadata": {"x": float("-inf")}}, "metadata.x: -inf is not a number JSON allows"),
+    ({"metadata": {"when": datetime.date(2024, 1, 1)}}, "metadata.when: must be a JSON value"),
+    ({"metadata": {1: "a"}}, "metadata: keys must be strings"),
+]
+
+
+@pytest.mark.parametrize(("fields", "expected"), UNSENDABLE_OR_UNSPAWNABLE)
+def test_values_no_answer_could_carry_or_no_process_could_take_are_refused(fields, expected):
+    with pytest.raises(SpecError) as caught:
+        parse_engine({**GOOD_ENGINE, **fields})
+    assert caught.value.errors[0].startswith(expected), caught.value.errors
+    # The message itself must be sendable: ASCII-escaped, never the bad character.
+    caught.value.message.encode("ascii")
+
+
+def test_tabs_and_newlines_are_fine_in_arguments_env_and_metadata():
+    spec = parse_engine(
+        {
+            **GOOD_ENGINE,
+            "extra_args": ["--chat-template", "{{ a }}\n\t{{ b }}\r\n"],
+            "env": {"PEM": "-----BEGIN-----\nxyz\n"},
+            "metadata": {"note": "two\nlines", "label\u00e9": "caf\u00e9 \U0001f600"},
+            "label": "caf\u00e9 \u65e5\u672c",
+        }
+    )
+    assert spec.env["PEM"].endswith("\n")
+
+
+def test_nesting_is_bounded_without_recursion():
+    deep: dict = {}
+    node = deep
+    for _ in range(5000):  # far past Python's recursion limit
+        node["a"] = {}
+        node = node["a"]
+    with pytest.raises(SpecError) as caught:
+        parse_engine({**GOOD_ENGINE, "metadata": deep})
+    assert caught.value.errors == ["metadata: nested deeper than 64 levels"]
+    shallow: dict = {}
+    node = shallow
+    for _ in range(60):
+        node["a"] = {}
+        node = node["a"]
+    assert parse_engine({**GOOD_ENGINE, "metadata": shallow}).metadata == shallow
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"name": "chat\n"}, {"env": {"A\n": "x"}}, {"runtime": "vllm\n"}, {"model": "m\n"}],
+)
+def test_a_trailing_newline_does_not_slip_past_a_pattern(fields):
+    # Python's `$` matches before a final newline; JSON Schema's does not.
+    with pytest.raises(SpecError):
+        parse_engine({**GOOD_ENGINE, **fields})
+
+
+def test_a_name_with_a_trailing_newline_is_not_valid():
+    assert not is_valid_name("chat\n")

@@ -319,3 +319,30 @@ def test_an_invalid_row_left_by_an_older_version_is_shown_not_fatal(make_daemon)
     assert daemon.put("/v1/engines/old", GOOD).status_code == 200
     assert daemon.engine("old")["invalid"] is None
     daemon.wait_state("old", "ready")
+
+
+def test_a_port_in_use_by_an_engine_or_the_api_is_a_conflict_at_once(seeded: Daemon):
+    picked = seeded.engine("base.keep")["port"]  # chosen automatically, in use by its process
+    assert picked is not None
+    rows_before = _rows(seeded)
+    cases = [
+        ("/v1/engines/other", {**GOOD, "port": picked}, f"port {picked} is in use by engine"),
+        ("/v1/engines/other", {**GOOD, "port": seeded.port}, "the daemon's own API port"),
+        ("/v1/presets/q", fake_preset("q", {"name": "a", "port": picked}), "'base.keep'"),
+        ("/v1/presets/q", fake_preset("q", {"name": "a", "port": seeded.port}), "API port"),
+    ]
+    for path, body, needle in cases:
+        response = seeded.put(path, body)
+        assert response.status_code == 409, (path, response.text)
+        assert needle in response.json()["error"]["message"], response.text
+    management = seeded.client.post(
+        "/v1/management/engines",
+        json={"model_id": "fake/m-1B", "port": picked},
+        headers=seeded.auth(),
+    )
+    assert management.status_code == 409, management.text
+    assert "'base.keep'" in management.json()["error"]["message"]
+    assert _rows(seeded) == rows_before
+    # The engine that holds the port may keep it in a change of its own preset.
+    again = seeded.put("/v1/presets/base", fake_preset("base", {"name": "keep", "port": picked}))
+    assert again.status_code == 200, again.text

@@ -289,7 +289,7 @@ def load_settings(
     if host is not None:
         settings = replace(settings, api_host=host)
     if port is not None:
-        settings = replace(settings, api_port=port)
+        settings = replace(settings, api_port=_number(port, "--port", int, 1, 65535))
     if settings.port_end < settings.port_start:
         raise ConfigError(
             f"ports: end ({settings.port_end}) must be >= start ({settings.port_start})"

@@ -23,9 +23,10 @@ from sagellmd.api.app import create_app
 from sagellmd.api.auth import ensure_token
 from sagellmd.api.context import ApiContext
 from sagellmd.config import Settings, load_settings
-from sagellmd.errors import AlreadyRunningError, SagellmError
+from sagellmd.errors import AlreadyRunningError, ConfigError, SagellmError
 from sagellmd.events import EventHub
 from sagellmd.notify import Notifier
+from sagellmd.preflight import already_running, check_home, check_presets
 from sagellmd.presets import find_preset
 from sagellmd.reconcile.loop import Reconciler
 from sagellmd.store.db import prepare_database
@@ -73,10 +74,11 @@ def bind_api_socket(settings: Settings) -> socket.socket:
         sock.bind((settings.api_host, settings.api_port))
     except OSError as exc:
         sock.close()
-        raise SagellmError(
+        # The same home's daemon on the same port is better said as what it is.
+        raise already_running(settings) or ConfigError(
             f"cannot listen on {settings.api_host}:{settings.api_port}: {exc.strerror};"
             " choose another with --port or api.port in config.yaml"
-        ) from exc
+        ) from None
     sock.listen(128)
     sock.set_inheritable(False)
     return sock
@@ -93,6 +95,11 @@ def declare_presets(store: Store, settings: Settings, names: list[str]) -> None:
 
 
 async def serve(settings: Settings, presets: list[str]) -> int:
+    # Every input is checked before anything is created: a typo in --preset or a port in
+    # use must not leave a home and an empty database behind.
+    check_presets(settings, presets)
+    sock = bind_api_socket(settings)
+    check_home(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(settings.lock_path)
@@ -101,7 +108,6 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     database = prepare_database(settings.db_path)
     store = Store(database)
     declare_presets(store, settings, presets)
-    sock = bind_api_socket(settings)
     hub = EventHub()
     reconciler = Reconciler(settings, store, hub)
     reconciler.recover()

@@ -21,6 +21,7 @@ import uvicorn
 from sagellmd import __version__
 from sagellmd.api.app import create_app
 from sagellmd.api.auth import ensure_token
+from sagellmd.api.connections import ConnectionGuard, raise_open_files_limit
 from sagellmd.api.context import ApiContext
 from sagellmd.config import Settings, load_settings
 from sagellmd.errors import AlreadyRunningError, ConfigError, SagellmError
@@ -115,7 +116,17 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     if notifier.watchdog_interval_s:
         reconciler.set_heartbeat(notifier.watchdog, notifier.watchdog_interval_s / 2)
     ctx = ApiContext(settings, store, hub, reconciler, token, time.time())
-    config = uvicorn.Config(create_app(ctx), log_level="warning", lifespan="off", access_log=False)
+    guard = ConnectionGuard.for_descriptors(settings.api_header_timeout_s, raise_open_files_limit())
+    config = uvicorn.Config(
+        create_app(ctx),
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        http=guard.protocol_class(),
+        timeout_keep_alive=settings.api_keep_alive_s,  # type: ignore[arg-type]
+        # Past this many connections a request gets a quick 503, not a descriptor error.
+        limit_concurrency=guard.connection_budget(),
+    )
     server = _Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,12 +3,18 @@ and connections that never send a request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import resource
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Daemon, engine_processes
@@ -102,3 +108,70 @@ def test_a_long_poll_ends_when_its_client_goes_away(daemon: Daemon):
     daemon.wait_for(
         lambda: events_answered(daemon) >= answered + 5, 3, "the abandoned long-polls to end"
     )
+
+
+def _lower_open_files_limit() -> None:
+    # The common default soft limit; the hard one too, so raising it cannot help and only
+    # the daemon's own caps keep /healthz reachable.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+
+def _ensure_descriptors(count: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count:
+        if hard != resource.RLIM_INFINITY and hard < count:
+            pytest.skip(f"needs {count} open files in the test process, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except (TimeoutError, BlockingIOError):
+        return False
+
+
+def test_idle_connections_cannot_starve_healthz_and_are_closed(make_daemon):
+    idle_count = 1100
+    _ensure_descriptors(idle_count + 256)
+    daemon: Daemon = make_daemon(start=False, api={"header_timeout_s": 1})
+    with daemon.log_path.open("ab") as log:
+        daemon.process = subprocess.Popen(
+            [sys.executable, "-m", "sagellmd.daemon", "--port", str(daemon.port)],
+            env=daemon.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_lower_open_files_limit,
+        )
+    daemon.wait_for(daemon._healthy, 30, "daemon /healthz")
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(idle_count):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", daemon.port))  # in progress; no waiting on a full backlog
+            sockets.append(sock)
+        time.sleep(0.3)
+        for index, sock in enumerate(sockets):
+            if index % 2:  # half of them start a request head and never finish it
+                with contextlib.suppress(OSError):
+                    sock.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        health = httpx.get(f"{daemon.url}/healthz", timeout=5)
+        took = time.monotonic() - started
+        assert health.status_code == 200 and health.json()["ok"] is True
+        assert took < 2, f"/healthz took {took:.1f} s next to {idle_count} idle connections"
+        # Every idle connection is closed once the 1 s header timeout has passed (or earlier,
+        # to make room).
+        time.sleep(2.5)
+        for sock in sockets:
+            sock.settimeout(0.01)
+        open_ones = [sock for sock in sockets if not _closed_by_peer(sock)]
+        assert not open_ones, f"{len(open_ones)} of {idle_count} idle connections still open"
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert daemon.get("/healthz").status_code == 200

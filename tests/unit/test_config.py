@@ -178,6 +178,14 @@ BAD = [
     ("api-port-zero", "api: {port: 0}\n", {}, "api.port: must be >= 1, got 0"),
     ("api-port-bool", "api: {port: true}\n", {}, "api.port: must be an integer, got True"),
     ("api-not-mapping", "api: 8765\n", {}, "api: must be a mapping, got 8765"),
+    ("api-unknown-key", "api: {prot: 1}\n", {}, "api: unknown key(s) prot; known:"),
+    (
+        "api-header-timeout-nan",
+        "api: {header_timeout_s: .nan}\n",
+        {},
+        "api.header_timeout_s: must be a number",
+    ),
+    ("api-keep-alive-zero", "api: {keep_alive_s: 0}\n", {}, "api.keep_alive_s: must be >= 0.1"),
     ("ports-start-abc", "ports: {start: abc}\n", {}, "ports.start: must be an integer"),
     (
         "negative-backoff",

@@ -29,6 +29,41 @@ CONTROL_RULES = {
         "must not contain control characters other than tab and line breaks (NUL, ESC, ...)"
     ),
 }
+
+MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _any_case(word: str) -> str:
+    # JSON Schema patterns take no flags: "jan", "Jan" and "JAN" are all month names.
+    return "".join(f"[{char.lower()}{char.upper()}]" for char in word)
+
+
+def _cron_field(value: str, step: str, names: tuple[str, ...] = ()) -> str:
+    atom = "|".join([value, *map(_any_case, names)])
+    # *, */n, a, a-b, a-b/n, and lists of them: cron(5)'s syntax.
+    item = f"(?:\\*(?:/(?:{step}))?|(?:{atom})(?:-(?:{atom})(?:/(?:{step}))?)?)"
+    return f"{item}(?:,{item})*"
+
+
+_MINUTE = _cron_field("[0-5]?[0-9]", "[1-9]|[1-5][0-9]")
+_CRON_FIELDS = [
+    _MINUTE,
+    _cron_field("[01]?[0-9]|2[0-3]", "[1-9]|1[0-9]|2[0-3]"),
+    _cron_field("0?[1-9]|[12][0-9]|3[01]", "[1-9]|[12][0-9]|3[01]"),
+    _cron_field("0?[1-9]|1[0-2]", "[1-9]|1[0-2]", tuple(MONTH_NAMES)),
+    _cron_field("0?[0-7]", "[1-7]", tuple(WEEKDAY_NAMES)),
+]
+# What a regular expression can say of a cron expression (optional seconds first); the
+# validator still checks what it cannot (a range's order, a step larger than its range).
+CRON_PATTERN = (
+    "^\\s*(?:(?:" + _MINUTE + ")\\s+)?" + "\\s+".join(f"(?:{f})" for f in _CRON_FIELDS) + "\\s*$"
+)
+CRON_RULE = (
+    "must be a cron expression or null: minute (0-59) hour (0-23) day (1-31) month (1-12 or"
+    " jan-dec) weekday (0-7 or sun-sat, 0 and 7 are Sunday), optionally seconds first; each"
+    " field *, a value, a range a-b, a step */n or a-b/n, or a list of them"
+)
 NAME_RULE = (
     "must be lowercase letters, digits and '-', start and end alphanumeric, at most 63 chars"
 )
@@ -88,11 +123,7 @@ ENGINE_SCHEMA: dict[str, Any] = {
         "metadata": {"type": "object"},
         "restart": {"enum": list(RESTART_POLICIES)},
         "startup_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
-        "restart_schedule": {
-            "type": ["string", "null"],
-            "pattern": r"^\s*\S+(\s+\S+){4,5}\s*$",
-            "maxLength": 128,
-        },
+        "restart_schedule": {"type": ["string", "null"], "pattern": CRON_PATTERN, "maxLength": 128},
     },
 }
 
@@ -126,7 +157,7 @@ FIELD_RULES = {
     "metadata": "must be a mapping",
     "restart": "must be one of: always, on-failure, never",
     "startup_timeout_s": "must be a number of seconds > 0",
-    "restart_schedule": "must be a cron expression (5 fields, or 6 with seconds first) or null",
+    "restart_schedule": CRON_RULE,
     "version": "must be 1",
     "description": "must be a string",
     "engines": "must be a non-empty list of engine specs",

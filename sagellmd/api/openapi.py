@@ -81,6 +81,7 @@ ENGINE_ENTRY = {
         "runtime": NULLABLE_STRING,
         "label": NULLABLE_STRING,
         "desired": {"type": "boolean"},
+        "invalid": NULLABLE_STRING,
         "state": {
             "enum": [
                 "pending",

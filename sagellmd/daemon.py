@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 import uvicorn
 
@@ -125,7 +125,7 @@ async def serve(settings: Settings, presets: list[str]) -> int:
         http=guard.protocol_class(),
         timeout_keep_alive=settings.api_keep_alive_s,  # type: ignore[arg-type]
         # Past this many connections a request gets a quick 503, not a descriptor error.
-        limit_concurrency=guard.connection_budget(),
+        limit_concurrency=guard.max_connections,
     )
     server = _Server(config)
     stop = asyncio.Event()
@@ -177,8 +177,15 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr and exit code 2, like every other start-up error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"sagellmd: error: {message} (see sagellmd --help)\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sagellmd",
         description="Keep the declared LLM and embedding engines running.",
     )

@@ -37,6 +37,8 @@ class ConnectionGuard:
     """Shared by the connections of one server: which ones wait for a request head."""
 
     header_timeout_s: float
+    # Connections in all (idle and busy) before new requests get a quick 503.
+    max_connections: int
     max_idle: int
     # Insertion-ordered: the first is the one that has waited longest.
     idle: dict[GuardedH11Protocol, None] = field(default_factory=dict)
@@ -44,11 +46,7 @@ class ConnectionGuard:
     @classmethod
     def for_descriptors(cls, header_timeout_s: float, descriptors: int) -> ConnectionGuard:
         budget = max(64, descriptors - RESERVED_DESCRIPTORS)
-        return cls(header_timeout_s, min(MAX_IDLE_CONNECTIONS, budget // 2))
-
-    def connection_budget(self) -> int:
-        """Connections in all (idle and busy) before new requests get a quick 503."""
-        return self.max_idle * 2
+        return cls(header_timeout_s, budget, min(MAX_IDLE_CONNECTIONS, budget // 2))
 
     def protocol_class(self) -> type[GuardedH11Protocol]:
         return type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"guard": self})

@@ -136,3 +136,10 @@ def test_a_second_daemon_on_the_same_home_says_which_one_runs(daemon: Daemon):
         result = run_sagellmd("--port", str(port), home=daemon.home)
         assert_refused(result, f"another sagellmd (pid {pid}) is already running")
     assert daemon.get("/healthz").status_code == 200
+
+
+def test_a_malformed_flag_is_one_line(tmp_path: Path):
+    home = tmp_path / "home"
+    result = run_sagellmd("--port", "abc", home=home)
+    assert_refused(result, "--port: invalid int value: 'abc'")
+    assert not home.exists()

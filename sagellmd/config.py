@@ -40,6 +40,10 @@ class Settings:
     home: Path
     api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT
+    # A connection must send a whole request head within this; an idle keep-alive one is
+    # closed after keep_alive_s. Idle sockets would otherwise hold descriptors for good.
+    api_header_timeout_s: float = 10.0
+    api_keep_alive_s: float = 5.0
     gpus: str = "auto"
     port_start: int = 20000
     port_end: int = 20999
@@ -183,6 +187,15 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
         )
     changes: dict[str, Any] = {}
     api = _mapping(data.get("api"), f"{where}: api")
+    unknown_api = sorted(set(api) - {"host", "port", "header_timeout_s", "keep_alive_s"})
+    if unknown_api:
+        raise ConfigError(
+            f"{where}: api: unknown key(s) {', '.join(map(str, unknown_api))};"
+            " known: header_timeout_s, host, keep_alive_s, port"
+        )
+    for key in ("header_timeout_s", "keep_alive_s"):
+        if key in api:
+            changes[f"api_{key}"] = _number(api[key], f"{where}: api.{key}", float, 0.1, 3600)
     if "host" in api:
         changes["api_host"] = str(api["host"])
     if "port" in api:
@@ -304,7 +317,7 @@ def load_settings(
     if host is not None:
         settings = replace(settings, api_host=host)
     if port is not None:
-        settings = replace(settings, api_port=port)
+        settings = replace(settings, api_port=_number(port, "--port", int, 1, 65535))
     if settings.port_end < settings.port_start:
         raise ConfigError(
             f"ports: end ({settings.port_end}) must be >= start ({settings.port_start})"

@@ -14,18 +14,20 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 import uvicorn
 
 from sagellmd import __version__
 from sagellmd.api.app import create_app
 from sagellmd.api.auth import TokenFile
+from sagellmd.api.connections import ConnectionGuard, raise_open_files_limit
 from sagellmd.api.context import ApiContext
 from sagellmd.config import Settings, default_home, load_settings
-from sagellmd.errors import AlreadyRunningError, SagellmError
+from sagellmd.errors import AlreadyRunningError, ConfigError, SagellmError
 from sagellmd.events import EventHub
 from sagellmd.notify import Notifier
+from sagellmd.preflight import already_running, check_home, check_presets
 from sagellmd.presets import find_preset
 from sagellmd.reconcile.loop import Reconciler
 from sagellmd.store.db import prepare_database
@@ -73,10 +75,11 @@ def bind_api_socket(settings: Settings) -> socket.socket:
         sock.bind((settings.api_host, settings.api_port))
     except OSError as exc:
         sock.close()
-        raise SagellmError(
+        # The same home's daemon on the same port is better said as what it is.
+        raise already_running(settings) or ConfigError(
             f"cannot listen on {settings.api_host}:{settings.api_port}: {exc.strerror};"
             " choose another with --port or api.port in config.yaml"
-        ) from exc
+        ) from None
     sock.listen(128)
     sock.set_inheritable(False)
     return sock
@@ -93,6 +96,11 @@ def declare_presets(store: Store, settings: Settings, names: list[str]) -> None:
 
 
 async def serve(settings: Settings, presets: list[str]) -> int:
+    # Every input is checked before anything is created: a typo in --preset or a port in
+    # use must not leave a home and an empty database behind.
+    check_presets(settings, presets)
+    sock = bind_api_socket(settings)
+    check_home(settings)
     # 0700: the database and the logs hold engine env values (tokens) in clear text.
     settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -102,7 +110,6 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     database = prepare_database(settings.db_path)
     store = Store(database)
     declare_presets(store, settings, presets)
-    sock = bind_api_socket(settings)
     hub = EventHub()
     reconciler = Reconciler(settings, store, hub)
     reconciler.recover()
@@ -110,7 +117,17 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     if notifier.watchdog_interval_s:
         reconciler.set_heartbeat(notifier.watchdog, notifier.watchdog_interval_s / 2)
     ctx = ApiContext(settings, store, hub, reconciler, token, time.time())
-    config = uvicorn.Config(create_app(ctx), log_level="warning", lifespan="off", access_log=False)
+    guard = ConnectionGuard.for_descriptors(settings.api_header_timeout_s, raise_open_files_limit())
+    config = uvicorn.Config(
+        create_app(ctx),
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        http=guard.protocol_class(),
+        timeout_keep_alive=settings.api_keep_alive_s,  # type: ignore[arg-type]
+        # Past this many connections a request gets a quick 503, not a descriptor error.
+        limit_concurrency=guard.max_connections,
+    )
     server = _Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,8 +178,15 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr and exit code 2, like every other start-up error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"sagellmd: error: {message} (see sagellmd --help)\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sagellmd",
         description="Keep the declared LLM and embedding engines running.",
     )

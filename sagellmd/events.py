@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 
 class EventHub:
@@ -23,6 +24,10 @@ class EventHub:
 
     async def wait(self, timeout_s: float) -> bool:
         """True if something was recorded within the timeout."""
+        if not math.isfinite(timeout_s):
+            # A NaN deadline in asyncio's timer heap breaks its order: other timers (probes,
+            # stop grace periods) then fire late or never.
+            raise ValueError(f"timeout must be a finite number of seconds, got {timeout_s}")
         if self.closed:
             return False
         try:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -15,8 +15,55 @@ import jsonschema
 
 from sagellmd.cron import CronError, parse_cron
 from sagellmd.errors import SpecError
+from sagellmd.json_values import json_value_problems
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# No control characters (C0, DEL, C1) where they make no sense: a model id, a label.
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+# Arguments, environment values and descriptions may hold tabs and newlines (a chat
+# template, a PEM key); NUL can never reach exec and the other C0 controls are mistakes.
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+CONTROL_RULES = {
+    NO_CONTROL_PATTERN: "must not contain control characters (NUL, tab, newline, ESC, ...)",
+    TEXT_PATTERN: (
+        "must not contain control characters other than tab and line breaks (NUL, ESC, ...)"
+    ),
+}
+
+MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _any_case(word: str) -> str:
+    # JSON Schema patterns take no flags: "jan", "Jan" and "JAN" are all month names.
+    return "".join(f"[{char.lower()}{char.upper()}]" for char in word)
+
+
+def _cron_field(value: str, step: str, names: tuple[str, ...] = ()) -> str:
+    atom = "|".join([value, *map(_any_case, names)])
+    # *, */n, a, a-b, a-b/n, and lists of them: cron(5)'s syntax.
+    item = f"(?:\\*(?:/(?:{step}))?|(?:{atom})(?:-(?:{atom})(?:/(?:{step}))?)?)"
+    return f"{item}(?:,{item})*"
+
+
+_MINUTE = _cron_field("[0-5]?[0-9]", "[1-9]|[1-5][0-9]")
+_CRON_FIELDS = [
+    _MINUTE,
+    _cron_field("[01]?[0-9]|2[0-3]", "[1-9]|1[0-9]|2[0-3]"),
+    _cron_field("0?[1-9]|[12][0-9]|3[01]", "[1-9]|[12][0-9]|3[01]"),
+    _cron_field("0?[1-9]|1[0-2]", "[1-9]|1[0-2]", tuple(MONTH_NAMES)),
+    _cron_field("0?[0-7]", "[1-7]", tuple(WEEKDAY_NAMES)),
+]
+# What a regular expression can say of a cron expression (optional seconds first); the
+# validator still checks what it cannot (a range's order, a step larger than its range).
+CRON_PATTERN = (
+    "^\\s*(?:(?:" + _MINUTE + ")\\s+)?" + "\\s+".join(f"(?:{f})" for f in _CRON_FIELDS) + "\\s*$"
+)
+CRON_RULE = (
+    "must be a cron expression or null: minute (0-59) hour (0-23) day (1-31) month (1-12 or"
+    " jan-dec) weekday (0-7 or sun-sat, 0 and 7 are Sunday), optionally seconds first; each"
+    " field *, a value, a range a-b, a step */n or a-b/n, or a list of them"
+)
 NAME_RULE = (
     "must be lowercase letters, digits and '-', start and end alphanumeric, at most 63 chars"
 )
@@ -49,29 +96,34 @@ ENGINE_SCHEMA: dict[str, Any] = {
     "properties": {
         "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
         "kind": {"enum": list(KINDS)},
-        "model": {"type": "string", "minLength": 1, "maxLength": 1024},
+        "model": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 1024,
+            "pattern": NO_CONTROL_PATTERN,
+        },
         "runtime": {"type": "string", "pattern": r"^[A-Za-z0-9][-_.A-Za-z0-9]*$", "maxLength": 63},
         "tensor_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
         "pipeline_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
         "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
-        "label": {"type": ["string", "null"], "maxLength": 256},
+        "label": {"type": ["string", "null"], "maxLength": 256, "pattern": NO_CONTROL_PATTERN},
         "max_concurrent_requests": {"type": "integer", "minimum": 1, "maximum": 65536},
         "use_gpu": {"type": ["boolean", "null"]},
         "gpu_memory_gb": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 4096},
-        "extra_args": {"type": "array", "items": {"type": "string"}, "maxItems": 256},
+        "extra_args": {
+            "type": "array",
+            "items": {"type": "string", "pattern": TEXT_PATTERN},
+            "maxItems": 256,
+        },
         "env": {
             "type": "object",
             "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
-            "additionalProperties": {"type": "string"},
+            "additionalProperties": {"type": "string", "pattern": TEXT_PATTERN},
         },
         "metadata": {"type": "object"},
         "restart": {"enum": list(RESTART_POLICIES)},
         "startup_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
-        "restart_schedule": {
-            "type": ["string", "null"],
-            "pattern": r"^\s*\S+(\s+\S+){4,5}\s*$",
-            "maxLength": 128,
-        },
+        "restart_schedule": {"type": ["string", "null"], "pattern": CRON_PATTERN, "maxLength": 128},
     },
 }
 
@@ -82,7 +134,7 @@ PRESET_SCHEMA: dict[str, Any] = {
     "properties": {
         "version": {"const": 1},
         "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
-        "description": {"type": "string", "maxLength": 4096},
+        "description": {"type": "string", "maxLength": 4096, "pattern": TEXT_PATTERN},
         "engines": {"type": "array", "minItems": 1, "maxItems": 64, "items": ENGINE_SCHEMA},
     },
 }
@@ -105,7 +157,7 @@ FIELD_RULES = {
     "metadata": "must be a mapping",
     "restart": "must be one of: always, on-failure, never",
     "startup_timeout_s": "must be a number of seconds > 0",
-    "restart_schedule": "must be a cron expression (5 fields, or 6 with seconds first) or null",
+    "restart_schedule": CRON_RULE,
     "version": "must be 1",
     "description": "must be a string",
     "engines": "must be a non-empty list of engine specs",
@@ -217,6 +269,8 @@ def _error_message(error: jsonschema.ValidationError, prefix: str) -> str:
     field_name = relative[0] if relative and isinstance(relative[0], str) else ""
     if error.validator in ("maxItems", "minItems") and field_name == "engines":
         return f"{where}: must list between 1 and 64 engines, got {len(error.instance)}"
+    if error.validator == "pattern" and error.validator_value in CONTROL_RULES:
+        return f"{where}: {CONTROL_RULES[error.validator_value]}, got {_describe(error.instance)}"
     if error.validator == "maxLength":
         limit = error.validator_value
         return f"{where}: must be at most {limit} characters, got {len(error.instance)}"
@@ -229,11 +283,34 @@ def _error_message(error: jsonschema.ValidationError, prefix: str) -> str:
     return f"{where}: {rule}, got {_describe(error.instance)}"
 
 
+def ecma_match(pattern: str, text: str) -> bool:
+    """A JSON Schema (ECMA-262) pattern's meaning: a final `$` is the end of the text.
+
+    Python's `$` also matches before a trailing newline, so "chat\n" would pass as a name.
+    """
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.search(pattern, text) is not None
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, _schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not ecma_match(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r:.60} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
 def _validate(data: Any, schema: dict[str, Any], prefix: str) -> None:
-    validator = jsonschema.Draft202012Validator(schema)
+    # Only what a JSON answer can carry back: YAML has dates and NaN, JSON lone surrogates.
+    problems = json_value_problems(data, prefix)
+    validator = _Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise SpecError([_error_message(error, prefix) for error in errors])
+    problems += [_error_message(error, prefix) for error in errors]
+    if problems:
+        raise SpecError(problems)
 
 
 def _build_engine(data: Mapping[str, Any]) -> EngineSpec:
@@ -262,11 +339,8 @@ def _field(prefix: str, name: str) -> str:
 
 
 def _check_values(spec: EngineSpec, prefix: str) -> list[str]:
-    """What JSON Schema cannot say: no NUL bytes in argv, no NaN or infinite numbers."""
+    """What JSON Schema cannot say: no NaN or infinite numbers, a cron expression that parses."""
     problems = []
-    for index, arg in enumerate(spec.extra_args):
-        if "\x00" in arg:
-            problems.append(f"{_field(prefix, 'extra_args')}[{index}]: must not contain NUL bytes")
     for name in ("startup_timeout_s", "gpu_memory_gb"):
         value = getattr(spec, name)
         if value is not None and not math.isfinite(value):
@@ -330,7 +404,7 @@ def check_runtime_known(spec: EngineSpec, runtimes: Mapping[str, Any], where: st
 
 
 def is_valid_name(name: str) -> bool:
-    return len(name) <= 63 and re.match(NAME_PATTERN, name) is not None
+    return len(name) <= 63 and ecma_match(NAME_PATTERN, name)
 
 
 def name_from_model(model: str) -> str:

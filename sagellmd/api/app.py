@@ -23,6 +23,7 @@ from sagellmd.api import (
     read_routes,
 )
 from sagellmd.api.auth import require_token
+from sagellmd.api.body import check_query_not_repeated
 from sagellmd.api.context import ApiContext
 from sagellmd.api.errors import error_response, sagellm_error_handler
 from sagellmd.api.openapi import openapi_document
@@ -111,11 +112,12 @@ class AuthMiddleware(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         ctx: ApiContext = request.app.state.ctx
         response: Response | None = None
-        if request.url.path != "/healthz":
-            try:
+        try:
+            if request.url.path != "/healthz":
                 require_token(request, ctx.token, ctx.settings.api_host)
-            except SagellmError as exc:
-                response = error_response(exc.http_status, exc.code, exc.message, exc.details)
+            check_query_not_repeated(request)
+        except SagellmError as exc:
+            response = error_response(exc.http_status, exc.code, exc.message, exc.details)
         if response is None:
             response = await call_next(request)
         template = _route_template(request)

@@ -1,24 +1,57 @@
-"""Reading request bodies: size limit and JSON, with errors that say what is wrong."""
+"""Reading request bodies and query parameters: limits, strict JSON, errors that say what
+is wrong."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from starlette.requests import Request
 
 from sagellmd.errors import BadInputError, PayloadTooLargeError
+from sagellmd.json_values import MAX_JSON_DEPTH, json_value_problems, loads
 
 MAX_BODY_BYTES = 1024 * 1024
+# SQLite integers are signed 64-bit; a larger id cannot name a row.
+MAX_INTEGER = 2**63 - 1
 
+# ASCII only: int() and float() also take "١٢", "1_000", " 5" and "nan".
+_INTEGER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 NO_BODY: Any = object()
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Strict JSON: UTF-8, finite numbers, no lone surrogates, at most MAX_JSON_DEPTH deep."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(
+            f"body: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start});"
+            " send JSON encoded as UTF-8"
+        ) from None
+    try:
+        data = loads(text)
+    except RecursionError:
+        raise BadInputError(f"body: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"body: not valid JSON: {exc}") from exc
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits (CVE-2020-10735).
+        raise BadInputError("body: not valid JSON: a number has more than 4300 digits") from None
+    problems = json_value_problems(data, "body")
+    if problems:
+        raise BadInputError("; ".join(problems), {"errors": problems})
+    return data
 
 
 async def read_json(request: Request, required: bool = True) -> Any:
     """The JSON body, or NO_BODY when it is empty and not required (JSON null is None)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared and _INTEGER.fullmatch(declared) and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"body: larger than the limit of {MAX_BODY_BYTES} bytes")
     chunks = []
     size = 0
@@ -32,10 +65,25 @@ async def read_json(request: Request, required: bool = True) -> Any:
         if required:
             raise BadInputError("body: a JSON object is required")
         return NO_BODY
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"body: not valid JSON: {exc}") from exc
+    return parse_json_body(raw)
+
+
+def check_query_not_repeated(request: Request) -> None:
+    """`?wait=1&wait=2` has no single meaning; refuse it rather than pick one."""
+    seen: dict[str, int] = {}
+    for key, _ in request.query_params.multi_items():
+        seen[key] = seen.get(key, 0) + 1
+    repeated = [key for key, count in seen.items() if count > 1]
+    if repeated:
+        key = repeated[0]
+        raise BadInputError(
+            f"query parameter {key}: given {seen[key]} times; give it once",
+            {"parameter": key},
+        )
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def query_number(
@@ -49,14 +97,19 @@ def query_number(
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value: float = int(raw) if integer else float(raw)
-    except ValueError:
+    pattern = _INTEGER if integer else _NUMBER
+    # The length cap keeps int() from its 4300-digit error; 64 characters is past any bound.
+    well_formed = len(raw) <= 64 and pattern.fullmatch(raw) is not None
+    value = (int(raw) if integer else float(raw)) if well_formed else None
+    if value is None or not math.isfinite(value):
         kind = "an integer" if integer else "a number"
-        raise BadInputError(f"query parameter {name}: must be {kind}, got {raw!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f" and <= {maximum:g}" if maximum is not None else ""
-        raise BadInputError(f"query parameter {name}: must be >= {minimum:g}{bound}, got {raw!r}")
+        raise BadInputError(f"query parameter {name}: must be {kind}, got {raw!r}")
+    upper = maximum if maximum is not None else (MAX_INTEGER if integer else None)
+    if value < minimum or (upper is not None and value > upper):
+        bound = f" and <= {_bound(upper)}" if upper is not None else ""
+        raise BadInputError(
+            f"query parameter {name}: must be >= {_bound(minimum)}{bound}, got {raw!r}"
+        )
     return value
 
 
@@ -69,3 +122,16 @@ def query_bool(request: Request, name: str, default: bool) -> bool:
     if raw.lower() in ("0", "false", "no"):
         return False
     raise BadInputError(f"query parameter {name}: must be true or false, got {raw!r}")
+
+
+def path_integer(request: Request, name: str, what: str) -> int:
+    """A path segment that must be a non-negative integer a SQLite row id can hold."""
+    raw = request.path_params[name]
+    if (
+        len(raw) > 64
+        or not _INTEGER.fullmatch(raw)
+        or raw.startswith("-")
+        or int(raw) > MAX_INTEGER
+    ):
+        raise BadInputError(f"{name}: must be {what} (0 to {MAX_INTEGER}), got {raw!r:.40}")
+    return int(raw)

@@ -10,11 +10,19 @@ from starlette.responses import JSONResponse
 
 from sagellmd.api.body import NO_BODY, query_bool, read_json
 from sagellmd.api.context import ApiContext
+from sagellmd.api.port_checks import check_fixed_ports
 from sagellmd.api.read_routes import find_engine
 from sagellmd.api.secrets import preset_for_reader, shows_secrets
 from sagellmd.errors import BadInputError, NotFoundError, SpecError
 from sagellmd.presets import catalogue, find_preset
-from sagellmd.spec import Preset, check_runtime_known, is_valid_name, parse_engine, parse_preset
+from sagellmd.spec import (
+    EngineSpec,
+    Preset,
+    check_runtime_known,
+    is_valid_name,
+    parse_engine,
+    parse_preset,
+)
 from sagellmd.store.repository import ChangeResult, iso
 
 
@@ -66,6 +74,7 @@ def engine_put_change(
         )
     spec = parse_engine({**data, "name": engine_id})
     check_runtime_known(spec, ctx.settings.runtimes, engine_id)
+    _check_ports(ctx, {engine_id: spec})
     return ctx.store.change_put_engine(
         engine_id, spec, f"engine put {engine_id}", **options.store_options()
     )
@@ -78,8 +87,23 @@ def preset_set_change(
     preset, source = _preset_from_body(ctx, name, data)
     for index, spec in enumerate(preset.engines):
         check_runtime_known(spec, ctx.settings.runtimes, f"engines[{index}]")
+    specs = {f"{name}.{spec.name}": spec for spec in preset.engines}
+    _check_ports(ctx, specs, preset=name)
     return ctx.store.change_set_preset(
         preset, source, f"preset set {name}", **options.store_options()
+    )
+
+
+def _check_ports(ctx: ApiContext, specs: dict[str, EngineSpec], preset: str | None = None) -> None:
+    desired = ctx.store.desired()
+    # Setting a preset replaces all its engines: the ones it no longer lists leave.
+    leaving = {e.id for e in desired if preset is not None and e.preset == preset} - set(specs)
+    check_fixed_ports(
+        specs,
+        ctx.settings.api_port,
+        ctx.reconciler.world.instances,
+        {engine.id for engine in desired if engine.spec.port is None},
+        leaving,
     )
 
 

@@ -16,7 +16,13 @@ from sagellmd.errors import BadInputError
 from sagellmd.gpu.estimate import EstimateSettings
 from sagellmd.models.catalog import Catalog, scan_catalog
 from sagellmd.models.delete import plan_delete
-from sagellmd.models.download import offline_copy, validate_model_id, validate_patterns
+from sagellmd.models.download import (
+    MAX_ID_LENGTH,
+    MODEL_ID,
+    offline_copy,
+    validate_model_id,
+    validate_patterns,
+)
 from sagellmd.models.jobs import DownloadJobs
 from sagellmd.models.resolve import hub_cache_for, is_offline
 
@@ -140,6 +146,15 @@ _ERROR = {
 _MUTATING = {"security": [{"bearer": []}]}
 
 # The OpenAPI description of the routes above, for sagellmd/api/openapi.py to merge in.
+# What validate_model_id accepts, as JSON Schema.
+MODEL_ID_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_ID_LENGTH,
+    "pattern": MODEL_ID.pattern,
+    "not": {"pattern": "\\.\\."},
+}
+
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/models/local": {
         "get": {
@@ -158,11 +173,13 @@ OPENAPI_PATHS: dict[str, Any] = {
                             "additionalProperties": False,
                             "required": ["id"],
                             "properties": {
-                                "id": {"type": "string"},
-                                "revision": {"type": ["string", "null"]},
+                                "id": MODEL_ID_SCHEMA,
+                                "revision": {"type": ["string", "null"], "pattern": "\\S"},
+                                # One pattern may be given as a plain string.
                                 "allow_patterns": {
-                                    "type": ["array", "null"],
-                                    "items": {"type": "string"},
+                                    "type": ["array", "string", "null"],
+                                    "minLength": 1,
+                                    "items": {"type": "string", "minLength": 1},
                                 },
                             },
                         }
@@ -180,7 +197,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "in": "path",
                 "required": True,
                 "description": "org/name; the slash is part of the path",
-                "schema": {"type": "string"},
+                "schema": MODEL_ID_SCHEMA,
             }
         ],
         "delete": {

@@ -6,7 +6,8 @@ import copy
 from typing import Any
 
 from sagellmd import __version__
-from sagellmd.api import models_routes
+from sagellmd.api import management_routes, models_routes
+from sagellmd.api.body import MAX_INTEGER
 from sagellmd.spec import ENGINE_SCHEMA, NAME_PATTERN, PRESET_SCHEMA
 
 
@@ -43,8 +44,13 @@ CHANGE_PARAMS = [
     _query("dry_run", {"type": "boolean"}, "Compute the plan; change nothing."),
     _query("rollback", {"type": "boolean"}, "Roll a failed rollout back (default true)."),
 ]
+NAME = {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}
 ENGINE_ID = _path("engine_id")
 PRESET_NAME = _path("name")
+# Reads of an unknown id answer 404; a PUT checks the name itself (400).
+NEW_ENGINE_ID = _path("engine_id", NAME)
+NEW_PRESET_NAME = _path("name", NAME)
+ROW_ID = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
 
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_INT = {"type": ["integer", "null"]}
@@ -75,6 +81,7 @@ ENGINE_ENTRY = {
         "runtime": NULLABLE_STRING,
         "label": NULLABLE_STRING,
         "desired": {"type": "boolean"},
+        "invalid": NULLABLE_STRING,
         "state": {
             "enum": [
                 "pending",
@@ -195,22 +202,19 @@ ERROR_SCHEMA = {
         }
     },
 }
-SEED_START = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["model_id"],
-    "properties": {
-        "model_id": {"type": "string", "minLength": 1},
-        "engine_kind": {"enum": ["llm", "embedding"]},
-        "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
-        "tensor_parallel_size": {"type": "integer", "minimum": 1, "maximum": 64},
-        "pipeline_parallel_size": {"type": "integer", "minimum": 1, "maximum": 64},
-        "use_gpu": {"type": ["boolean", "null"]},
-        "label": {"type": ["string", "null"]},
-        "max_concurrent_requests": {"type": "integer", "minimum": 1},
-        "metadata": OPEN_OBJECT,
-    },
-}
+
+
+def _seed_start(runtimes: list[str]) -> dict[str, Any]:
+    """EngineStartRequest: the seeds' field names on the engine spec's own schemas."""
+    properties = _engine_schema(runtimes)["properties"]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["model_id"],
+        "properties": {
+            seed: properties[spec] for seed, spec in management_routes.SEED_FIELDS.items()
+        },
+    }
 
 
 def _engine_schema(runtimes: list[str]) -> dict[str, Any]:
@@ -233,7 +237,7 @@ def _engine_body(runtimes: list[str]) -> dict[str, Any]:
 
 
 def _plan_body(runtimes: list[str]) -> dict[str, Any]:
-    name = {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}
+    name = NAME
 
     def variant(change: str, required: dict[str, Any], optional: dict[str, Any]) -> dict:
         return {
@@ -325,7 +329,7 @@ def openapi_document(runtimes: list[str]) -> dict[str, Any]:
             "put": _operation(
                 "Create or replace an ad-hoc engine",
                 {"200": change, "201": change, **_errors(400, 409, 413)},
-                params=CHANGE_PARAMS,
+                params=[NEW_ENGINE_ID, *CHANGE_PARAMS],
                 body=_engine_body(runtimes),
                 mutating=True,
             ),
@@ -361,7 +365,7 @@ def openapi_document(runtimes: list[str]) -> dict[str, Any]:
             "put": _operation(
                 "Set a preset (body: a preset document, or none for a built-in)",
                 {"200": change, **_errors(400, 404, 409, 413)},
-                params=CHANGE_PARAMS,
+                params=[NEW_PRESET_NAME, *CHANGE_PARAMS],
                 body=_ref("Preset"),
                 body_required=False,
                 mutating=True,
@@ -412,7 +416,7 @@ def openapi_document(runtimes: list[str]) -> dict[str, Any]:
                     **_errors(400),
                 },
                 params=[
-                    _query("after", {"type": "integer", "minimum": 0}, "Events after this id"),
+                    _query("after", ROW_ID, "Events after this id"),
                     _query(
                         "wait", {"type": "number", "minimum": 0, "maximum": 60}, "Long-poll seconds"
                     ),
@@ -440,7 +444,7 @@ def openapi_document(runtimes: list[str]) -> dict[str, Any]:
             )
         },
         "/v1/generations/{generation}": {
-            "parameters": [_path("generation", {"type": "integer", "minimum": 0})],
+            "parameters": [_path("generation", ROW_ID)],
             "get": _operation(
                 "One generation", {"200": _json(_ref("Generation")), **_errors(400, 404)}
             ),
@@ -465,7 +469,7 @@ def openapi_document(runtimes: list[str]) -> dict[str, Any]:
                     ),
                     **_errors(400, 409, 413),
                 },
-                body=SEED_START,
+                body=_seed_start(runtimes),
                 mutating=True,
             )
         },

@@ -45,6 +45,9 @@ def engine_entry(
     message = instance.message if instance else "waiting for the reconcile loop"
     if desired is None and instance is not None:
         message = f"being removed: {instance.message}"
+    invalid = desired.invalid if desired else None
+    if invalid:
+        message = f"stored spec is invalid, declare the engine again ({invalid}); {message}"
     return {
         "id": engine_id,
         "preset": desired.preset if desired else None,
@@ -54,6 +57,7 @@ def engine_entry(
         "runtime": spec.runtime if spec else None,
         "label": spec.label if spec else None,
         "desired": desired is not None,
+        "invalid": invalid,
         "state": state,
         "pid": instance.pid if instance else None,
         "port": instance.port if instance else (spec.port if spec else None),

@@ -54,7 +54,7 @@ def parse_gpu_setting(text: str) -> tuple[str, tuple[float, ...]]:
     value = text.strip()
     if value in ("auto", "none"):
         return value, ()
-    match = _SIMULATE.match(value)
+    match = _SIMULATE.fullmatch(value)
     if match is None:
         raise ConfigError(
             f"gpus: must be auto, none, simulate:COUNTxGIB (simulate:2x80) or"

@@ -46,7 +46,7 @@ def validate_model_id(model_id: Any) -> str:
     """A hub model id, `name` or `org/name`; anything else is bad input."""
     if not isinstance(model_id, str) or not model_id:
         raise BadInputError(f"model id: must be a non-empty string, got {model_id!r}")
-    if len(model_id) > MAX_ID_LENGTH or not MODEL_ID.match(model_id) or ".." in model_id:
+    if len(model_id) > MAX_ID_LENGTH or not MODEL_ID.fullmatch(model_id) or ".." in model_id:
         raise BadInputError(
             f"model id {model_id!r}: must be a Hugging Face id like `org/name` (letters, digits,"
             f" '-', '_', '.'; at most {MAX_ID_LENGTH} characters)"

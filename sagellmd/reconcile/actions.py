@@ -16,6 +16,9 @@ class DesiredEngine:
     preset: str | None
     spec: EngineSpec
     restart_requested_at: float | None = None
+    # Why the stored spec failed validation (a row an older version let in); `spec` is
+    # then its repaired copy, so the engine keeps running and status can say so.
+    invalid: str | None = None
 
 
 @dataclass(frozen=True)

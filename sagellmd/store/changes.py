@@ -9,6 +9,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from sagellmd.errors import ConflictError, NotFoundError
+from sagellmd.json_values import strict_dumps
 from sagellmd.spec import EngineSpec, Preset, engine_id, parse_engine
 from sagellmd.store.models import ActivePresetRow, DesiredEngineRow, EventRow, GenerationRow
 
@@ -72,7 +73,7 @@ def upsert_engine(
     spec: EngineSpec,
     now: float,
 ) -> None:
-    encoded = json.dumps(spec.to_dict(), sort_keys=True)
+    encoded = strict_dumps(spec.to_dict())  # never commit what no answer could carry back
     if row is None:
         session.add(
             DesiredEngineRow(
@@ -91,7 +92,7 @@ def upsert_engine(
 def set_preset_row(
     session: Session, name: str, document: dict[str, Any], source: str, now: float
 ) -> None:
-    encoded = json.dumps(document, sort_keys=True)
+    encoded = strict_dumps(document)
     existing = session.get(ActivePresetRow, name)
     if existing is None:
         session.add(ActivePresetRow(name=name, document=encoded, source=source, set_at=now))

@@ -16,8 +16,9 @@ from sagellmd.errors import NotFoundError
 from sagellmd.instance import Instance, InstanceState, Retiring, StopIntent
 from sagellmd.reconcile.plan import DesiredEngine
 from sagellmd.reconcile.rollout import EngineChange
-from sagellmd.spec import EngineSpec, Preset, parse_engine
+from sagellmd.spec import EngineSpec, Preset
 from sagellmd.store import change_log, changes
+from sagellmd.store.legacy import decode_stored_spec, readable
 from sagellmd.store.models import (
     ActivePresetRow,
     DesiredEngineRow,
@@ -128,9 +129,13 @@ def iso(ts: float | None) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def _spec_from_json(text: str) -> EngineSpec:
+def _decode_spec(text: str) -> tuple[EngineSpec, str | None]:
     # Every reconcile pass reads the whole desired state; validate each text once.
-    return parse_engine(json.loads(text))
+    return decode_stored_spec(text)
+
+
+def _spec_from_json(text: str) -> EngineSpec:
+    return _decode_spec(text)[0]
 
 
 def _retiring_to_json(retiring: Retiring | None) -> str | None:
@@ -148,8 +153,8 @@ def _retiring_from_json(text: str | None) -> Retiring | None:
 
 
 def _desired_from_row(row: DesiredEngineRow) -> DesiredEngine:
-    spec = _spec_from_json(row.spec)
-    return DesiredEngine(row.id, row.preset, spec, row.restart_requested_at)
+    spec, problem = _decode_spec(row.spec)
+    return DesiredEngine(row.id, row.preset, spec, row.restart_requested_at, problem)
 
 
 def _instance_from_row(row: InstanceRow) -> Instance:
@@ -201,7 +206,10 @@ class Store:
     def active_presets(self) -> list[ActivePreset]:
         with self.session() as session:
             rows = session.scalars(select(ActivePresetRow).order_by(ActivePresetRow.name))
-            return [ActivePreset(r.name, json.loads(r.document), r.source, r.set_at) for r in rows]
+            return [
+                ActivePreset(r.name, readable(json.loads(r.document)), r.source, r.set_at)
+                for r in rows
+            ]
 
     def current_generation(self) -> int:
         with self.session() as session:
@@ -509,7 +517,7 @@ def _generation(
         row.id,
         row.ts,
         row.cause,
-        json.loads(row.snapshot),
+        readable(json.loads(row.snapshot)),
         row.healthy,
         row.auto_rollback,
         row.verdict,

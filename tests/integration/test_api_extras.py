@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import httpx
+import jsonschema_rs
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Daemon
@@ -117,6 +118,13 @@ def test_openapi_describes_every_route(daemon: Daemon):
     put = document["paths"]["/v1/engines/{engine_id}"]["put"]
     assert put["security"] == [{"bearer": []}]
     assert "401" in put["responses"] and "400" in put["responses"]
+    # The served schemas are as strict as the validators where JSON Schema can say it.
+    engine_spec = jsonschema_rs.validator_for(document["components"]["schemas"]["EngineSpec"])
+    for fields in ({"restart_schedule": "0 0 0 0 0"}, {"model": ""}, {"label": "a\x00"}):
+        body = {"name": "x", "model": "m", **fields}
+        assert not engine_spec.is_valid(body), fields
+        assert daemon.put("/v1/engines/x", body).status_code == 400, fields
+    assert engine_spec.is_valid({"name": "x", "model": "m", "restart_schedule": "0 4 * * *"})
 
 
 def test_405_says_which_methods_are_allowed(daemon: Daemon):

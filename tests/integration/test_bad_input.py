@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.conftest import Daemon, engine_processes, fake_preset
@@ -80,6 +81,48 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("/v1/presets/p", "[]", 400, "body: must be a preset document"),
     ("/v1/presets/no-such-preset", None, 404, "no preset named 'no-such-preset'"),
     ("/v1/presets/p", "x" * (1024 * 1024 + 10), 413, "larger than the limit"),
+    # Strings and numbers that JSON (or Python's json module) lets through but that no
+    # answer could carry back: each was committed before, and then every read was a 500.
+    ("/v1/engines/solo", '{"model": "m", "label": "\\ud800"}', 400, "label: not valid Unicode"),
+    ("/v1/engines/solo", '{"model": "m", "metadata": {"x": NaN}}', 400, "metadata.x: NaN"),
+    ("/v1/engines/solo", '{"model": "m", "metadata": {"x": Infinity}}', 400, "Infinity"),
+    ("/v1/engines/solo", '{"model": "m", "metadata": {"x": [-Infinity]}}', 400, "metadata.x[0]"),
+    ("/v1/engines/solo", '{"model": "m", "metadata": {"x": 1e400}}', 400, "metadata.x: 1e400"),
+    ("/v1/engines/solo", '{"model": "m", "metadata": {"\\udc00": 1}}', 400, "not valid Unicode"),
+    ("/v1/engines/solo", b'{"model": "m", "label": "\xff"}', 400, "body: not valid UTF-8"),
+    (
+        "/v1/engines/solo",
+        '{"model": "m", "metadata": ' + '{"a": ' * 500 + "1" + "}" * 501,
+        400,
+        "nested deeper than 64 levels",
+    ),
+    ("/v1/engines/solo", "[" * 100000, 400, "nested deeper than 64 levels"),
+    ("/v1/engines/solo", '{"model": "m", "metadata": {"x": ' + "9" * 5000 + "}}", 400, "digits"),
+    ("/v1/engines/solo", {**GOOD, "model": "fake/a\x00b"}, 400, "model: must not contain"),
+    ("/v1/engines/solo", {**GOOD, "model": "fake/a\nb"}, 400, "model: must not contain"),
+    ("/v1/engines/solo", {**GOOD, "label": "a\x1bb"}, 400, "label: must not contain"),
+    ("/v1/engines/solo", {**GOOD, "env": {"A": "x\x00y"}}, 400, "env.A: must not contain"),
+    ("/v1/engines/solo", {**GOOD, "extra_args": ["--x", "a\x07"]}, 400, "extra_args[1]: must"),
+    (
+        "/v1/presets/p",
+        '{"version": 1, "name": "p", "description": "\\ud800", "engines": [{"name": "a",'
+        ' "model": "m"}]}',
+        400,
+        "description: not valid Unicode",
+    ),
+    (
+        "/v1/presets/p",
+        '{"version": 1, "name": "p", "engines": [{"name": "a", "model": "m",'
+        ' "metadata": {"x": NaN}}]}',
+        400,
+        "engines[0].metadata.x: NaN",
+    ),
+    (
+        "/v1/presets/p",
+        fake_preset("p", {"name": "a", "model": "fake/\x00"}),
+        400,
+        "engines[0].model: must not contain",
+    ),
 ]
 
 
@@ -105,18 +148,26 @@ def test_bad_requests_are_rejected_and_change_nothing(seeded: Daemon):
     pids_before = sorted(p.pid for p in engine_processes(seeded.home))
     failures = []
     for path, body, status, needle in BAD_REQUESTS:
-        response = seeded.put(path, body)
-        error = response.json().get("error", {}) if response.content else {}
-        if response.status_code != status or needle not in error.get("message", ""):
+        try:
+            response = seeded.put(path, body)
+        except httpx.TransportError as exc:  # the daemon dropped the connection
+            failures.append((path, "<body>", "no answer", repr(exc)))
+            continue
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        error = response.json().get("error", {}) if is_json else {}
+        if (
+            response.status_code != status
+            or needle not in error.get("message", "")
+            or set(error) != {"code", "message", "details"}
+        ):
             failures.append(
                 (
                     path,
                     body if len(str(body)) < 80 else "<long>",
                     response.status_code,
-                    error.get("message"),
+                    error.get("message") if is_json else response.text[:100],
                 )
             )
-        assert set(error) == {"code", "message", "details"}
     assert not failures, failures
     assert _rows(seeded) == rows_before
     assert sorted(p.pid for p in engine_processes(seeded.home)) == pids_before
@@ -148,3 +199,150 @@ def test_a_port_clash_between_engines_is_a_conflict(seeded: Daemon):
     assert response.status_code == 409
     assert "port 40123 is already declared by engine 'fixed'" in response.json()["error"]["message"]
     assert _rows(seeded) == rows_before
+
+
+def test_management_api_refuses_what_no_answer_could_carry(seeded: Daemon):
+    rows_before = _rows(seeded)
+    for body, needle in [
+        ('{"model_id": "m", "label": "\\ud800"}', "label: not valid Unicode"),
+        ('{"model_id": "m", "metadata": {"x": NaN}}', "metadata.x: NaN"),
+        ('{"model_id": "m\\u0000x"}', "model_id: must not contain"),
+    ]:
+        response = seeded.client.post(
+            "/v1/management/engines",
+            content=body,
+            headers={**seeded.auth(), "content-type": "application/json"},
+        )
+        assert response.status_code == 400, (body, response.text)
+        assert needle in response.json()["error"]["message"], response.text
+    assert _rows(seeded) == rows_before
+    for path in ("/v1/status", "/v1/engines", "/v1/presets", "/v1/generations"):
+        assert seeded.get(path).status_code == 200, path
+
+
+# (path, query parameters, substring of the error message); every one was a 500 or a 200.
+BAD_QUERIES: list[tuple[str, Any, str]] = [
+    ("/v1/events", {"wait": "nan"}, "query parameter wait: must be a number"),
+    ("/v1/events", {"wait": "inf"}, "query parameter wait"),
+    ("/v1/events", {"wait": "\u0665"}, "query parameter wait: must be a number"),
+    ("/v1/events", {"wait": "1_0"}, "query parameter wait: must be a number"),
+    ("/v1/events", {"after": "9223372036854775808"}, "query parameter after: must be"),
+    ("/v1/events", {"after": "\u0661\u0662"}, "query parameter after: must be an integer"),
+    ("/v1/events", {"after": "1_000"}, "query parameter after: must be an integer"),
+    ("/v1/events", {"limit": "1e3"}, "query parameter limit: must be an integer"),
+    ("/v1/generations", {"limit": "nan"}, "query parameter limit"),
+    ("/v1/engines/base.keep/logs", {"tail": "NaN"}, "query parameter tail"),
+    ("/v1/generations/99999999999999999999", {}, "generation: must be"),
+    ("/v1/generations/%C2%B2", {}, "generation: must be"),
+    ("/v1/events", [("wait", "1"), ("wait", "2")], "query parameter wait: given 2 times"),
+    ("/v1/events", [("after", "1"), ("after", "1")], "query parameter after: given 2 times"),
+]
+
+
+def test_bad_queries_are_json_400s(seeded: Daemon):
+    failures = []
+    for path, params, needle in BAD_QUERIES:
+        try:
+            response = seeded.get(path, params=params)
+        except httpx.TransportError as exc:
+            failures.append((path, params, "no answer", repr(exc)))
+            continue
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        message = response.json().get("error", {}).get("message", "") if is_json else ""
+        if response.status_code != 400 or needle not in message:
+            failures.append((path, params, response.status_code, response.text[:200]))
+    assert not failures, failures
+
+
+def test_a_repeated_change_parameter_is_refused_and_changes_nothing(seeded: Daemon):
+    rows_before = _rows(seeded)
+    response = seeded.client.put(
+        "/v1/engines/solo?dry_run=true&dry_run=false", json=GOOD, headers=seeded.auth()
+    )
+    assert response.status_code == 400, response.text
+    assert "query parameter dry_run: given 2 times" in response.json()["error"]["message"]
+    assert _rows(seeded) == rows_before
+
+
+def test_an_invalid_row_left_by_an_older_version_is_shown_not_fatal(make_daemon):
+    """Older versions committed lone surrogates and NaN; status must still be served."""
+    daemon: Daemon = make_daemon()
+    assert daemon.put("/v1/engines/old", GOOD).status_code == 201
+    daemon.wait_state("old", "ready")
+    assert daemon.put("/v1/presets/p", fake_preset("p", {"name": "a"})).status_code == 200
+    daemon.wait_state("p.a", "ready")
+    assert daemon.stop() == 0
+    # What an older daemon wrote: json.dumps keeps a lone surrogate as \ud800, writes NaN
+    # and Infinity as bare words, and a NUL byte in a model as \u0000.
+    with sqlite3.connect(daemon.home / "sagellm.db") as connection:
+        for table, column, key in (
+            ("desired_engines", "spec", "id"),
+            ("active_presets", "document", "name"),
+            ("generations", "snapshot", "id"),
+        ):
+            for row_key, text in connection.execute(f"SELECT {key}, {column} FROM {table}"):
+                text = text.replace('"label": null', '"label": "\\ud800"')
+                text = text.replace('"metadata": {}', '"metadata": {"x": NaN, "y": Infinity}')
+                connection.execute(
+                    f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (text, row_key)
+                )
+        row = connection.execute("SELECT spec FROM desired_engines WHERE id = 'old'").fetchone()
+        assert "\\ud800" in row[0] and "NaN" in row[0], row
+        connection.execute(
+            "UPDATE desired_engines SET spec = replace(spec, ?, ?) WHERE id = 'old'",
+            ('"model": "fake/solo-1B"', '"model": "fake/a\\u0000b"'),
+        )
+    daemon.start()
+    for path in (
+        "/v1/status",
+        "/v1/engines",
+        "/v1/engines/old",
+        "/v1/presets",
+        "/v1/presets/p",
+        "/v1/generations",
+        "/v1/generations/1",
+        "/v1/management/status",
+    ):
+        response = daemon.get(path)
+        assert response.status_code == 200, (path, response.text[:300])
+    entries = {entry["id"]: entry for entry in daemon.get("/v1/status").json()["engines"]}
+    assert entries["old"]["invalid"] and "label" in entries["old"]["invalid"]
+    assert "model" in entries["old"]["invalid"]
+    assert "stored spec is invalid" in entries["old"]["message"]
+    assert entries["p.a"]["invalid"] and "metadata.x" in entries["p.a"]["invalid"]
+    # The rest of the desired state is served as it was.
+    assert entries["p.a"]["model"] == "fake/model-1B"
+    cli = daemon.cli("status")
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "old" in cli.stdout
+    # Declaring the engine again with valid values repairs it.
+    assert daemon.put("/v1/engines/old", GOOD).status_code == 200
+    assert daemon.engine("old")["invalid"] is None
+    daemon.wait_state("old", "ready")
+
+
+def test_a_port_in_use_by_an_engine_or_the_api_is_a_conflict_at_once(seeded: Daemon):
+    picked = seeded.engine("base.keep")["port"]  # chosen automatically, in use by its process
+    assert picked is not None
+    rows_before = _rows(seeded)
+    cases = [
+        ("/v1/engines/other", {**GOOD, "port": picked}, f"port {picked} is in use by engine"),
+        ("/v1/engines/other", {**GOOD, "port": seeded.port}, "the daemon's own API port"),
+        ("/v1/presets/q", fake_preset("q", {"name": "a", "port": picked}), "'base.keep'"),
+        ("/v1/presets/q", fake_preset("q", {"name": "a", "port": seeded.port}), "API port"),
+    ]
+    for path, body, needle in cases:
+        response = seeded.put(path, body)
+        assert response.status_code == 409, (path, response.text)
+        assert needle in response.json()["error"]["message"], response.text
+    management = seeded.client.post(
+        "/v1/management/engines",
+        json={"model_id": "fake/m-1B", "port": picked},
+        headers=seeded.auth(),
+    )
+    assert management.status_code == 409, management.text
+    assert "'base.keep'" in management.json()["error"]["message"]
+    assert _rows(seeded) == rows_before
+    # The engine that holds the port may keep it in a change of its own preset.
+    again = seeded.put("/v1/presets/base", fake_preset("base", {"name": "keep", "port": picked}))
+    assert again.status_code == 200, again.text

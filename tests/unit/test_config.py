@@ -178,6 +178,14 @@ BAD = [
     ("api-port-zero", "api: {port: 0}\n", {}, "api.port: must be >= 1, got 0"),
     ("api-port-bool", "api: {port: true}\n", {}, "api.port: must be an integer, got True"),
     ("api-not-mapping", "api: 8765\n", {}, "api: must be a mapping, got 8765"),
+    ("api-unknown-key", "api: {prot: 1}\n", {}, "api: unknown key(s) prot; known:"),
+    (
+        "api-header-timeout-nan",
+        "api: {header_timeout_s: .nan}\n",
+        {},
+        "api.header_timeout_s: must be a number",
+    ),
+    ("api-keep-alive-zero", "api: {keep_alive_s: 0}\n", {}, "api.keep_alive_s: must be >= 0.1"),
     ("ports-start-abc", "ports: {start: abc}\n", {}, "ports.start: must be an integer"),
     (
         "negative-backoff",
@@ -278,3 +286,24 @@ def test_ports_above_65535_are_rejected(tmp_path, config):
 def test_fractional_port_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match="api.port"):
         load(tmp_path, "api: {port: 8765.5}\n")
+
+
+@pytest.mark.parametrize("port", [0, 65536, 80000, -1])
+def test_a_port_flag_out_of_range_names_the_flag(tmp_path, port):
+    with pytest.raises(ConfigError, match="--port: must be"):
+        load(tmp_path, None, None, port=port)
+
+
+@pytest.mark.parametrize(
+    ("config", "environ"),
+    [
+        ("restart: {backoff_base_s: .nan}\n", {}),
+        ("stop_grace_s: .inf\n", {}),
+        ("placement: {headroom: .nan}\n", {}),
+        (None, {"SAGELLM_API_PORT": "nan"}),
+        (None, {"SAGELLM_PORTS": "inf-inf"}),
+    ],
+)
+def test_non_finite_numbers_in_config_are_refused(tmp_path, config, environ):
+    with pytest.raises(ConfigError, match="must be"):
+        load(tmp_path, config, environ)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 from dataclasses import replace
 from typing import Any
 
@@ -66,15 +67,8 @@ def test_embedding_defaults():
 
 
 def test_explicit_runtime_and_timeout_win_over_kind_defaults():
-    spec = parse_engine(
-        {
-            "name": "embed",
-            "kind": "embedding",
-            "model": "m",
-            "runtime": "mine",
-            "startup_timeout_s": 5,
-        }
-    )
+    spec = parse_engine({"name": "embed", "kind": "embedding", "model": "m", "runtime": "mine",
+                         "startup_timeout_s": 5})
     assert spec.runtime == "mine"
     assert spec.startup_timeout_s == 5.0
     assert isinstance(spec.startup_timeout_s, float)
@@ -84,10 +78,8 @@ def test_integral_floats_become_ints():
     spec = parse_engine({**GOOD_ENGINE, "tensor_parallel": 2.0, "port": 8000.0})
     assert spec.tensor_parallel == 2 and isinstance(spec.tensor_parallel, int)
     assert spec.port == 8000 and isinstance(spec.port, int)
-    assert (
-        spec.spec_hash
-        == parse_engine({**GOOD_ENGINE, "tensor_parallel": 2, "port": 8000}).spec_hash
-    )
+    assert spec.spec_hash == parse_engine({**GOOD_ENGINE, "tensor_parallel": 2,
+                                           "port": 8000}).spec_hash
 
 
 def test_parse_does_not_mutate_its_input():
@@ -98,16 +90,8 @@ def test_parse_does_not_mutate_its_input():
 
 
 def test_to_dict_round_trips_through_parse():
-    spec = parse_engine(
-        {
-            **GOOD_ENGINE,
-            "extra_args": ["--a", "b"],
-            "env": {"A": "1"},
-            "metadata": {"team": "x"},
-            "port": 8001,
-            "label": "l",
-        }
-    )
+    spec = parse_engine({**GOOD_ENGINE, "extra_args": ["--a", "b"], "env": {"A": "1"},
+                         "metadata": {"team": "x"}, "port": 8001, "label": "l"})
     assert parse_engine(spec.to_dict()) == spec
 
 
@@ -195,18 +179,8 @@ def test_engine_id():
 
 @pytest.mark.parametrize(
     ("name", "valid"),
-    [
-        ("a", True),
-        ("a-1", True),
-        ("a" * 63, True),
-        ("a" * 64, False),
-        ("A", False),
-        ("-a", False),
-        ("a-", False),
-        ("a.b", False),
-        ("", False),
-        ("a_b", False),
-    ],
+    [("a", True), ("a-1", True), ("a" * 63, True), ("a" * 64, False), ("A", False),
+     ("-a", False), ("a-", False), ("a.b", False), ("", False), ("a_b", False)],
 )
 def test_is_valid_name(name, valid):
     assert is_valid_name(name) is valid
@@ -260,280 +234,119 @@ GPU_MEM_RULE = "must be a number > 0 (GiB per GPU) or null for an estimate, got 
 # (id, parser, document, expected start of one of the error messages)
 MALFORMED = [
     # unknown fields
-    (
-        "unknown-top-level",
-        parse_preset,
-        preset_doc(colour="red"),
-        "(document): unknown field 'colour'; allowed fields: description, engines, name, version",
-    ),
-    (
-        "unknown-engine-field",
-        parse_preset,
-        with_engine(gpus=2),
-        "engines[1]: unknown field 'gpus'; allowed fields: env,",
-    ),
-    (
-        "unknown-field-bare-engine",
-        parse_engine,
-        {**GOOD_ENGINE, "replicas": 2},
-        "(document): unknown field 'replicas'",
-    ),
+    ("unknown-top-level", parse_preset, preset_doc(colour="red"),
+     "(document): unknown field 'colour'; allowed fields: description, engines, name, version"),
+    ("unknown-engine-field", parse_preset, with_engine(gpus=2),
+     "engines[1]: unknown field 'gpus'; allowed fields: env,"),
+    ("unknown-field-bare-engine", parse_engine, {**GOOD_ENGINE, "replicas": 2},
+     "(document): unknown field 'replicas'"),
     # missing required fields
-    (
-        "missing-preset-name",
-        parse_preset,
-        without("name"),
-        "name: required field is missing; it " + NAME_RULE,
-    ),
-    (
-        "missing-version",
-        parse_preset,
-        without("version"),
-        "version: required field is missing; it must be 1",
-    ),
-    (
-        "missing-engines",
-        parse_preset,
-        without("engines"),
-        "engines: required field is missing; it must be a non-empty list of engine specs",
-    ),
-    (
-        "missing-engine-name",
-        parse_preset,
-        without("name", engine=1),
-        "engines[1].name: required field is missing",
-    ),
-    (
-        "missing-engine-model",
-        parse_preset,
-        without("model", engine=1),
-        "engines[1].model: required field is missing; it must be a non-empty string",
-    ),
-    (
-        "missing-model-bare-engine",
-        parse_engine,
-        {"name": "chat"},
-        "model: required field is missing",
-    ),
+    ("missing-preset-name", parse_preset, without("name"),
+     "name: required field is missing; it " + NAME_RULE),
+    ("missing-version", parse_preset, without("version"),
+     "version: required field is missing; it must be 1"),
+    ("missing-engines", parse_preset, without("engines"),
+     "engines: required field is missing; it must be a non-empty list of engine specs"),
+    ("missing-engine-name", parse_preset, without("name", engine=1),
+     "engines[1].name: required field is missing"),
+    ("missing-engine-model", parse_preset, without("model", engine=1),
+     "engines[1].model: required field is missing; it must be a non-empty string"),
+    ("missing-model-bare-engine", parse_engine, {"name": "chat"},
+     "model: required field is missing"),
     # names
-    ("name-uppercase", parse_preset, with_engine(name="Embed"), f"engines[1].name: {NAME_RULE}"),
-    (
-        "name-leading-dash",
-        parse_preset,
-        with_engine(name="-embed"),
-        f"engines[1].name: {NAME_RULE}",
-    ),
-    (
-        "name-64-chars",
-        parse_preset,
-        with_engine(name="e" * 64),
-        "engines[1].name: must be at most 63 characters, got 64",
-    ),
-    ("name-with-dot", parse_preset, with_engine(name="em.bed"), f"engines[1].name: {NAME_RULE}"),
-    ("name-not-string", parse_preset, with_engine(name=7), f"engines[1].name: {NAME_RULE}"),
-    ("preset-name-uppercase", parse_preset, preset_doc(name="Tiny"), f"name: {NAME_RULE}"),
-    ("preset-name-trailing-dash", parse_preset, preset_doc(name="tiny-"), f"name: {NAME_RULE}"),
-    (
-        "model-empty",
-        parse_preset,
-        with_engine(model=""),
-        "engines[1].model: must be a non-empty string",
-    ),
+    ("name-uppercase", parse_preset, with_engine(name="Embed"),
+     f'engines[1].name: {NAME_RULE}'),
+    ("name-leading-dash", parse_preset, with_engine(name="-embed"),
+     f'engines[1].name: {NAME_RULE}'),
+    ("name-64-chars", parse_preset, with_engine(name="e" * 64),
+     "engines[1].name: must be at most 63 characters, got 64"),
+    ("name-with-dot", parse_preset, with_engine(name="em.bed"),
+     f'engines[1].name: {NAME_RULE}'),
+    ("name-not-string", parse_preset, with_engine(name=7),
+     f"engines[1].name: {NAME_RULE}"),
+    ("preset-name-uppercase", parse_preset, preset_doc(name="Tiny"),
+     f'name: {NAME_RULE}'),
+    ("preset-name-trailing-dash", parse_preset, preset_doc(name="tiny-"),
+     f'name: {NAME_RULE}'),
+    ("model-empty", parse_preset, with_engine(model=""),
+     'engines[1].model: must be a non-empty string'),
     # enums
-    (
-        "kind-not-in-enum",
-        parse_preset,
-        with_engine(kind="chat"),
-        'engines[1].kind: must be one of: llm, embedding, got "chat"',
-    ),
-    (
-        "restart-sometimes",
-        parse_preset,
-        with_engine(restart="sometimes"),
-        'engines[1].restart: must be one of: always, on-failure, never, got "sometimes"',
-    ),
+    ("kind-not-in-enum", parse_preset, with_engine(kind="chat"),
+     'engines[1].kind: must be one of: llm, embedding, got "chat"'),
+    ("restart-sometimes", parse_preset, with_engine(restart="sometimes"),
+     'engines[1].restart: must be one of: always, on-failure, never, got "sometimes"'),
     # parallelism
-    (
-        "tp-0",
-        parse_preset,
-        with_engine(tensor_parallel=0),
-        "engines[1].tensor_parallel: must be an integer >= 1, got 0",
-    ),
-    (
-        "tp-negative",
-        parse_preset,
-        with_engine(tensor_parallel=-1),
-        f"engines[1].tensor_parallel: {INT_RULE}-1",
-    ),
-    (
-        "tp-string",
-        parse_preset,
-        with_engine(tensor_parallel="2"),
-        f'engines[1].tensor_parallel: {INT_RULE}"2"',
-    ),
-    (
-        "tp-bool",
-        parse_preset,
-        with_engine(tensor_parallel=True),
-        f"engines[1].tensor_parallel: {INT_RULE}true",
-    ),
-    (
-        "tp-fraction",
-        parse_preset,
-        with_engine(tensor_parallel=1.5),
-        f"engines[1].tensor_parallel: {INT_RULE}1.5",
-    ),
-    (
-        "tp-too-large",
-        parse_preset,
-        with_engine(tensor_parallel=65),
-        "engines[1].tensor_parallel: must be an integer >= 1 and at most 64, got 65",
-    ),
-    (
-        "pp-0",
-        parse_preset,
-        with_engine(pipeline_parallel=0),
-        f"engines[1].pipeline_parallel: {INT_RULE}0",
-    ),
-    (
-        "pp-negative",
-        parse_preset,
-        with_engine(pipeline_parallel=-1),
-        f"engines[1].pipeline_parallel: {INT_RULE}-1",
-    ),
-    (
-        "pp-string",
-        parse_preset,
-        with_engine(pipeline_parallel="2"),
-        f'engines[1].pipeline_parallel: {INT_RULE}"2"',
-    ),
-    (
-        "pp-bool",
-        parse_preset,
-        with_engine(pipeline_parallel=True),
-        f"engines[1].pipeline_parallel: {INT_RULE}true",
-    ),
-    (
-        "pp-fraction",
-        parse_preset,
-        with_engine(pipeline_parallel=1.5),
-        f"engines[1].pipeline_parallel: {INT_RULE}1.5",
-    ),
-    (
-        "tp-bare-engine",
-        parse_engine,
-        {**GOOD_ENGINE, "tensor_parallel": 0},
-        f"tensor_parallel: {INT_RULE}0",
-    ),
+    ("tp-0", parse_preset, with_engine(tensor_parallel=0),
+     "engines[1].tensor_parallel: must be an integer >= 1, got 0"),
+    ("tp-negative", parse_preset, with_engine(tensor_parallel=-1),
+     f"engines[1].tensor_parallel: {INT_RULE}-1"),
+    ("tp-string", parse_preset, with_engine(tensor_parallel="2"),
+     f'engines[1].tensor_parallel: {INT_RULE}"2"'),
+    ("tp-bool", parse_preset, with_engine(tensor_parallel=True),
+     f"engines[1].tensor_parallel: {INT_RULE}true"),
+    ("tp-fraction", parse_preset, with_engine(tensor_parallel=1.5),
+     f"engines[1].tensor_parallel: {INT_RULE}1.5"),
+    ("tp-too-large", parse_preset, with_engine(tensor_parallel=65),
+     "engines[1].tensor_parallel: must be an integer >= 1 and at most 64, got 65"),
+    ("pp-0", parse_preset, with_engine(pipeline_parallel=0),
+     f"engines[1].pipeline_parallel: {INT_RULE}0"),
+    ("pp-negative", parse_preset, with_engine(pipeline_parallel=-1),
+     f"engines[1].pipeline_parallel: {INT_RULE}-1"),
+    ("pp-string", parse_preset, with_engine(pipeline_parallel="2"),
+     f'engines[1].pipeline_parallel: {INT_RULE}"2"'),
+    ("pp-bool", parse_preset, with_engine(pipeline_parallel=True),
+     f"engines[1].pipeline_parallel: {INT_RULE}true"),
+    ("pp-fraction", parse_preset, with_engine(pipeline_parallel=1.5),
+     f"engines[1].pipeline_parallel: {INT_RULE}1.5"),
+    ("tp-bare-engine", parse_engine, {**GOOD_ENGINE, "tensor_parallel": 0},
+     f"tensor_parallel: {INT_RULE}0"),
     # ports and limits
     ("port-0", parse_preset, with_engine(port=0), f"engines[1].port: {PORT_RULE}0"),
     ("port-70000", parse_preset, with_engine(port=70000), f"engines[1].port: {PORT_RULE}70000"),
     ("port-string", parse_preset, with_engine(port="80"), f'engines[1].port: {PORT_RULE}"80"'),
-    (
-        "max-concurrent-0",
-        parse_preset,
-        with_engine(max_concurrent_requests=0),
-        f"engines[1].max_concurrent_requests: {INT_RULE}0",
-    ),
-    (
-        "use-gpu-yes",
-        parse_preset,
-        with_engine(use_gpu="yes"),
-        'engines[1].use_gpu: must be true, false or null, got "yes"',
-    ),
-    (
-        "gpu-memory-0",
-        parse_preset,
-        with_engine(gpu_memory_gb=0),
-        f"engines[1].gpu_memory_gb: {GPU_MEM_RULE}0",
-    ),
-    (
-        "gpu-memory-negative",
-        parse_preset,
-        with_engine(gpu_memory_gb=-1),
-        f"engines[1].gpu_memory_gb: {GPU_MEM_RULE}-1",
-    ),
-    (
-        "startup-timeout-0",
-        parse_preset,
-        with_engine(startup_timeout_s=0),
-        "engines[1].startup_timeout_s: must be a number of seconds > 0, got 0",
-    ),
+    ("max-concurrent-0", parse_preset, with_engine(max_concurrent_requests=0),
+     f"engines[1].max_concurrent_requests: {INT_RULE}0"),
+    ("use-gpu-yes", parse_preset, with_engine(use_gpu="yes"),
+     'engines[1].use_gpu: must be true, false or null, got "yes"'),
+    ("gpu-memory-0", parse_preset, with_engine(gpu_memory_gb=0),
+     f"engines[1].gpu_memory_gb: {GPU_MEM_RULE}0"),
+    ("gpu-memory-negative", parse_preset, with_engine(gpu_memory_gb=-1),
+     f"engines[1].gpu_memory_gb: {GPU_MEM_RULE}-1"),
+    ("startup-timeout-0", parse_preset, with_engine(startup_timeout_s=0),
+     "engines[1].startup_timeout_s: must be a number of seconds > 0, got 0"),
     # lists and mappings
-    (
-        "extra-args-string",
-        parse_preset,
-        with_engine(extra_args="--enforce-eager"),
-        'engines[1].extra_args: must be a list of strings, got "--enforce-eager"',
-    ),
-    (
-        "extra-args-number",
-        parse_preset,
-        with_engine(extra_args=["--max-model-len", 4096]),
-        "engines[1].extra_args[1]: must be a list of strings, got 4096",
-    ),
-    (
-        "extra-args-nul",
-        parse_preset,
-        with_engine(extra_args=["a\x00b"]),
-        "engines[1].extra_args[0]: must not contain NUL bytes",
-    ),
-    (
-        "env-non-string-value",
-        parse_preset,
-        with_engine(env={"HF_HOME": 1}),
-        "engines[1].env.HF_HOME: must be a mapping of VARIABLE_NAME to string, got 1",
-    ),
-    ("env-bad-key", parse_preset, with_engine(env={"1BAD": "x"}), "engines[1].env: "),
-    ("env-dash-key", parse_preset, with_engine(env={"MY-VAR": "x"}), "engines[1].env: "),
-    (
-        "env-not-mapping",
-        parse_preset,
-        with_engine(env=["A=1"]),
-        'engines[1].env: must be a mapping of VARIABLE_NAME to string, got ["A=1"]',
-    ),
-    (
-        "metadata-list",
-        parse_preset,
-        with_engine(metadata=["a"]),
-        'engines[1].metadata: must be a mapping, got ["a"]',
-    ),
+    ("extra-args-string", parse_preset, with_engine(extra_args="--enforce-eager"),
+     'engines[1].extra_args: must be a list of strings, got "--enforce-eager"'),
+    ("extra-args-number", parse_preset, with_engine(extra_args=["--max-model-len", 4096]),
+     "engines[1].extra_args[1]: must be a list of strings, got 4096"),
+    ("extra-args-nul", parse_preset, with_engine(extra_args=["a\x00b"]),
+     "engines[1].extra_args[0]: must not contain control characters other than tab"),
+    ("env-non-string-value", parse_preset, with_engine(env={"HF_HOME": 1}),
+     "engines[1].env.HF_HOME: must be a mapping of VARIABLE_NAME to string, got 1"),
+    ("env-bad-key", parse_preset, with_engine(env={"1BAD": "x"}),
+     'engines[1].env: '),
+    ("env-dash-key", parse_preset, with_engine(env={"MY-VAR": "x"}),
+     'engines[1].env: '),
+    ("env-not-mapping", parse_preset, with_engine(env=["A=1"]),
+     'engines[1].env: must be a mapping of VARIABLE_NAME to string, got ["A=1"]'),
+    ("metadata-list", parse_preset, with_engine(metadata=["a"]),
+     'engines[1].metadata: must be a mapping, got ["a"]'),
     # the document
     ("version-2", parse_preset, preset_doc(version=2), "version: must be 1, got 2"),
-    (
-        "engines-empty",
-        parse_preset,
-        preset_doc(engines=[]),
-        "engines: must list between 1 and 64 engines, got 0",
-    ),
-    (
-        "engines-not-list",
-        parse_preset,
-        preset_doc(engines={"chat": GOOD_ENGINE}),
-        "engines: must be a non-empty list of engine specs, got {",
-    ),
-    (
-        "engines-string",
-        parse_preset,
-        preset_doc(engines="chat"),
-        'engines: must be a non-empty list of engine specs, got "chat"',
-    ),
-    (
-        "duplicate-engine-names",
-        parse_preset,
-        preset_doc(engines=[GOOD_ENGINE, {"name": "x", "model": "m"}, dict(GOOD_ENGINE)]),
-        "engines[2].name: 'chat' is already used by engines[0]; engine names must be unique",
-    ),
-    (
-        "duplicate-ports",
-        parse_preset,
-        preset_doc(
-            engines=[{**GOOD_ENGINE, "port": 8090}, {"name": "b", "model": "m", "port": 8090}]
-        ),
-        "engines[1].port: 8090 is already used by engines[0]",
-    ),
+    ("engines-empty", parse_preset, preset_doc(engines=[]),
+     "engines: must list between 1 and 64 engines, got 0"),
+    ("engines-not-list", parse_preset, preset_doc(engines={"chat": GOOD_ENGINE}),
+     "engines: must be a non-empty list of engine specs, got {"),
+    ("engines-string", parse_preset, preset_doc(engines="chat"),
+     'engines: must be a non-empty list of engine specs, got "chat"'),
+    ("duplicate-engine-names", parse_preset,
+     preset_doc(engines=[GOOD_ENGINE, {"name": "x", "model": "m"}, dict(GOOD_ENGINE)]),
+     "engines[2].name: 'chat' is already used by engines[0]; engine names must be unique"),
+    ("duplicate-ports", parse_preset,
+     preset_doc(engines=[{**GOOD_ENGINE, "port": 8090}, {"name": "b", "model": "m", "port": 8090}]),
+     "engines[1].port: 8090 is already used by engines[0]"),
     ("document-list", parse_preset, [preset_doc()], "(document): "),
-    ("document-string", parse_preset, "name: tiny", "(document): "),
+    ("document-string", parse_preset, "name: tiny", '(document): '),
     ("document-none", parse_preset, None, "(document): "),
     ("engine-document-list", parse_engine, [GOOD_ENGINE], "(document): "),
 ]
@@ -585,7 +398,8 @@ def test_nan_numbers_are_rejected(field):
 def test_nul_byte_message_of_a_bare_engine_has_no_leading_dot():
     with pytest.raises(SpecError) as caught:
         parse_engine({**GOOD_ENGINE, "extra_args": ["a\x00b"]})
-    assert caught.value.errors == ["extra_args[0]: must not contain NUL bytes"]
+    (message,) = caught.value.errors
+    assert message.startswith("extra_args[0]: must not contain control characters")
 
 
 def test_env_key_named_like_a_field_gets_the_env_rule():
@@ -607,3 +421,74 @@ def test_engine_item_that_is_not_a_mapping_says_so():
     (message,) = caught.value.errors
     assert message.startswith("engines[0]:")
     assert "must be a non-empty list" not in message
+
+
+# (spec fields on top of GOOD_ENGINE, expected start of the one message)
+UNSENDABLE_OR_UNSPAWNABLE = [
+    ({"model": "fake/a\x00b"}, "model: must not contain control characters"),
+    ({"model": "m\n"}, "model: must not contain control characters"),
+    ({"model": "m\x85"}, "model: must not contain control characters"),
+    ({"label": "a\tb"}, "label: must not contain control characters"),
+    ({"env": {"A": "x\x00"}}, "env.A: must not contain control characters other than tab"),
+    ({"extra_args": ["\x1b[31m"]}, "extra_args[0]: must not contain control characters"),
+    ({"label": "\ud800"}, "label: not valid Unicode (a lone surrogate \\ud800)"),
+    ({"metadata": {"k": ["\udfff"]}}, "metadata.k[0]: not valid Unicode"),
+    ({"metadata": {"\ud800": 1}}, "metadata: a key is not valid Unicode"),
+    ({"metadata": {"x": float("nan")}}, "metadata.x: nan is not a number JSON allows"),
+    ({"metadata": {"x": float("-inf")}}, "metadata.x: -inf is not a number JSON allows"),
+    ({"metadata": {"when": datetime.date(2024, 1, 1)}}, "metadata.when: must be a JSON value"),
+    ({"metadata": {1: "a"}}, "metadata: keys must be strings"),
+]
+
+
+@pytest.mark.parametrize(("fields", "expected"), UNSENDABLE_OR_UNSPAWNABLE)
+def test_values_no_answer_could_carry_or_no_process_could_take_are_refused(fields, expected):
+    with pytest.raises(SpecError) as caught:
+        parse_engine({**GOOD_ENGINE, **fields})
+    assert caught.value.errors[0].startswith(expected), caught.value.errors
+    # The message itself must be sendable: ASCII-escaped, never the bad character.
+    caught.value.message.encode("ascii")
+
+
+def test_tabs_and_newlines_are_fine_in_arguments_env_and_metadata():
+    spec = parse_engine(
+        {
+            **GOOD_ENGINE,
+            "extra_args": ["--chat-template", "{{ a }}\n\t{{ b }}\r\n"],
+            "env": {"PEM": "-----BEGIN-----\nxyz\n"},
+            "metadata": {"note": "two\nlines", "label\u00e9": "caf\u00e9 \U0001f600"},
+            "label": "caf\u00e9 \u65e5\u672c",
+        }
+    )
+    assert spec.env["PEM"].endswith("\n")
+
+
+def test_nesting_is_bounded_without_recursion():
+    deep: dict = {}
+    node = deep
+    for _ in range(5000):  # far past Python's recursion limit
+        node["a"] = {}
+        node = node["a"]
+    with pytest.raises(SpecError) as caught:
+        parse_engine({**GOOD_ENGINE, "metadata": deep})
+    assert caught.value.errors == ["metadata: nested deeper than 64 levels"]
+    shallow: dict = {}
+    node = shallow
+    for _ in range(60):
+        node["a"] = {}
+        node = node["a"]
+    assert parse_engine({**GOOD_ENGINE, "metadata": shallow}).metadata == shallow
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"name": "chat\n"}, {"env": {"A\n": "x"}}, {"runtime": "vllm\n"}, {"model": "m\n"}],
+)
+def test_a_trailing_newline_does_not_slip_past_a_pattern(fields):
+    # Python's `$` matches before a final newline; JSON Schema's does not.
+    with pytest.raises(SpecError):
+        parse_engine({**GOOD_ENGINE, **fields})
+
+
+def test_a_name_with_a_trailing_newline_is_not_valid():
+    assert not is_valid_name("chat\n")

@@ -1,0 +1,111 @@
+"""Owns the tests of sagellmd/api/openapi.py: the published schemas accept what the
+validators accept, and refuse what they refuse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema_rs
+import pytest
+
+from sagellmd.api.management_routes import SEED_FIELDS
+from sagellmd.api.models_routes import MODEL_ID_SCHEMA
+from sagellmd.api.openapi import NEW_ENGINE_ID, openapi_document
+from sagellmd.errors import BadInputError, SpecError
+from sagellmd.models.download import validate_model_id
+from sagellmd.spec import check_runtime_known, is_valid_name, parse_engine
+
+RUNTIMES = {"vllm": ("python",), "embedding": ("python",)}
+DOCUMENT = openapi_document(sorted(RUNTIMES))
+
+
+def body_schema(path: str, method: str) -> dict[str, Any]:
+    operation = DOCUMENT["paths"][path][method]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    # jsonschema_rs resolves #/components/... against the document it is given.
+    return {**schema, "components": DOCUMENT["components"]}
+
+
+def schema_accepts(schema: dict[str, Any], value: Any) -> bool:
+    # jsonschema_rs reads patterns as ECMA-262 does, as OpenAPI clients and fuzzers do.
+    return jsonschema_rs.validator_for(schema).is_valid(value)
+
+
+def engine_accepted(body: dict[str, Any]) -> bool:
+    try:
+        spec = parse_engine({**body, "name": "x"})
+        check_runtime_known(spec, RUNTIMES, "x")
+    except SpecError:
+        return False
+    return True
+
+
+ENGINE_BODIES: list[dict[str, Any]] = [
+    {"model": "Qwen/Qwen2.5-1.5B-Instruct"},
+    {"model": ""},
+    {"model": "a\x00b"},
+    {"model": "m\n"},
+    {"model": "m", "label": "\x1b[31m"},
+    {"model": "m", "label": "caf\u00e9"},
+    {"model": "m", "restart_schedule": "0 0 0 0 0"},
+    {"model": "m", "restart_schedule": "60 * * * *"},
+    {"model": "m", "restart_schedule": "* * * *"},
+    {"model": "m", "restart_schedule": "*/0 * * * *"},
+    {"model": "m", "restart_schedule": "0 24 * * *"},
+    {"model": "m", "restart_schedule": "0 4 32 * *"},
+    {"model": "m", "restart_schedule": "0 4 * 13 *"},
+    {"model": "m", "restart_schedule": "0 4 * * 8"},
+    {"model": "m", "restart_schedule": "0 4 * * *"},
+    {"model": "m", "restart_schedule": "*/2 * * * * *"},
+    {"model": "m", "restart_schedule": "30 4 1,15 jan-jun mon"},
+    {"model": "m", "restart_schedule": None},
+    {"model": "m", "env": {"A\n": "x"}},
+    {"model": "m", "env": {"PEM": "a\nb"}},
+    {"model": "m", "env": {"A": "\x00"}},
+    {"model": "m", "extra_args": ["\x07"]},
+    {"model": "m", "extra_args": ["--chat-template", "{{a}}\n{{b}}"]},
+    {"model": "m", "runtime": "nope"},
+    {"model": "m", "runtime": "embedding", "kind": "embedding"},
+    {"model": "m", "port": 0},
+    {"model": "m", "tensor_parallel": 65},
+    {"model": "m", "metadata": {"a": {"b": [1, "x", None]}}},
+]
+
+
+@pytest.mark.parametrize("body", ENGINE_BODIES, ids=lambda body: repr(body)[:60])
+def test_engine_body_schema_agrees_with_the_validator(body):
+    for path, method in (("/v1/engines/{engine_id}", "put"),):
+        assert schema_accepts(body_schema(path, method), body) == engine_accepted(body), body
+
+
+@pytest.mark.parametrize("body", ENGINE_BODIES, ids=lambda body: repr(body)[:60])
+def test_management_schema_agrees_with_the_validator(body):
+    spec_to_seed = {spec: seed for seed, spec in SEED_FIELDS.items()}
+    if not set(body) <= set(spec_to_seed):
+        pytest.skip("a field the seed API does not have")
+    seed_body = {spec_to_seed[key]: value for key, value in body.items()}
+    schema = body_schema("/v1/management/engines", "post")
+    assert schema_accepts(schema, seed_body) == engine_accepted(body), seed_body
+
+
+@pytest.mark.parametrize(
+    "model_id", ["org/name", "name", "", "a/b/c", "org/na..me", "o" * 97, "org/name\n", "-x"]
+)
+def test_model_id_schema_agrees_with_the_validator(model_id):
+    try:
+        validate_model_id(model_id)
+        accepted = True
+    except BadInputError:
+        accepted = False
+    assert schema_accepts(MODEL_ID_SCHEMA, model_id) == accepted
+
+
+@pytest.mark.parametrize("name", ["chat", "chat-2", "Chat", "chat\n", "-chat", "c" * 64, ""])
+def test_new_engine_ids_agree_with_the_name_check(name):
+    assert schema_accepts(NEW_ENGINE_ID["schema"], name) == is_valid_name(name)
+
+
+def test_query_ids_are_bounded_like_sqlite_integers():
+    events = DOCUMENT["paths"]["/v1/events"]["get"]["parameters"]
+    after = next(param for param in events if param["name"] == "after")["schema"]
+    assert schema_accepts(after, 2**63 - 1) and not schema_accepts(after, 2**63)

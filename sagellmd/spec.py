@@ -269,6 +269,19 @@ def _error_message(error: jsonschema.ValidationError, prefix: str) -> str:
     field_name = relative[0] if relative and isinstance(relative[0], str) else ""
     if error.validator in ("maxItems", "minItems") and field_name == "engines":
         return f"{where}: must list between 1 and 64 engines, got {len(error.instance)}"
+    if (
+        error.validator == "pattern"
+        and field_name == "restart_schedule"
+        and isinstance(error.instance, str)
+    ):
+        # The parser says what exactly is wrong; the pattern only that something is.
+        try:
+            parse_cron(error.instance)
+        except CronError as exc:
+            return (
+                f"{where}: not a cron expression ({exc}); e.g. '0 4 * * *' for 04:00 every"
+                f" day, got {_describe(error.instance)}"
+            )
     if error.validator == "pattern" and error.validator_value in CONTROL_RULES:
         return f"{where}: {CONTROL_RULES[error.validator_value]}, got {_describe(error.instance)}"
     if error.validator == "maxLength":

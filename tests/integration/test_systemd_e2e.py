@@ -246,6 +246,8 @@ def namespace(tmp_path: Path) -> Iterator[Namespace]:
                 "gpus": "simulate:1x80",
                 "ports": {"start": port_start, "end": port_start + 99},
                 "runtimes": {"vllm": {"command": [sys.executable, str(FAKE_VLLM)]}},
+                # The stand-in's fake/* models are on no disk and there is no hub here.
+                "models": {"hub_check": False},
             }
         )
     )
@@ -347,7 +349,9 @@ def test_start_restart_and_stop_under_systemd_keep_the_engine(namespace: Namespa
     assert response.status_code == 200, response.text
 
     def ready() -> dict[str, Any] | None:
-        entry = client.get("/v1/engines/e2e.chat").json()
+        answer = client.get("/v1/engines/e2e.chat")
+        entry = answer.json()
+        assert "state" in entry, answer.text
         return entry if entry["state"] == "ready" else None
 
     first = wait_for(ready, 20, "e2e.chat ready", ns.journal)

@@ -14,6 +14,7 @@ from sagellmd.cli.event_commands import events
 from sagellmd.cli.generation_commands import history, rollback
 from sagellmd.cli.gpu_commands import gpu
 from sagellmd.cli.help_format import SagellmGroup
+from sagellmd.cli.interrupt import take_sigint
 from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
 from sagellmd.cli.render import engines_table, gpus_line, print_json, print_table
@@ -119,8 +120,14 @@ app.command("gpu")(gpu)
 
 def main() -> None:
     """Entry point of `sagellm`: run the app and turn a SagellmError into its exit code."""
+    # Every command may wait (--wait, downloads, followers): Ctrl-C must end any of them,
+    # whatever SIGINT disposition this process inherited.
+    take_sigint()
     try:
         app(prog_name="sagellm")
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
     except SagellmError as exc:
         lines = exc.errors if isinstance(exc, SpecError) else [exc.message]
         for line in lines:

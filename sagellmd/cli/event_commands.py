@@ -18,6 +18,7 @@ from typing import Any
 import typer
 
 from sagellmd.cli.client import ApiClient
+from sagellmd.cli.completion import complete_engine_id
 from sagellmd.cli.context import cli_context
 from sagellmd.cli.interrupt import take_sigint
 from sagellmd.cli.render import event_line, print_json
@@ -88,7 +89,13 @@ def follow_events(
 def events(
     ctx: typer.Context,
     after: int | None = typer.Option(None, "--after", metavar="ID", help="Only events after ID."),
-    engine: str | None = typer.Option(None, "--engine", metavar="ID", help="Only this engine."),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        metavar="ID",
+        help="Only this engine.",
+        autocompletion=complete_engine_id,
+    ),
     limit: int = typer.Option(
         DEFAULT_LIMIT,
         "--limit",

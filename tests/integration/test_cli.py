@@ -343,6 +343,7 @@ def test_shell_completion_offers_the_daemons_engines_and_presets(daemon: Daemon)
     assert _complete(daemon, "sagellm engine restart p") == ["p.chat"]
     # `engine stop` refuses a preset's engines, so it offers only the ad-hoc one.
     assert _complete(daemon, "sagellm engine stop ") == ["solo"]
+    assert _complete(daemon, "sagellm events --engine s") == ["solo"]
     assert _complete(daemon, "sagellm preset unset ") == ["p"]
     offered = _complete(daemon, "sagellm preset set ")
     assert "p" in offered and "minilm-cpu" in offered

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sagellmd.cli.watch import PlainWatchView, Snapshot, duration_text, parse_ts, transient
 from sagellmd.errors import DaemonUnreachableError, NotFoundError, SagellmError, UnauthorizedError
@@ -228,6 +229,29 @@ def test_sigint_ends_a_follower_started_with_sigint_ignored(daemon: Daemon, comm
         assert "Traceback" not in err
     finally:
         follower.close()
+
+
+def test_sigint_ends_a_change_wait_started_with_sigint_ignored(daemon: Daemon, tmp_path: Path):
+    # Any waiting command, not only the followers: `--wait` on an engine that never gets
+    # healthy, interrupted, stops waiting at once (the change stays) with no traceback.
+    sick = fake_preset("p", {"name": "x", "env": {"FAKE_VLLM_HEALTH": "fail"}})
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(sick))
+    command = [*CLI, "preset", "set", "p", "--file", str(path), "--wait"]
+    waiting = PipeReader(command, daemon.env, sigint_ignored=True)
+    try:
+        wait_until(
+            lambda: any("waiting up to" in line for line in waiting.lines),
+            15,
+            "the wait",
+            waiting.dump,
+        )
+        time.sleep(0.3)
+        code, err = waiting.interrupt(timeout=5)
+        assert code == 1, err
+        assert "stopped waiting; generation 1 goes on" in err and "Traceback" not in err
+    finally:
+        waiting.close()
 
 
 def test_ctrl_c_on_a_terminal_ends_status_watch_started_with_sigint_ignored(daemon: Daemon):

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from sagellmd.spec import parse_engine
+from sagellmd.store import changes
 from sagellmd.store.models import (
     ActivePresetRow,
     DesiredEngineRow,
@@ -129,8 +130,6 @@ def revert(session: Session, generation: int, now: float) -> list[str]:
     document is not restored (changed again since) gets its engine list brought in line
     with the engine rows, so `preset show` tells the truth.
     """
-    from sagellmd.store import changes  # changes imports nothing from here; avoid a cycle
-
     preset_rows = session.scalars(
         select(PresetChangeRow).where(
             PresetChangeRow.generation == generation, PresetChangeRow.superseded_by.is_(None)

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sagellmd.instance import Instance
+from sagellmd.reconcile.actions import DesiredEngine
 from sagellmd.reconcile.rollout import FAILED, HEALTHY, Verdict, judge_change, judge_generation
-from sagellmd.store.repository import Store
+from sagellmd.store.repository import Settlement, Store
 
 
 @dataclass(frozen=True)
@@ -23,15 +24,24 @@ class RolloutOutcome:
 
 
 def review(
-    store: Store, instances: Mapping[str, Instance], now: float, min_healthy_s: float = 0.0
+    store: Store,
+    instances: Mapping[str, Instance],
+    now: float,
+    min_healthy_s: float = 0.0,
+    desired_engines: list[DesiredEngine] | None = None,
 ) -> list[RolloutOutcome]:
     """Judge every generation still without a verdict, oldest first; revert failed ones.
 
     Returns one outcome per open generation: settled now, or still rolling out with the
-    deadline at which to look again (`next_deadline`).
+    deadline at which to look again (`next_deadline`). Verdicts go to the store in one
+    commit (each one a fsync otherwise), flushed before a revert so that a generation is
+    marked failed before the generation that undoes it exists.
     """
     outcomes: list[RolloutOutcome] = []
-    desired = {engine.id: engine for engine in store.desired()}
+    pending: list[Settlement] = []
+    desired = {
+        e.id: e for e in (desired_engines if desired_engines is not None else store.desired())
+    }
     for generation in store.open_generations():
         decided: dict[int, Verdict] = {}
         for change in generation.changes:
@@ -56,23 +66,26 @@ def review(
             if v.healthy is not None
         }
         if not verdict.settled:
-            store.settle(generation.id, settled_changes)
+            pending.append(Settlement(generation.id, settled_changes))
             outcomes.append(RolloutOutcome(generation.id, verdict))
             continue
-        store.settle(generation.id, settled_changes, verdict.healthy, verdict.reason)
+        pending.append(Settlement(generation.id, settled_changes, verdict.healthy, verdict.reason))
         if verdict.healthy is not False:
             outcomes.append(RolloutOutcome(generation.id, verdict))
             continue
         if not generation.auto_rollback:
             outcomes.append(RolloutOutcome(generation.id, verdict, kept=True))
             continue
+        store.settle(pending)
+        pending = []
         cause = f"rollback of {generation.id}: {verdict.reason}"
         undo = store.revert_generation(generation.id, cause)
         reverted = store.generation(undo.generation or 0)
         engines = tuple(change.engine_id for change in reverted.changes) if reverted else ()
         outcomes.append(RolloutOutcome(generation.id, verdict, undo.generation, engines))
         # The revert changed the desired set: what is left open is judged against it.
-        desired = {engine.id: engine for engine in store.desired()}
+        desired = {engine.id: engine for engine in undo.desired}
+    store.settle(pending)
     return outcomes
 
 

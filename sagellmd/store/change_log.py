@@ -75,20 +75,20 @@ def record(session: Session, before: DesiredRows, after: DesiredRows, generation
 
     A change whose engine needs a new process (new, or a new spec hash) is `pending` until
     the rollout judge decides; one that does not (removed, label or metadata only) is `none`.
-    Returns the number of engines changed.
+    Returns the number of changes that wait for a verdict.
     """
-    changed = 0
+    waiting = 0
     for engine_id in sorted(set(before.engines) | set(after.engines)):
         old, new = before.engines.get(engine_id), after.engines.get(engine_id)
         if old == new:
             continue
-        changed += 1
         session.execute(
             update(EngineChangeRow)
             .where(EngineChangeRow.engine_id == engine_id, EngineChangeRow.superseded_by.is_(None))
             .values(superseded_by=generation)
         )
         starts = new is not None and (old is None or old.spec_hash != new.spec_hash)
+        waiting += starts
         session.add(
             EngineChangeRow(
                 generation=generation,
@@ -112,7 +112,7 @@ def record(session: Session, before: DesiredRows, after: DesiredRows, generation
         session.add(
             PresetChangeRow(generation=generation, name=name, before=_preset_json(old_preset))
         )
-    return changed
+    return waiting
 
 
 def _unjudged_reason(old: EngineState | None, new: EngineState | None) -> str:

@@ -69,6 +69,17 @@ class ChangeResult:
 
 
 @dataclass(frozen=True)
+class Settlement:
+    """Verdicts to record: of engine changes (id -> (verdict, reason)) and, when `verdict`
+    is given, of their generation."""
+
+    generation: int
+    change_verdicts: dict[int, tuple[str, str]]
+    healthy: bool | None = None
+    verdict: str | None = None
+
+
+@dataclass(frozen=True)
 class GenerationRecord:
     id: int
     ts: float
@@ -241,7 +252,11 @@ class Store:
                     transaction.rollback()
                     return ChangeResult(None, desired, created)
                 generation = changes.new_generation(session, cause, now, auto_rollback, reverts)
-                change_log.record(session, before, change_log.read_rows(session), generation)
+                after = change_log.read_rows(session)
+                if not change_log.record(session, before, after, generation):
+                    # Nothing to start: healthy now, in the same commit (a fsync saved).
+                    row = session.get(GenerationRow, generation)
+                    row.healthy, row.verdict = True, "nothing to start"
                 transaction.commit()
                 return ChangeResult(generation, desired, created)
             except BaseException:
@@ -334,24 +349,20 @@ class Store:
             by_generation = _changes_of(session, [row.id for row in rows])
             return [_generation(row, by_generation) for row in rows]
 
-    def settle(
-        self,
-        generation_id: int,
-        change_verdicts: dict[int, tuple[str, str]],
-        healthy: bool | None = None,
-        verdict: str | None = None,
-    ) -> None:
-        """Record verdicts of engine changes (id -> (verdict, reason)) and, when given, of
-        their generation, in one commit."""
+    def settle(self, settlements: list[Settlement]) -> None:
+        """Record the verdicts of engine changes and generations, all in one commit."""
+        if not any(item.change_verdicts or item.verdict is not None for item in settlements):
+            return
         with self.session() as session, session.begin():
-            for change_id, (outcome, reason) in change_verdicts.items():
-                row = session.get(EngineChangeRow, change_id)
-                if row is not None:
-                    row.verdict, row.reason = outcome, reason
-            if verdict is not None:
-                row_ = session.get(GenerationRow, generation_id)
-                if row_ is not None:
-                    row_.healthy, row_.verdict = healthy, verdict
+            for item in settlements:
+                for change_id, (outcome, reason) in item.change_verdicts.items():
+                    row = session.get(EngineChangeRow, change_id)
+                    if row is not None:
+                        row.verdict, row.reason = outcome, reason
+                if item.verdict is not None:
+                    generation = session.get(GenerationRow, item.generation)
+                    if generation is not None:
+                        generation.healthy, generation.verdict = item.healthy, item.verdict
 
     def last_healthy_before(self, generation_id: int) -> int:
         """The newest healthy generation older than `generation_id`; 0 (nothing) if none."""

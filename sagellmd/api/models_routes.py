@@ -67,7 +67,7 @@ async def _catalog(ctx: ApiContext) -> Catalog:
         settings.model_paths,
         hub_cache_for(os.environ),
         settings.home,
-        EstimateSettings(settings.kv_cache_gb, settings.overhead_gb),
+        EstimateSettings(settings.kv_cache_gb, settings.overhead_gb, settings.model_paths),
     )
 
 

@@ -35,7 +35,12 @@ def capacities(inventory: GpuInventory, our_pids: set[int]) -> tuple[GpuCapacity
 
 
 class EstimateCache:
-    """Estimates read files (safetensors headers, config.json): once per spec hash."""
+    """Estimates read files (safetensors headers, config.json): once per spec hash.
+
+    Only figures from the files (or the spec) are kept: one from the model's name, or no
+    figure at all, is worked out again each time, so a model downloaded later is measured
+    by its weights from then on.
+    """
 
     def __init__(self, settings: EstimateSettings) -> None:
         self._settings = settings
@@ -43,26 +48,31 @@ class EstimateCache:
 
     def get(self, engine: DesiredEngine) -> MemoryEstimate | str:
         key = engine.spec.spec_hash
-        if key not in self._by_hash:
-            try:
-                self._by_hash[key] = estimate_memory(engine.spec, self._settings)
-            except EstimateError as exc:
-                self._by_hash[key] = str(exc)
-            except (
-                OSError,
-                ValueError,
-                LookupError,
-                TypeError,
-                AttributeError,
-                ArithmeticError,
-            ) as exc:
-                # A broken model file must cost this one engine its estimate, never
-                # stop the reconcile pass for every engine.
-                self._by_hash[key] = (
-                    f"cannot estimate the GPU memory of {engine.spec.model!r}: its files are"
-                    f" unreadable ({type(exc).__name__}: {exc}); fix them or set gpu_memory_gb"
-                )
+        cached = self._by_hash.get(key)
+        if isinstance(cached, MemoryEstimate) and cached.source != "name":
+            return cached
+        self._by_hash[key] = self._estimate(engine)
         return self._by_hash[key]
+
+    def _estimate(self, engine: DesiredEngine) -> MemoryEstimate | str:
+        try:
+            return estimate_memory(engine.spec, self._settings)
+        except EstimateError as exc:
+            return str(exc)
+        except (
+            OSError,
+            ValueError,
+            LookupError,
+            TypeError,
+            AttributeError,
+            ArithmeticError,
+        ) as exc:
+            # A broken model file must cost this one engine its estimate, never stop the
+            # reconcile pass for every engine.
+            return (
+                f"cannot estimate the GPU memory of {engine.spec.model!r}: its files are"
+                f" unreadable ({type(exc).__name__}: {exc}); fix them or set gpu_memory_gb"
+            )
 
 
 def gpu_needs(desired: Iterable[DesiredEngine], estimates: EstimateCache) -> dict[str, int | str]:

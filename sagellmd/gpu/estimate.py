@@ -35,6 +35,7 @@ class EstimateSettings:
 
     kv_cache_gb: float = 4.0
     overhead_gb: float = 1.0
+    model_paths: tuple[Path, ...] = ()  # config's models.paths, searched before the hub cache
 
 
 @dataclass(frozen=True)
@@ -146,14 +147,20 @@ def _bytes_per_parameter(config: dict[str, Any]) -> int:
     return DTYPE_BYTES.get(dtype.replace("torch.", ""), 2)
 
 
+# `A2.7B` in `Qwen1.5-MoE-A2.7B` or `Qwen3-30B-A3B`: the active parameters of a mixture of
+# experts, while the memory holds all of them.
+_ACTIVE = re.compile(r"(?<![A-Za-z\d.])A\d+(?:\.\d+)?[bB](?![a-zA-Z])")
 _MOE_NAME = re.compile(r"(?<![\d.])(\d+)x(\d+(?:\.\d+)?)[bB](?![a-zA-Z])")
 _BILLIONS = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])")
 _MILLIONS = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[mM](?![a-zA-Z])")
 
 
 def parameters_from_name(model: str) -> int | None:
-    """'7B' -> 7e9, '1.5B' -> 1.5e9, '8x7B' -> 56e9, '360M' -> 3.6e8; None if no count."""
-    name = model.rsplit("/", 1)[-1]
+    """'7B' -> 7e9, '1.5B' -> 1.5e9, '8x7B' -> 56e9, '360M' -> 3.6e8; None if no count.
+
+    An active count (`A3B`) is no total: `30B-A3B` is 30e9, `MoE-A2.7B` alone is None.
+    """
+    name = _ACTIVE.sub("-", model.rsplit("/", 1)[-1])
     if match := _MOE_NAME.search(name):
         return int(int(match.group(1)) * float(match.group(2)) * 1e9)
     if match := _BILLIONS.search(name):
@@ -163,8 +170,30 @@ def parameters_from_name(model: str) -> int | None:
     return None
 
 
-def _weights(spec: EngineSpec, cache: Path | None) -> tuple[int, str, str]:
-    directory = local_model_dir(spec.model, cache)
+def models_paths_dir(model: str, roots: tuple[Path, ...]) -> Path | None:
+    """`<root>/<org>/<name>` under the first models.paths root that holds weights or a config.
+
+    The engine resolves its model in the same order (models/resolve.py: find_local), which
+    cannot be imported here: models/ builds on these estimates.
+    """
+    parts = Path(model).parts
+    if model.startswith(("/", ".", "~")) or not parts or ".." in parts:
+        return None
+    for root in roots:
+        candidate = root / model
+        if (candidate / "config.json").is_file() or any(candidate.glob("*.safetensors")):
+            return candidate
+    return None
+
+
+def _model_dir(spec: EngineSpec, settings: EstimateSettings, cache: Path | None) -> Path | None:
+    return models_paths_dir(spec.model, settings.model_paths) or local_model_dir(spec.model, cache)
+
+
+def _weights(
+    spec: EngineSpec, settings: EstimateSettings, cache: Path | None
+) -> tuple[int, str, str]:
+    directory = _model_dir(spec, settings, cache)
     if directory is not None:
         from_headers = weight_bytes_from_safetensors(directory)
         if from_headers:
@@ -179,6 +208,12 @@ def _weights(spec: EngineSpec, cache: Path | None) -> tuple[int, str, str]:
     parameters = parameters_from_name(spec.model)
     if parameters:
         return parameters * 2, "name", f"{parameters / 1e9:g}B parameters from the name, fp16"
+    if _ACTIVE.search(spec.model.rsplit("/", 1)[-1]):
+        raise EstimateError(
+            f"cannot estimate the GPU memory of {spec.model!r}: its name gives only the active"
+            " parameters of a mixture of experts, not all it holds; download it (`sagellm"
+            " model download`) or set gpu_memory_gb in the spec"
+        )
     raise EstimateError(
         f"cannot estimate the GPU memory of {spec.model!r}: no local weights or config.json"
         " and no parameter count in its name; set gpu_memory_gb in the spec"
@@ -191,7 +226,7 @@ def estimate_memory(
     """Per-GPU memory: weights / (tp x pp) + KV-cache budget + runtime overhead."""
     if spec.gpu_memory_gb is not None:
         return MemoryEstimate(int(spec.gpu_memory_gb * GIB), "gpu_memory_gb", "set in the spec")
-    weights, source, detail = _weights(spec, cache)
+    weights, source, detail = _weights(spec, settings, cache)
     shards = spec.tensor_parallel * spec.pipeline_parallel
     kv_cache = settings.kv_cache_gb if spec.kind == "llm" else 0.0
     per_gpu = weights / shards + (kv_cache + settings.overhead_gb) * GIB

@@ -61,7 +61,9 @@ class Reconciler:
         self.world.metrics.watch(self.world)
         self._prober = Prober(self.world)
         self._executor = Executor(self.world, self._prober)
-        self.estimates = EstimateCache(EstimateSettings(settings.kv_cache_gb, settings.overhead_gb))
+        self.estimates = EstimateCache(
+            EstimateSettings(settings.kv_cache_gb, settings.overhead_gb, settings.model_paths)
+        )
         self._scheduler = AsyncIOScheduler(event_loop=loop)
         self._restart_schedule = RestartSchedule(self._scheduler, self.world)
         self._stopping = False

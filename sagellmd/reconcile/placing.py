@@ -104,9 +104,9 @@ def place_starts(
         busy = _starting_gpus(observed, action.engine_id) | planned_busy
         outcome = place(count, need, view.gpus, reservations, view.headroom, busy)
         if isinstance(outcome, Placed):
-            planned.append(Reservation(action.engine_id, outcome.gpus, need))
+            planned.append(Reservation(action.engine_id, outcome.gpus, outcome.per_gpu_bytes))
             planned_busy.update(outcome.gpus)
-            placed.append(replace(action, gpus=outcome.gpus, gpu_bytes=need))
+            placed.append(replace(action, gpus=outcome.gpus, gpu_bytes=outcome.per_gpu_bytes))
         else:
             placed.append(_cannot_place(action, outcome.message, surge))
     return placed

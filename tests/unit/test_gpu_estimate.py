@@ -418,6 +418,11 @@ def test_model_missing_from_the_cache_uses_the_name(tmp_path, monkeypatch):
         ("facebook/opt-125m", 125_000_000),
         ("org/no-size-here", None),
         ("sentence-transformers/all-MiniLM-L6-v2", None),
+        # Mixtures of experts: the active count (A3B) is not what the memory holds.
+        ("Qwen/Qwen3-30B-A3B", 30_000_000_000),
+        ("Qwen/Qwen3-235B-A22B-Instruct-2507", 235_000_000_000),
+        ("Qwen/Qwen1.5-MoE-A2.7B", None),
+        ("Qwen/Qwen1.5-MoE-A2.7B-Chat", None),
     ],
 )
 def test_parameters_from_name(model, parameters):
@@ -626,3 +631,46 @@ def test_estimate_cache_keeps_the_no_source_message(tmp_path, monkeypatch):
 
     assert isinstance(outcome, str)
     assert "gpu_memory_gb" in outcome
+
+
+def test_a_moe_name_with_only_its_active_count_asks_for_the_weights(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+
+    with pytest.raises(EstimateError) as raised:
+        estimate_memory(llm("Qwen/Qwen1.5-MoE-A2.7B"), BARE)
+
+    assert "active" in str(raised.value) and "gpu_memory_gb" in str(raised.value)
+
+
+def test_models_paths_are_searched_like_the_engine_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    root = tmp_path / "models"
+    directory = root / "org" / "chat-7B"
+    directory.mkdir(parents=True)
+    weights = write_safetensors(directory / "model.safetensors", small_tensors())
+    settings = EstimateSettings(kv_cache_gb=0, overhead_gb=0, model_paths=(root,))
+
+    estimate = estimate_memory(llm("org/chat-7B"), settings)
+
+    # Not 14 GB from the "7B" in the name: the weights under models.paths.
+    assert estimate.source == "safetensors"
+    assert estimate.per_gpu_bytes == weights
+    assert estimate_memory(llm("org/chat-7B"), BARE).source == "name"
+    assert estimate_memory(llm("../chat-7B"), settings).source == "name"
+
+
+def test_a_model_downloaded_after_a_name_estimate_is_measured_by_its_weights(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    estimates = EstimateCache(BARE)
+    engine = desired("Qwen/Qwen2.5-1.5B-Instruct")
+
+    before = estimates.get(engine)
+    fake_hub(hub, "Qwen/Qwen2.5-1.5B-Instruct", QWEN2_5_1_5B)  # `sagellm model download`
+    after = estimates.get(engine)
+
+    assert not isinstance(before, str) and before.source == "name"
+    assert not isinstance(after, str) and after.source == "config.json"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +15,7 @@ from sagellmd.gpu.placement import (
     Reservation,
     available_bytes,
     describe_need,
+    group_bytes,
     memory_fraction,
     place,
     reserved_by_gpu,
@@ -59,10 +62,30 @@ def test_tensor_parallel_spans_distinct_gpus():
 
 
 def test_tensor_parallel_takes_the_tightest_gpus_and_reports_them_sorted():
-    # Rooms: 80, 40, 24, 60; two GPUs x 20 GiB go to the 24 and the 40.
-    outcome = place(2, 20 * GIB, gpus(80, 40, 24, 60), [], headroom=1.0)
+    # Four 80 GiB GPUs with rooms 80, 40, 24, 60; two GPUs x 20 GiB go to the 24 and the 40.
+    capacity = [GpuCapacity(i, 80 * GIB, (80 - r) * GIB) for i, r in enumerate((80, 40, 24, 60))]
+    outcome = place(2, 20 * GIB, capacity, [], headroom=1.0)
 
     assert outcome == Placed((1, 2), 20 * GIB)
+
+
+def test_mixed_sizes_reserve_what_vllms_one_fraction_takes_on_each_gpu():
+    # Sizes 80, 40, 24, 60, all free. With one fraction f for both GPUs, the engine gets
+    # f x total on each; giving the smaller its 20 GiB makes the larger take more.
+    outcome = place(2, 20 * GIB, gpus(80, 40, 24, 60), [], headroom=1.0)
+
+    # 24 GiB pairs with nothing (the partner would need 20 x T / 24 > its room); the
+    # tightest feasible pair is 40 + 60: 20 x 60 / 40 = 30 GiB on each.
+    assert outcome == Placed((1, 3), 30 * GIB)
+    fraction = memory_fraction(outcome.per_gpu_bytes, [gpus(80, 40, 24, 60)[i] for i in (1, 3)])
+    for total in (40, 60):
+        assert 20 * GIB <= fraction * total * GIB <= outcome.per_gpu_bytes
+
+
+def test_same_size_gpus_are_preferred_for_one_engine():
+    outcome = place(2, 10 * GIB, gpus(24, 80, 24), [], headroom=1.0)
+
+    assert outcome == Placed((0, 2), 10 * GIB)
 
 
 def test_tensor_parallel_never_puts_two_shards_on_one_gpu():
@@ -210,13 +233,14 @@ def test_memory_fraction_is_reserved_over_total():
     assert memory_fraction(20 * GIB, gpus(80, 80)) == 0.25
 
 
-def test_memory_fraction_on_mixed_gpus_stays_within_the_reservation_on_each():
+def test_memory_fraction_on_mixed_gpus_gives_each_its_need_within_its_reservation():
     capacity = gpus(80, 24)
+    reserved = group_bytes(12 * GIB, capacity)  # 40 GiB on each: 12 x 80 / 24
 
-    fraction = memory_fraction(12 * GIB, capacity)
+    fraction = memory_fraction(reserved, capacity)
 
-    assert fraction == 12 / 80
-    assert all(fraction * gpu.total_bytes <= 12 * GIB for gpu in capacity)
+    assert fraction == 12 / 24
+    assert all(12 * GIB <= fraction * gpu.total_bytes <= reserved for gpu in capacity)
 
 
 # -- property: any sequence of place and release ---------------------------------------
@@ -251,6 +275,14 @@ def scenarios(draw):
     return capacity, headroom, operations
 
 
+def _fits(count, per_gpu, candidates, reservations, headroom) -> bool:
+    """Brute force: some `count` of `candidates` can hold what that set needs on each."""
+    return any(
+        all(room(g, reservations, headroom) >= group_bytes(per_gpu, group) for g in group)
+        for group in itertools.combinations(candidates, count)
+    )
+
+
 def room(gpu: GpuCapacity, reservations: list[Reservation], headroom: float) -> int:
     return available_bytes(gpu, reserved_by_gpu(reservations).get(gpu.index, 0), headroom)
 
@@ -271,16 +303,24 @@ def test_place_and_release_never_overcommit_and_return_to_zero(scenario):
             if isinstance(outcome, Placed):
                 assert len(outcome.gpus) == len(set(outcome.gpus)) == count
                 assert not set(outcome.gpus) & busy
-                assert outcome.per_gpu_bytes == per_gpu
-                # Best fit: no idle GPU left out has less room than one taken.
-                taken = max(room(by_index[i], before, headroom) for i in outcome.gpus)
-                for index in set(idle) - set(outcome.gpus):
-                    assert room(by_index[index], before, headroom) >= taken
-                reservations.append(Reservation(f"e{number}", outcome.gpus, per_gpu))
+                taken_gpus = [by_index[i] for i in outcome.gpus]
+                assert outcome.per_gpu_bytes == group_bytes(per_gpu, taken_gpus) >= per_gpu
+                assert all(room(g, before, headroom) >= outcome.per_gpu_bytes for g in taken_gpus)
+                sizes = {g.total_bytes for g in taken_gpus}
+                if len(sizes) == 1:
+                    # Best fit among GPUs of that size: none left out has less room.
+                    taken = max(room(g, before, headroom) for g in taken_gpus)
+                    for index in set(idle) - set(outcome.gpus):
+                        if by_index[index].total_bytes in sizes:
+                            assert room(by_index[index], before, headroom) >= taken
+                reservations.append(Reservation(f"e{number}", outcome.gpus, outcome.per_gpu_bytes))
             else:
-                # It is refused only when it cannot fit now, and waits only for busy GPUs.
-                assert len(idle) < count
-                assert outcome.busy == (len(fits) >= count)
+                # Refused only when no set of idle GPUs fits now (one size, or mixed sizes
+                # with what the larger ones need); it waits only for busy GPUs.
+                assert not _fits(count, per_gpu, [by_index[i] for i in idle], before, headroom)
+                assert outcome.busy == _fits(
+                    count, per_gpu, [by_index[i] for i in fits], before, headroom
+                )
         elif reservations:
             reservations.pop(operation[1] % len(reservations))
         reserved = reserved_by_gpu(reservations)

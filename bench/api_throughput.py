@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -96,6 +98,38 @@ def measure(url: str, clients: int, seconds: float, request: Request) -> Run:
     for thread in threads:
         thread.join()
     return Run([v for per in latencies for v in per], time.perf_counter() - began, sum(errors))
+
+
+def wrk_rate(url: str, connections: int, seconds: float) -> str | None:
+    """`wrk` (Debian's package) on `url`: a C load generator, so the daemon is what is
+    measured, not Python client threads competing with it for two CPUs. None without wrk."""
+    if shutil.which("wrk") is None:
+        return None
+    threads = min(connections, 2)
+    result = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rate = next(line for line in result.stdout.splitlines() if line.startswith("Requests/sec"))
+    p50 = next(
+        (line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("50%")),
+        "?",
+    )
+    errors = [
+        line.strip() for line in result.stdout.splitlines() if "Non-2xx" in line or "errors" in line
+    ]
+    return f"{float(rate.split()[1]):8.1f} req/s  p50={p50}" + (
+        f"  {'; '.join(errors)}" if errors else ""
+    )
 
 
 def filesystem(path: Path) -> str:
@@ -197,6 +231,10 @@ def main() -> None:
         )
         for name, run in results:
             print(run.line(name))
+        for connections in (1, args.clients):
+            rate = wrk_rate(f"{daemon.url}/v1/status", connections, args.seconds)
+            label = f"GET /v1/status, wrk, {connections} connection{'s' if connections > 1 else ''}"
+            print(f"{label:44s} {rate}" if rate else f"{label:44s} (wrk not installed)")
 
         # Every answered PUT made a generation, and none of them restarted an engine.
         final = daemon.get("/v1/status").json()
@@ -208,6 +246,9 @@ def main() -> None:
             f"check: {made} generations for {puts[0]} measured + {warmups} warm-up PUTs;"
             f" engines restarted by label changes: {len(restarted)}"
         )
+        for engine_id in restarted:
+            for event in daemon.events(engine_id)[-4:]:
+                print(f"  {engine_id}: {event['type']} {event['message']}")
         if made != puts[0] + warmups or restarted:
             raise SystemExit(f"unexpected: generations {made}, restarted {restarted}")
     finally:

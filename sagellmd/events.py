@@ -12,6 +12,9 @@ class EventHub:
     def __init__(self) -> None:
         self._changed = asyncio.Event()
         self.closed = False
+        # Counts notifications: what readers derive from the state can be kept while it
+        # stays the same (api/status_document.py).
+        self.version = 0
 
     def close(self) -> None:
         """The daemon is stopping: wake every waiter, and make new waits return at once."""
@@ -19,6 +22,7 @@ class EventHub:
         self.notify()
 
     def notify(self) -> None:
+        self.version += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 

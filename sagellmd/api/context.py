@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sagellmd.api.auth import TokenFile
+from sagellmd.api.status_document import StatusDocuments
 from sagellmd.config import Settings
 from sagellmd.events import EventHub
 from sagellmd.reconcile.loop import Reconciler
@@ -19,3 +20,4 @@ class ApiContext:
     reconciler: Reconciler
     token: TokenFile
     started_at: float
+    status_documents: StatusDocuments = field(default_factory=StatusDocuments)

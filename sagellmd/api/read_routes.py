@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from sagellmd import __version__
 from sagellmd.api.body import query_number
@@ -38,31 +38,37 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True, "pid": os.getpid(), "version": __version__})
 
 
-async def status(request: Request) -> JSONResponse:
+async def status(request: Request) -> Response:
     ctx = _ctx(request)
+    secrets = shows_secrets(request)
+    state = (ctx.hub.version, ctx.reconciler.passes)
+    body = ctx.status_documents.get(state, secrets, lambda: status_document(ctx, secrets))
+    return Response(body, media_type="application/json")
+
+
+def status_document(ctx: ApiContext, secrets: bool) -> dict[str, Any]:
+    """`GET /v1/status`: generation, daemon, GPUs, presets and every engine."""
     desired = ctx.store.desired()
-    return JSONResponse(
-        {
-            "generation": ctx.store.current_generation(),
-            "daemon": {
-                "pid": os.getpid(),
-                "version": __version__,
-                "home": str(ctx.settings.home),
-                "api": ctx.settings.api_url,
-                "started_at": iso(ctx.started_at),
-                "reconcile_passes": ctx.reconciler.passes,
-                "last_pass_at": iso(ctx.reconciler.last_pass_at),
-            },
-            "gpus": gpu_summary(ctx),
-            "presets": [preset.name for preset in ctx.store.active_presets()],
-            "engines": engine_entries(
-                desired,
-                ctx.reconciler.world.instances,
-                estimates_for(ctx, desired),
-                shows_secrets(request),
-            ),
-        }
-    )
+    return {
+        "generation": ctx.store.current_generation(),
+        "daemon": {
+            "pid": os.getpid(),
+            "version": __version__,
+            "home": str(ctx.settings.home),
+            "api": ctx.settings.api_url,
+            "started_at": iso(ctx.started_at),
+            "reconcile_passes": ctx.reconciler.passes,
+            "last_pass_at": iso(ctx.reconciler.last_pass_at),
+        },
+        "gpus": gpu_summary(ctx),
+        "presets": [preset.name for preset in ctx.store.active_presets()],
+        "engines": engine_entries(
+            desired,
+            ctx.reconciler.world.instances,
+            estimates_for(ctx, desired),
+            secrets,
+        ),
+    }
 
 
 async def list_engines(request: Request) -> JSONResponse:

@@ -139,3 +139,4 @@ class World:
     def forget(self, engine_id: str) -> None:
         self.instances.pop(engine_id, None)
         self.store.forget_instance(engine_id)
+        self.hub.notify()  # readers keyed on the hub's version (the status document) see it

@@ -12,12 +12,13 @@ from datetime import datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from sagellmd.config import Settings
+from sagellmd.desired import DesiredEngine
 from sagellmd.events import EventHub
 from sagellmd.gpu.accounting import EstimateCache, build_view, gpu_needs, process_tree
 from sagellmd.gpu.estimate import EstimateSettings
 from sagellmd.gpu.inventory import read_inventory
 from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
-from sagellmd.reconcile.actions import DesiredEngine, Pend
+from sagellmd.reconcile.actions import Pend
 from sagellmd.reconcile.executor import Executor
 from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.placing import GpuView

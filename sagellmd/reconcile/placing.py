@@ -5,17 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import GpuCapacity, Placed, Reservation, describe_need, place
 from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.actions import (
-    Action,
-    DesiredEngine,
-    Pend,
-    Replace,
-    Restart,
-    Start,
-    Surge,
-)
+from sagellmd.reconcile.actions import Action, Pend, Replace, Restart, Start, Surge
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from sagellmd.desired import DesiredEngine
 from sagellmd.instance import LIVE_STATES, Instance, InstanceState, StopIntent
 from sagellmd.reconcile.actions import (
     Action,
     BackoffPolicy,
-    DesiredEngine,
     Forget,
     Pend,
     Plan,

@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
+from sagellmd.desired import DesiredEngine
 from sagellmd.errors import NotFoundError
 from sagellmd.instance import Instance, InstanceState, Retiring, StopIntent
-from sagellmd.reconcile.plan import DesiredEngine
 from sagellmd.reconcile.rollout import EngineChange
 from sagellmd.spec import EngineSpec, Preset
 from sagellmd.store import change_log, changes

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import GIB, GpuCapacity
 from sagellmd.instance import Instance, InstanceState
 from sagellmd.reconcile.plan import (
     BackoffPolicy,
-    DesiredEngine,
     GpuView,
     Pend,
     Replace,

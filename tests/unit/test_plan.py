@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sagellmd.desired import DesiredEngine
 from sagellmd.instance import (
     Instance,
     InstanceState,
@@ -30,7 +31,6 @@ from sagellmd.instance import (
 from sagellmd.reconcile.backoff import backoff_delay
 from sagellmd.reconcile.plan import (
     BackoffPolicy,
-    DesiredEngine,
     Forget,
     Plan,
     Replace,

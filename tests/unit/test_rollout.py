@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from sagellmd.desired import DesiredEngine
 from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.actions import DesiredEngine
 from sagellmd.reconcile.rollout import (
     CRASH_LIMIT,
     FAILED,

@@ -16,9 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sagellmd.desired import DesiredEngine  # noqa: E402
-from sagellmd.gpu.placement import GIB, GpuCapacity, Reservation, place  # noqa: E402
+from sagellmd.gpu.placement import GIB, GpuCapacity, GpuView, Reservation, place  # noqa: E402
 from sagellmd.instance import Instance, InstanceState  # noqa: E402
-from sagellmd.reconcile.placing import GpuView  # noqa: E402
 from sagellmd.reconcile.plan import plan_actions  # noqa: E402
 from sagellmd.spec import parse_engine  # noqa: E402
 

@@ -17,11 +17,11 @@ from sagellmd.events import EventHub
 from sagellmd.gpu.accounting import EstimateCache, build_view, gpu_needs, process_tree
 from sagellmd.gpu.estimate import EstimateSettings
 from sagellmd.gpu.inventory import read_inventory
+from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
 from sagellmd.reconcile.actions import Pend
 from sagellmd.reconcile.executor import Executor
 from sagellmd.reconcile.observe import Prober, on_exit
-from sagellmd.reconcile.placing import GpuView
 from sagellmd.reconcile.plan import BackoffPolicy, Plan, Stop, Wait, plan_actions
 from sagellmd.reconcile.recovery import recover
 from sagellmd.reconcile.review import RolloutOutcome, next_deadline, review

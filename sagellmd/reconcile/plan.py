@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from sagellmd.desired import DesiredEngine
+from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import LIVE_STATES, Instance, InstanceState, StopIntent
 from sagellmd.reconcile.actions import (
     Action,
@@ -21,7 +22,7 @@ from sagellmd.reconcile.actions import (
     Wait,
 )
 from sagellmd.reconcile.backoff import backoff_delay
-from sagellmd.reconcile.placing import GpuView, place_starts
+from sagellmd.reconcile.placing import place_starts
 
 __all__ = [
     "Action",

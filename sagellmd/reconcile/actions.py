@@ -8,12 +8,6 @@ from sagellmd.instance import StopIntent
 
 
 @dataclass(frozen=True)
-class BackoffPolicy:
-    base_s: float = 1.0
-    max_s: float = 300.0
-
-
-@dataclass(frozen=True)
 class Start:
     """Spawn the engine's process (first start, or after a stop or a replace)."""
 

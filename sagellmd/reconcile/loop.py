@@ -11,6 +11,7 @@ from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from sagellmd.backoff import BackoffPolicy
 from sagellmd.config import Settings
 from sagellmd.desired import DesiredEngine
 from sagellmd.events import EventHub
@@ -22,7 +23,7 @@ from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
 from sagellmd.reconcile.actions import Pend
 from sagellmd.reconcile.executor import Executor
 from sagellmd.reconcile.observe import Prober, on_exit
-from sagellmd.reconcile.plan import BackoffPolicy, Plan, Stop, Wait, plan_actions
+from sagellmd.reconcile.plan import Plan, Stop, Wait, plan_actions
 from sagellmd.reconcile.recovery import recover
 from sagellmd.reconcile.review import RolloutOutcome, next_deadline, review
 from sagellmd.reconcile.schedule import RestartSchedule

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from sagellmd.backoff import BackoffPolicy, backoff_delay
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import LIVE_STATES, Instance, InstanceState, StopIntent
 from sagellmd.reconcile.actions import (
     Action,
-    BackoffPolicy,
     Forget,
     Pend,
     Plan,
@@ -21,7 +21,6 @@ from sagellmd.reconcile.actions import (
     Surge,
     Wait,
 )
-from sagellmd.reconcile.backoff import backoff_delay
 from sagellmd.reconcile.placing import place_starts
 
 __all__ = [

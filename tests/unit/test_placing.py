@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from sagellmd.backoff import BackoffPolicy
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import GIB, GpuCapacity, GpuView
 from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.plan import BackoffPolicy, Pend, Replace, Restart, Start, Wait, plan_actions
+from sagellmd.reconcile.plan import Pend, Replace, Restart, Start, Wait, plan_actions
 from sagellmd.spec import parse_engine
 
 NOW = 10_000.0

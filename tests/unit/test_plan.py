@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sagellmd.backoff import BackoffPolicy, backoff_delay
 from sagellmd.desired import DesiredEngine
 from sagellmd.instance import (
     Instance,
@@ -28,9 +29,7 @@ from sagellmd.instance import (
     retired,
     spawned,
 )
-from sagellmd.reconcile.backoff import backoff_delay
 from sagellmd.reconcile.plan import (
-    BackoffPolicy,
     Forget,
     Plan,
     Replace,

@@ -20,10 +20,10 @@ from sagellmd.gpu.estimate import EstimateSettings
 from sagellmd.gpu.inventory import read_inventory
 from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
-from sagellmd.reconcile.actions import Pend
+from sagellmd.reconcile.actions import Pend, Plan, Stop, Wait
 from sagellmd.reconcile.executor import Executor
 from sagellmd.reconcile.observe import Prober, on_exit
-from sagellmd.reconcile.plan import Plan, Stop, Wait, plan_actions
+from sagellmd.reconcile.plan import plan_actions
 from sagellmd.reconcile.recovery import recover
 from sagellmd.reconcile.review import RolloutOutcome, next_deadline, review
 from sagellmd.reconcile.schedule import RestartSchedule

@@ -11,7 +11,6 @@ from sagellmd.instance import LIVE_STATES, Instance, InstanceState, StopIntent
 from sagellmd.reconcile.actions import (
     Action,
     Forget,
-    Pend,
     Plan,
     Replace,
     Restart,
@@ -22,24 +21,6 @@ from sagellmd.reconcile.actions import (
     Wait,
 )
 from sagellmd.reconcile.placing import place_starts
-
-__all__ = [
-    "Action",
-    "BackoffPolicy",
-    "DesiredEngine",
-    "Forget",
-    "GpuView",
-    "Pend",
-    "Plan",
-    "Replace",
-    "Restart",
-    "Retire",
-    "Start",
-    "Stop",
-    "Surge",
-    "Wait",
-    "plan_actions",
-]
 
 
 def _restart_requested(engine: DesiredEngine, instance: Instance) -> bool:

@@ -29,7 +29,7 @@ from sagellmd.instance import (
     retired,
     spawned,
 )
-from sagellmd.reconcile.plan import (
+from sagellmd.reconcile.actions import (
     Forget,
     Plan,
     Replace,
@@ -39,8 +39,8 @@ from sagellmd.reconcile.plan import (
     Stop,
     Surge,
     Wait,
-    plan_actions,
 )
+from sagellmd.reconcile.plan import plan_actions
 from sagellmd.spec import EngineSpec
 
 NOW = 10_000.0

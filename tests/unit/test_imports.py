@@ -11,6 +11,18 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "sagellmd"
 # top of them, so an import from an edge to one of these would run back up.
 LOWER_LAYERS = ("sagellmd.store", "sagellmd.gpu", "sagellmd.runtime")
 UPPER_LAYERS = ("sagellmd.reconcile", "sagellmd.api", "sagellmd.cli")
+# The one module that assembles the upper layers into the daemon process.
+COMPOSITION_ROOT = "sagellmd.daemon"
+# What the daemon runs; the CLI is an HTTP client of it (cli/__init__.py names the offline
+# commands that read this machine's files themselves, and none of them needs these).
+DAEMON_SIDE = (
+    "sagellmd.reconcile",
+    "sagellmd.api",
+    "sagellmd.store",
+    "sagellmd.runtime",
+    "sagellmd.engines",
+    "sagellmd.daemon",
+)
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -173,3 +185,26 @@ def test_lower_layers_never_import_upper_layers():
         if _in_layer(imported, UPPER_LAYERS)
     )
     assert not violations, "imports that run back up:\n" + "\n".join(violations)
+
+
+def test_shared_modules_never_import_upper_layers():
+    """The vocabulary below the loop (instance.py, spec.py, metrics.py, models/ ...) too."""
+    violations = sorted(
+        f"{module} imports {imported}"
+        for module, imports in _import_graph().items()
+        if not _in_layer(module, UPPER_LAYERS) and module != COMPOSITION_ROOT
+        for imported in imports
+        if _in_layer(imported, UPPER_LAYERS)
+    )
+    assert not violations, "imports that run back up:\n" + "\n".join(violations)
+
+
+def test_cli_never_imports_the_daemon_side():
+    violations = sorted(
+        f"{module} imports {imported}"
+        for module, imports in _import_graph().items()
+        if _in_layer(module, ("sagellmd.cli",))
+        for imported in imports
+        if _in_layer(imported, DAEMON_SIDE)
+    )
+    assert not violations, "the CLI reaches into the daemon:\n" + "\n".join(violations)

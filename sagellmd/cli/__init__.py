@@ -19,6 +19,6 @@ install, or when it is down); none of them starts an engine or changes the desir
   (`spec`, `presets`), so a typo fails with the field named and exit code 2 before any
   request; the daemon validates it again.
 * `preset list`, `preset show`, `preset validate` and shell completion: read the preset
-  catalogue and files from disk (`presets`); the daemon adds only which preset is active.
+  catalogue and files from disk (`presets`); `preset list` asks the daemon only which is active.
 * Every command: `config.default_home` locates SAGELLM_HOME and the API token in it.
 """

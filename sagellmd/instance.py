@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from sagellmd.reconcile.backoff import backoff_delay
+from sagellmd.backoff import backoff_delay
 
 
 class InstanceState(StrEnum):

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sagellmd.instance import InstanceState
-
-if TYPE_CHECKING:
-    from sagellmd.reconcile.world import World
+from sagellmd.gpu.inventory import GpuInventory
+from sagellmd.instance import Instance, InstanceState
 
 
-class _WorldCollector(Collector):
+class ObservedState(Protocol):
+    """What the gauges read of the loop's state; the loop's World has both, and metrics
+    must not import the loop that owns it (the loop imports metrics)."""
+
+    @property
+    def instances(self) -> Mapping[str, Instance]: ...
+
+    @property
+    def inventory(self) -> GpuInventory: ...
+
+
+class _ObservedStateCollector(Collector):
     """Reads the loop's state at scrape time, so gauges are never stale."""
 
-    def __init__(self, world: Callable[[], World | None]) -> None:
+    def __init__(self, world: Callable[[], ObservedState | None]) -> None:
         self._world = world
 
     def collect(self) -> Iterator[Metric]:
@@ -65,8 +74,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._world: World | None = None
-        self.registry.register(_WorldCollector(lambda: self._world))
+        self._world: ObservedState | None = None
+        self.registry.register(_ObservedStateCollector(lambda: self._world))
         self.time_to_ready = Histogram(
             "sagellm_engine_time_to_ready_seconds",
             "From spawn to the first healthy probe.",
@@ -86,5 +95,5 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, world: World) -> None:
+    def watch(self, world: ObservedState) -> None:
         self._world = world

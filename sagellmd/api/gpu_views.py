@@ -6,9 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sagellmd.gpu.inventory import GIB, GpuInventory
-from sagellmd.gpu.placement import available_bytes
+from sagellmd.gpu.placement import GpuView, available_bytes
 from sagellmd.instance import Instance
-from sagellmd.reconcile.placing import GpuView
 
 
 def _gb(value: int) -> float:

@@ -15,8 +15,8 @@ from sagellmd.api.context import ApiContext
 from sagellmd.api.gpu_views import gpus_document
 from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries, engine_entry
+from sagellmd.desired import DesiredEngine
 from sagellmd.errors import NotFoundError
-from sagellmd.reconcile.actions import DesiredEngine
 from sagellmd.runtime.logs import log_path, read_tail
 from sagellmd.store.repository import iso
 

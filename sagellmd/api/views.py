@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from sagellmd.api.secrets import spec_for_reader
+from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.estimate import GIB, MemoryEstimate
 from sagellmd.instance import Instance
-from sagellmd.reconcile.plan import DesiredEngine
 from sagellmd.store.repository import iso
 
 

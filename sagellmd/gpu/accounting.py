@@ -6,11 +6,10 @@ from collections.abc import Iterable
 
 import psutil
 
+from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.estimate import EstimateError, EstimateSettings, MemoryEstimate, estimate_memory
 from sagellmd.gpu.inventory import GpuInventory
-from sagellmd.gpu.placement import GpuCapacity
-from sagellmd.reconcile.actions import DesiredEngine
-from sagellmd.reconcile.placing import GpuView
+from sagellmd.gpu.placement import GpuCapacity, GpuView
 
 
 def process_tree(pids: Iterable[int]) -> set[int]:

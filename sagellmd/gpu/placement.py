@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 
 GIB = 1024**3
 # Sets of mixed-size GPUs tried for one engine; a workstation has a handful of GPUs.
@@ -19,6 +19,20 @@ class GpuCapacity:
     index: int
     total_bytes: int
     foreign_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class GpuView:
+    """What placement needs to know: capacities, headroom, and each engine's per-GPU need.
+
+    `needs` maps an engine id to its per-GPU bytes, or to a message saying why there
+    is no estimate. `message` describes the inventory ("no GPUs (NVML unavailable: ...)").
+    """
+
+    gpus: tuple[GpuCapacity, ...]
+    headroom: float = 0.95
+    message: str = ""
+    needs: Mapping[str, int | str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,10 @@
-"""The planner's vocabulary: desired engines, actions and plans, as plain values."""
+"""The planner's vocabulary: actions and plans, as plain values."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from sagellmd.instance import StopIntent
-from sagellmd.spec import EngineSpec
-
-
-@dataclass(frozen=True)
-class DesiredEngine:
-    """One engine of the desired state, as the planner sees it."""
-
-    id: str
-    preset: str | None
-    spec: EngineSpec
-    restart_requested_at: float | None = None
-    # Why the stored spec failed validation (a row an older version let in); `spec` is
-    # then its repaired copy, so the engine keeps running and status can say so.
-    invalid: str | None = None
-
-
-@dataclass(frozen=True)
-class BackoffPolicy:
-    base_s: float = 1.0
-    max_s: float = 300.0
 
 
 @dataclass(frozen=True)

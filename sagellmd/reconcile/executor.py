@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import memory_fraction
 from sagellmd.instance import (
     RESERVING_STATES,
@@ -26,7 +27,6 @@ from sagellmd.models.last_used import touch_model
 from sagellmd.models.resolve import missing_model_reason, needs_hub, spec_environ
 from sagellmd.reconcile.actions import (
     Action,
-    DesiredEngine,
     Forget,
     Pend,
     Replace,

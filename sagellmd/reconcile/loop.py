@@ -11,17 +11,19 @@ from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from sagellmd.backoff import BackoffPolicy
 from sagellmd.config import Settings
+from sagellmd.desired import DesiredEngine
 from sagellmd.events import EventHub
 from sagellmd.gpu.accounting import EstimateCache, build_view, gpu_needs, process_tree
 from sagellmd.gpu.estimate import EstimateSettings
 from sagellmd.gpu.inventory import read_inventory
+from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
-from sagellmd.reconcile.actions import DesiredEngine, Pend
+from sagellmd.reconcile.actions import Pend, Plan, Stop, Wait
 from sagellmd.reconcile.executor import Executor
 from sagellmd.reconcile.observe import Prober, on_exit
-from sagellmd.reconcile.placing import GpuView
-from sagellmd.reconcile.plan import BackoffPolicy, Plan, Stop, Wait, plan_actions
+from sagellmd.reconcile.plan import plan_actions
 from sagellmd.reconcile.recovery import recover
 from sagellmd.reconcile.review import RolloutOutcome, next_deadline, review
 from sagellmd.reconcile.schedule import RestartSchedule

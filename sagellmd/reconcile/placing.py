@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from sagellmd.gpu.placement import GpuCapacity, Placed, Reservation, describe_need, place
+from sagellmd.desired import DesiredEngine
+from sagellmd.gpu.placement import GpuView, Placed, Reservation, describe_need, place
 from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.actions import (
-    Action,
-    DesiredEngine,
-    Pend,
-    Replace,
-    Restart,
-    Start,
-    Surge,
-)
-
-
-@dataclass(frozen=True)
-class GpuView:
-    """What placement needs to know: capacities, headroom, and each engine's per-GPU need.
-
-    `needs` maps an engine id to its per-GPU bytes, or to a message saying why there
-    is no estimate. `message` describes the inventory ("no GPUs (NVML unavailable: ...)").
-    """
-
-    gpus: tuple[GpuCapacity, ...]
-    headroom: float = 0.95
-    message: str = ""
-    needs: Mapping[str, int | str] = field(default_factory=dict)
+from sagellmd.reconcile.actions import Action, Pend, Replace, Restart, Start, Surge
 
 
 def _reservations(observed: Mapping[str, Instance], skip: str | None) -> list[Reservation]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from sagellmd.backoff import BackoffPolicy, backoff_delay
+from sagellmd.desired import DesiredEngine
+from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import LIVE_STATES, Instance, InstanceState, StopIntent
 from sagellmd.reconcile.actions import (
     Action,
-    BackoffPolicy,
-    DesiredEngine,
     Forget,
-    Pend,
     Plan,
     Replace,
     Restart,
@@ -20,26 +20,7 @@ from sagellmd.reconcile.actions import (
     Surge,
     Wait,
 )
-from sagellmd.reconcile.backoff import backoff_delay
-from sagellmd.reconcile.placing import GpuView, place_starts
-
-__all__ = [
-    "Action",
-    "BackoffPolicy",
-    "DesiredEngine",
-    "Forget",
-    "GpuView",
-    "Pend",
-    "Plan",
-    "Replace",
-    "Restart",
-    "Retire",
-    "Start",
-    "Stop",
-    "Surge",
-    "Wait",
-    "plan_actions",
-]
+from sagellmd.reconcile.placing import place_starts
 
 
 def _restart_requested(engine: DesiredEngine, instance: Instance) -> bool:

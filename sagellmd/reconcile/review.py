@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sagellmd.desired import DesiredEngine
+from sagellmd.engine_change import FAILED, HEALTHY
 from sagellmd.instance import Instance
-from sagellmd.reconcile.actions import DesiredEngine
-from sagellmd.reconcile.rollout import FAILED, HEALTHY, Verdict, judge_change, judge_generation
+from sagellmd.reconcile.rollout import Verdict, judge_change, judge_generation
 from sagellmd.store.repository import Settlement, Store
 
 

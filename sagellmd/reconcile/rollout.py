@@ -6,29 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from sagellmd.engine_change import FAILED, HEALTHY, PENDING, EngineChange
 from sagellmd.instance import Instance, InstanceState, describe_exit
 
 # Exits of a changed engine's new process that make its change fail ("crash-loops").
 CRASH_LIMIT = 2
-PENDING, HEALTHY, FAILED, NONE = "pending", "healthy", "failed", "none"
-
-
-@dataclass(frozen=True)
-class EngineChange:
-    """What one generation did to one engine (store/change_log.py keeps these)."""
-
-    id: int
-    generation: int
-    engine_id: str
-    after_hash: str | None  # None: the change removed the engine
-    verdict: str  # pending, healthy, failed, or none (nothing to start)
-    reason: str = ""
-    superseded_by: int | None = None
-
-    @property
-    def open(self) -> bool:
-        """Still waiting for its own verdict, and not overtaken by a later change."""
-        return self.verdict == PENDING and self.superseded_by is None
 
 
 @dataclass(frozen=True)

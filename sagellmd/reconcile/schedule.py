@@ -10,8 +10,8 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from sagellmd.cron import CronSchedule, parse_cron
+from sagellmd.desired import DesiredEngine
 from sagellmd.instance import InstanceState
-from sagellmd.reconcile.actions import DesiredEngine
 from sagellmd.reconcile.world import World
 
 log = logging.getLogger(__name__)

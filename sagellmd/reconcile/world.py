@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sagellmd.backoff import backoff_delay
 from sagellmd.config import Settings
 from sagellmd.events import EventHub
 from sagellmd.gpu.inventory import GpuInventory
+from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import Instance, InstanceState, Transition
 from sagellmd.metrics import Metrics
-from sagellmd.reconcile.backoff import backoff_delay
-from sagellmd.reconcile.placing import GpuView
 from sagellmd.runtime.process import ProcessWatcher
 from sagellmd.store.failures import is_storage_failure
 from sagellmd.store.repository import Store

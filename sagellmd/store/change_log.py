@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from sagellmd.engine_change import NONE, PENDING
 from sagellmd.spec import parse_engine
 from sagellmd.store import changes
 from sagellmd.store.models import (
@@ -17,8 +18,6 @@ from sagellmd.store.models import (
     EngineChangeRow,
     PresetChangeRow,
 )
-
-PENDING, HEALTHY, FAILED, NONE = "pending", "healthy", "failed", "none"
 
 
 @dataclass(frozen=True)

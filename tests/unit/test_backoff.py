@@ -1,4 +1,4 @@
-"""Owns the tests of sagellmd/reconcile/backoff.py: immediate first restart, doubling, cap."""
+"""Owns the tests of sagellmd/backoff.py: immediate first restart, doubling, cap."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sagellmd.reconcile.backoff import backoff_delay
+from sagellmd.backoff import backoff_delay
 
 
 @pytest.mark.parametrize("failures", [-1, 0, 1])

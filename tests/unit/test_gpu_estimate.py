@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.accounting import EstimateCache
 from sagellmd.gpu.estimate import (
     GIB,
@@ -26,7 +27,6 @@ from sagellmd.gpu.estimate import (
     safetensors_header,
     weight_bytes_from_safetensors,
 )
-from sagellmd.reconcile.actions import DesiredEngine
 from sagellmd.spec import EngineSpec, parse_engine
 
 MIB = 1024**2

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from sagellmd.gpu.placement import GIB, GpuCapacity
+from sagellmd.backoff import BackoffPolicy
+from sagellmd.desired import DesiredEngine
+from sagellmd.gpu.placement import GIB, GpuCapacity, GpuView
 from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.plan import (
-    BackoffPolicy,
-    DesiredEngine,
-    GpuView,
-    Pend,
-    Replace,
-    Restart,
-    Start,
-    Wait,
-    plan_actions,
-)
+from sagellmd.reconcile.actions import Pend, Replace, Restart, Start, Wait
+from sagellmd.reconcile.plan import plan_actions
 from sagellmd.spec import parse_engine
 
 NOW = 10_000.0

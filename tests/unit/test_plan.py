@@ -15,6 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sagellmd.backoff import BackoffPolicy, backoff_delay
+from sagellmd.desired import DesiredEngine
 from sagellmd.instance import (
     Instance,
     InstanceState,
@@ -27,10 +29,7 @@ from sagellmd.instance import (
     retired,
     spawned,
 )
-from sagellmd.reconcile.backoff import backoff_delay
-from sagellmd.reconcile.plan import (
-    BackoffPolicy,
-    DesiredEngine,
+from sagellmd.reconcile.actions import (
     Forget,
     Plan,
     Replace,
@@ -40,8 +39,8 @@ from sagellmd.reconcile.plan import (
     Stop,
     Surge,
     Wait,
-    plan_actions,
 )
+from sagellmd.reconcile.plan import plan_actions
 from sagellmd.spec import EngineSpec
 
 NOW = 10_000.0

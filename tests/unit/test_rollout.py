@@ -5,19 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from sagellmd.desired import DesiredEngine
+from sagellmd.engine_change import FAILED, HEALTHY, NONE, PENDING, EngineChange
 from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.actions import DesiredEngine
-from sagellmd.reconcile.rollout import (
-    CRASH_LIMIT,
-    FAILED,
-    HEALTHY,
-    NONE,
-    PENDING,
-    EngineChange,
-    Verdict,
-    judge_change,
-    judge_generation,
-)
+from sagellmd.reconcile.rollout import CRASH_LIMIT, Verdict, judge_change, judge_generation
 from sagellmd.spec import parse_engine
 
 T0 = 1_000.0

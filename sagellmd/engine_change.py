@@ -1,4 +1,4 @@
-"""One generation's change to one engine with its verdict, as the store keeps it.
+"""Verdicts of a generation: of its change to each engine, as the store keeps them, and whole.
 
 The store writes these records (store/change_log.py) and the rollout judge reads them
 (reconcile/rollout.py); both speak this vocabulary, so it sits below both.
@@ -10,6 +10,13 @@ from dataclasses import dataclass
 
 # The verdict of one engine change: still coming up, came up, failed, or started nothing.
 PENDING, HEALTHY, FAILED, NONE = "pending", "healthy", "failed", "none"
+VERDICTS = (PENDING, HEALTHY, FAILED, NONE)
+
+# A generation as a whole: judged healthy or failed, overtaken by a later one before it was
+# judged (superseded), or still coming up.
+GENERATION_HEALTHY, GENERATION_FAILED = "healthy", "failed"
+SUPERSEDED, ROLLING_OUT = "superseded", "rolling out"
+GENERATION_STATES = (GENERATION_HEALTHY, GENERATION_FAILED, SUPERSEDED, ROLLING_OUT)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -16,13 +16,17 @@ import jsonschema
 from sagellmd.cron import CronError, parse_cron
 from sagellmd.errors import SpecError
 from sagellmd.json_values import json_value_problems
+from sagellmd.schemas.engine import (
+    ENGINE_SCHEMA,
+    KINDS,
+    NAME_PATTERN,
+    NO_CONTROL_PATTERN,
+    PRESET_SCHEMA,
+    RESTART_POLICIES,
+    TEXT_PATTERN,
+)
+from sagellmd.schemas.validator import Validator, ecma_match
 
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-# No control characters (C0, DEL, C1) where they make no sense: a model id, a label.
-NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
-# Arguments, environment values and descriptions may hold tabs and newlines (a chat
-# template, a PEM key); NUL can never reach exec and the other C0 controls are mistakes.
-TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 CONTROL_RULES = {
     NO_CONTROL_PATTERN: "must not contain control characters (NUL, tab, newline, ESC, ...)",
     TEXT_PATTERN: (
@@ -30,35 +34,6 @@ CONTROL_RULES = {
     ),
 }
 
-MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-
-
-def _any_case(word: str) -> str:
-    # JSON Schema patterns take no flags: "jan", "Jan" and "JAN" are all month names.
-    return "".join(f"[{char.lower()}{char.upper()}]" for char in word)
-
-
-def _cron_field(value: str, step: str, names: tuple[str, ...] = ()) -> str:
-    atom = "|".join([value, *map(_any_case, names)])
-    # *, */n, a, a-b, a-b/n, and lists of them: cron(5)'s syntax.
-    item = f"(?:\\*(?:/(?:{step}))?|(?:{atom})(?:-(?:{atom})(?:/(?:{step}))?)?)"
-    return f"{item}(?:,{item})*"
-
-
-_MINUTE = _cron_field("[0-5]?[0-9]", "[1-9]|[1-5][0-9]")
-_CRON_FIELDS = [
-    _MINUTE,
-    _cron_field("[01]?[0-9]|2[0-3]", "[1-9]|1[0-9]|2[0-3]"),
-    _cron_field("0?[1-9]|[12][0-9]|3[01]", "[1-9]|[12][0-9]|3[01]"),
-    _cron_field("0?[1-9]|1[0-2]", "[1-9]|1[0-2]", tuple(MONTH_NAMES)),
-    _cron_field("0?[0-7]", "[1-7]", tuple(WEEKDAY_NAMES)),
-]
-# What a regular expression can say of a cron expression (optional seconds first); the
-# validator still checks what it cannot (a range's order, a step larger than its range).
-CRON_PATTERN = (
-    "^\\s*(?:(?:" + _MINUTE + ")\\s+)?" + "\\s+".join(f"(?:{f})" for f in _CRON_FIELDS) + "\\s*$"
-)
 CRON_RULE = (
     "must be a cron expression or null: minute (0-59) hour (0-23) day (1-31) month (1-12 or"
     " jan-dec) weekday (0-7 or sun-sat, 0 and 7 are Sunday), optionally seconds first; each"
@@ -67,8 +42,6 @@ CRON_RULE = (
 NAME_RULE = (
     "must be lowercase letters, digits and '-', start and end alphanumeric, at most 63 chars"
 )
-KINDS = ("llm", "embedding")
-RESTART_POLICIES = ("always", "on-failure", "never")
 DEFAULT_RUNTIME = {"llm": "vllm", "embedding": "embedding"}
 DEFAULT_STARTUP_TIMEOUT_S = {"llm": 900.0, "embedding": 180.0}
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256
@@ -89,60 +62,10 @@ PROCESS_FIELDS = (
     "env",
 )
 
-ENGINE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "model"],
-    "properties": {
-        "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
-        "kind": {"enum": list(KINDS)},
-        "model": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 1024,
-            "pattern": NO_CONTROL_PATTERN,
-        },
-        "runtime": {"type": "string", "pattern": r"^[A-Za-z0-9][-_.A-Za-z0-9]*$", "maxLength": 63},
-        "tensor_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
-        "pipeline_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
-        "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
-        "label": {"type": ["string", "null"], "maxLength": 256, "pattern": NO_CONTROL_PATTERN},
-        "max_concurrent_requests": {"type": "integer", "minimum": 1, "maximum": 65536},
-        "use_gpu": {"type": ["boolean", "null"]},
-        "gpu_memory_gb": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 4096},
-        "extra_args": {
-            "type": "array",
-            "items": {"type": "string", "pattern": TEXT_PATTERN},
-            "maxItems": 256,
-        },
-        "env": {
-            "type": "object",
-            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
-            "additionalProperties": {"type": "string", "pattern": TEXT_PATTERN},
-        },
-        "metadata": {"type": "object"},
-        "restart": {"enum": list(RESTART_POLICIES)},
-        "startup_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
-        "restart_schedule": {"type": ["string", "null"], "pattern": CRON_PATTERN, "maxLength": 128},
-    },
-}
-
-PRESET_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["version", "name", "engines"],
-    "properties": {
-        "version": {"const": 1},
-        "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
-        "description": {"type": "string", "maxLength": 4096, "pattern": TEXT_PATTERN},
-        "engines": {"type": "array", "minItems": 1, "maxItems": 64, "items": ENGINE_SCHEMA},
-    },
-}
-
 # What each field allows, in words, for error messages that tell the fix.
 FIELD_RULES = {
     "name": NAME_RULE,
-    "kind": "must be one of: llm, embedding",
+    "kind": f"must be one of: {', '.join(KINDS)}",
     "model": "must be a non-empty string (a Hugging Face id or a local path)",
     "runtime": "must be a runtime name (vllm, embedding or one from config runtimes)",
     "tensor_parallel": "must be an integer >= 1",
@@ -155,7 +78,7 @@ FIELD_RULES = {
     "extra_args": "must be a list of strings",
     "env": "must be a mapping of VARIABLE_NAME to string",
     "metadata": "must be a mapping",
-    "restart": "must be one of: always, on-failure, never",
+    "restart": f"must be one of: {', '.join(RESTART_POLICIES)}",
     "startup_timeout_s": "must be a number of seconds > 0",
     "restart_schedule": CRON_RULE,
     "version": "must be 1",
@@ -296,30 +219,10 @@ def _error_message(error: jsonschema.ValidationError, prefix: str) -> str:
     return f"{where}: {rule}, got {_describe(error.instance)}"
 
 
-def ecma_match(pattern: str, text: str) -> bool:
-    """A JSON Schema (ECMA-262) pattern's meaning: a final `$` is the end of the text.
-
-    Python's `$` also matches before a trailing newline, so "chat\n" would pass as a name.
-    """
-    if pattern.endswith("$") and not pattern.endswith("\\$"):
-        pattern = pattern[:-1] + r"\Z"
-    return re.search(pattern, text) is not None
-
-
-def _pattern(
-    validator: Any, pattern: str, instance: Any, _schema: dict[str, Any]
-) -> Iterator[jsonschema.ValidationError]:
-    if validator.is_type(instance, "string") and not ecma_match(pattern, instance):
-        yield jsonschema.ValidationError(f"{instance!r:.60} does not match {pattern!r}")
-
-
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
-
-
 def _validate(data: Any, schema: dict[str, Any], prefix: str) -> None:
     # Only what a JSON answer can carry back: YAML has dates and NaN, JSON lone surrogates.
     problems = json_value_problems(data, prefix)
-    validator = _Validator(schema)
+    validator = Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     problems += [_error_message(error, prefix) for error in errors]
     if problems:

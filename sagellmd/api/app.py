@@ -3,77 +3,27 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from sagellmd.api import (
-    desired_routes,
-    events_routes,
-    management_routes,
-    models_routes,
-    read_routes,
-)
 from sagellmd.api.auth import require_token
 from sagellmd.api.body import check_query_not_repeated
 from sagellmd.api.context import ApiContext
 from sagellmd.api.errors import error_response, sagellm_error_handler
 from sagellmd.api.openapi import openapi_document
+from sagellmd.api.route_table import ENDPOINTS, Handler
 from sagellmd.errors import SagellmError
 from sagellmd.store.failures import is_storage_failure, storage_error
 
 
-async def metrics(request: Request) -> Response:
-    ctx: ApiContext = request.app.state.ctx
-    body = generate_latest(ctx.reconciler.world.metrics.registry)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-
-async def openapi(request: Request) -> Response:
-    return JSONResponse(request.app.state.openapi)
-
-
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-ENDPOINTS: list[tuple[str, str, Endpoint]] = [
-    ("GET", "/metrics", metrics),
-    ("GET", "/openapi.json", openapi),
-    ("GET", "/healthz", read_routes.healthz),
-    ("GET", "/v1/status", read_routes.status),
-    ("GET", "/v1/engines", read_routes.list_engines),
-    ("GET", "/v1/engines/{engine_id}", read_routes.get_engine),
-    ("PUT", "/v1/engines/{engine_id}", desired_routes.put_engine),
-    ("DELETE", "/v1/engines/{engine_id}", desired_routes.delete_engine),
-    ("POST", "/v1/engines/{engine_id}/restart", desired_routes.restart_engine),
-    ("GET", "/v1/engines/{engine_id}/logs", read_routes.engine_logs),
-    ("GET", "/v1/presets", desired_routes.list_presets),
-    ("GET", "/v1/presets/{name}", desired_routes.get_preset),
-    ("PUT", "/v1/presets/{name}", desired_routes.put_preset),
-    ("DELETE", "/v1/presets/{name}", desired_routes.delete_preset),
-    ("GET", "/v1/events", events_routes.events),
-    ("GET", "/v1/generations", events_routes.generations),
-    ("GET", "/v1/generations/{generation}", events_routes.generation),
-    ("GET", "/v1/gpus", read_routes.gpus),
-    ("POST", "/v1/plan", desired_routes.plan_change),
-    ("POST", "/v1/management/engines", management_routes.start_engine),
-    ("DELETE", "/v1/management/engines/{engine_id}", management_routes.stop_engine),
-    ("GET", "/v1/management/status", management_routes.status),
-    ("POST", "/v1/rollback", desired_routes.rollback),
-    ("GET", "/v1/models/local", models_routes.list_local),
-    ("POST", "/v1/models/local", models_routes.download),
-    ("DELETE", "/v1/models/local/{model_id:path}", models_routes.delete_local),
-]
-
-
-def _dispatch(endpoints: dict[str, Endpoint]) -> Endpoint:
+def _dispatch(endpoints: dict[str, Handler]) -> Handler:
     async def endpoint(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
         return await endpoints[method](request)
@@ -83,9 +33,9 @@ def _dispatch(endpoints: dict[str, Endpoint]) -> Endpoint:
 
 def _routes() -> list[Route]:
     """One Route per path, so a 405 names every method the path supports (Allow)."""
-    by_path: dict[str, dict[str, Endpoint]] = {}
-    for method, path, endpoint in ENDPOINTS:
-        by_path.setdefault(path, {})[method] = endpoint
+    by_path: dict[str, dict[str, Handler]] = {}
+    for endpoint in ENDPOINTS:
+        by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint.handler
     return [
         Route(path, _dispatch(methods), methods=list(methods)) for path, methods in by_path.items()
     ]

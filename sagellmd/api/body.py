@@ -12,10 +12,9 @@ from starlette.requests import Request
 
 from sagellmd.errors import BadInputError, PayloadTooLargeError
 from sagellmd.json_values import MAX_JSON_DEPTH, json_value_problems, loads
+from sagellmd.schemas.requests import MAX_INTEGER
 
 MAX_BODY_BYTES = 1024 * 1024
-# SQLite integers are signed 64-bit; a larger id cannot name a row.
-MAX_INTEGER = 2**63 - 1
 
 # ASCII only: int() and float() also take "١٢", "1_000", " 5" and "nan".
 _INTEGER = re.compile(r"-?[0-9]+")

@@ -15,6 +15,8 @@ from sagellmd.api.read_routes import find_engine
 from sagellmd.api.secrets import preset_for_reader, shows_secrets
 from sagellmd.errors import BadInputError, NotFoundError, SpecError
 from sagellmd.presets import catalogue, find_preset
+from sagellmd.schemas.requests import OBJECT, ROLLBACK_BODY, plan_variants
+from sagellmd.schemas.validator import is_valid
 from sagellmd.spec import (
     EngineSpec,
     Preset,
@@ -222,23 +224,22 @@ async def delete_preset(request: Request) -> JSONResponse:
     return JSONResponse(answer_change(ctx, result, preset=name))
 
 
-PLAN_FIELDS = {
-    "preset_set": ({"change", "name"}, {"document"}),
-    "preset_unset": ({"change", "name"}, set()),
-    "engine_put": ({"change", "id", "spec"}, set()),
-    "engine_delete": ({"change", "id"}, set()),
-}
+# The body check looks only as deep as an object for `spec` and `document`: parse_engine and
+# parse_preset check them, with messages that name the field.
+PLAN_BODIES = plan_variants(OBJECT, OBJECT)
 
 
 def _check_plan_body(data: Any) -> str:
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("change"), str)
-        or data["change"] not in PLAN_FIELDS
+        or data["change"] not in PLAN_BODIES
     ):
-        kinds = ", ".join(PLAN_FIELDS)
+        kinds = ", ".join(PLAN_BODIES)
         raise BadInputError(f"change: must be one of {kinds}, got {data!r:.80}")
-    required, optional = PLAN_FIELDS[data["change"]]
+    schema = PLAN_BODIES[data["change"]]
+    required = set(schema["required"])
+    optional = set(schema["properties"]) - required
     missing = sorted(required - set(data))
     unknown = sorted(set(data) - required - optional)
     if missing or unknown:
@@ -248,11 +249,12 @@ def _check_plan_body(data: Any) -> str:
             + (f"; missing {', '.join(missing)}" if missing else "")
             + (f"; unknown {', '.join(unknown)}" if unknown else "")
         )
+    properties = schema["properties"]
     for key in ("name", "id"):
-        if key in data and not (isinstance(data[key], str) and is_valid_name(data[key])):
+        if key in data and not is_valid(properties[key], data[key]):
             raise BadInputError(f"{key}: must be an engine or preset name, got {data[key]!r:.80}")
     for key in ("document", "spec"):
-        if key in data and not isinstance(data[key], dict):
+        if key in data and not is_valid(properties[key], data[key]):
             raise BadInputError(f"{key}: must be a JSON object, got {type(data[key]).__name__}")
     return data["change"]
 
@@ -280,7 +282,8 @@ async def rollback(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     data = await read_json(request, required=False)
     data = {} if data is NO_BODY else data
-    if not isinstance(data, dict) or set(data) - {"to"}:
+    fields = ROLLBACK_BODY["properties"]
+    if not isinstance(data, dict) or set(data) - set(fields):
         raise BadInputError('body: must be {"to": GENERATION} or empty (the last healthy one)')
     current = ctx.store.current_generation()
     if "to" not in data:
@@ -292,10 +295,10 @@ async def rollback(request: Request) -> JSONResponse:
             )
     else:
         target = data["to"]
-        if isinstance(target, float) and target.is_integer():
-            target = int(target)
-        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+        if not is_valid(fields["to"], target):
             raise BadInputError(f"to: must be a generation number >= 0, got {target!r}")
+        # JSON Schema counts 2.0 as an integer; the store wants 2.
+        target = int(target)
         if target > current:
             raise NotFoundError(f"no generation {target}; the newest is {current}")
     options = ChangeOptions.of(request)

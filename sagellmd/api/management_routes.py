@@ -15,21 +15,12 @@ from sagellmd.api.read_routes import estimates_for, gpu_summary
 from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries
 from sagellmd.errors import BadInputError, SpecError
+from sagellmd.schemas.requests import SEED_FIELDS, TEXT, seed_start_body
+from sagellmd.schemas.validator import is_valid
 from sagellmd.spec import name_from_model
 from sagellmd.store.repository import iso
 
-# EngineStartRequest field -> engine spec field.
-SEED_FIELDS = {
-    "model_id": "model",
-    "engine_kind": "kind",
-    "port": "port",
-    "tensor_parallel_size": "tensor_parallel",
-    "pipeline_parallel_size": "pipeline_parallel",
-    "use_gpu": "use_gpu",
-    "label": "label",
-    "max_concurrent_requests": "max_concurrent_requests",
-    "metadata": "metadata",
-}
+START_BODY = seed_start_body()
 SPEC_TO_SEED = {spec: seed for seed, spec in SEED_FIELDS.items()}
 
 
@@ -56,15 +47,16 @@ async def start_engine(request: Request) -> JSONResponse:
     data = await read_json(request)
     if not isinstance(data, dict):
         raise BadInputError("body: must be an EngineStartRequest object")
-    unknown = sorted(set(data) - set(SEED_FIELDS))
+    unknown = sorted(set(data) - set(START_BODY["properties"]))
     if unknown:
         raise SpecError(
             [
                 f"(document): unknown field {', '.join(map(repr, unknown))};"
-                f" allowed fields: {', '.join(SEED_FIELDS)}"
+                f" allowed fields: {', '.join(START_BODY['properties'])}"
             ]
         )
-    if not isinstance(data.get("model_id"), str) or not data["model_id"]:
+    # The full field checks are the engine spec's (engine_put_change), named back below.
+    if not all(is_valid(TEXT, data.get(key)) for key in START_BODY["required"]):
         raise SpecError(["model_id: required; a Hugging Face id or a local path"])
     spec = {SEED_FIELDS[key]: value for key, value in data.items()}
     engine_id = _unique_id(ctx, data["model_id"])

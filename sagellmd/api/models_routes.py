@@ -16,19 +16,14 @@ from sagellmd.errors import BadInputError
 from sagellmd.gpu.estimate import EstimateSettings
 from sagellmd.models.catalog import Catalog, scan_catalog
 from sagellmd.models.delete import plan_delete
-from sagellmd.models.download import (
-    MAX_ID_LENGTH,
-    MODEL_ID,
-    offline_copy,
-    validate_model_id,
-    validate_patterns,
-)
+from sagellmd.models.download import offline_copy, validate_model_id, validate_patterns
 from sagellmd.models.jobs import DownloadJobs
 from sagellmd.models.resolve import hub_cache_for, is_offline
+from sagellmd.schemas.requests import DOWNLOAD_BODY
+from sagellmd.schemas.validator import is_valid
 
 EVENT_DOWNLOAD = "model_download"
 EVENT_DELETED = "model_deleted"
-DOWNLOAD_FIELDS = ("id", "revision", "allow_patterns")
 
 
 def _ctx(request: Request) -> ApiContext:
@@ -82,13 +77,14 @@ async def list_local(request: Request) -> JSONResponse:
 def _download_request(body: Any) -> tuple[str, str | None, list[str] | None]:
     if not isinstance(body, dict):
         raise BadInputError('body: must be a JSON object like {"id": "org/name"}')
-    unknown = sorted(set(body) - set(DOWNLOAD_FIELDS))
+    fields = DOWNLOAD_BODY["properties"]
+    unknown = sorted(set(body) - set(fields))
     if unknown:
         raise BadInputError(
-            f"body: unknown field(s) {', '.join(unknown)}; known: {', '.join(DOWNLOAD_FIELDS)}"
+            f"body: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}"
         )
     revision = body.get("revision")
-    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+    if not is_valid(fields["revision"], revision):
         raise BadInputError(f"revision: must be a branch, tag or commit hash, got {revision!r}")
     return (
         validate_model_id(body.get("id")),
@@ -133,81 +129,3 @@ async def delete_local(request: Request) -> JSONResponse:
         f" {answer['freed_gb']:g} GiB freed",
     )
     return JSONResponse(answer)
-
-
-def _answer(description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {}}}}
-
-
-_ERROR = {
-    "description": "Error",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-}
-_MUTATING = {"security": [{"bearer": []}]}
-
-# The OpenAPI description of the routes above, for sagellmd/api/openapi.py to merge in.
-# What validate_model_id accepts, as JSON Schema.
-MODEL_ID_SCHEMA = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": MAX_ID_LENGTH,
-    "pattern": MODEL_ID.pattern,
-    "not": {"pattern": "\\.\\."},
-}
-
-OPENAPI_PATHS: dict[str, Any] = {
-    "/v1/models/local": {
-        "get": {
-            "summary": "Models on the daemon's disk, with the desired engines using each",
-            "responses": {"200": _answer()},
-        },
-        "post": {
-            "summary": "Download a model into the hub cache in the background (events:"
-            " model_download)",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["id"],
-                            "properties": {
-                                "id": MODEL_ID_SCHEMA,
-                                "revision": {"type": ["string", "null"], "pattern": "\\S"},
-                                # One pattern may be given as a plain string.
-                                "allow_patterns": {
-                                    "type": ["array", "string", "null"],
-                                    "minLength": 1,
-                                    "items": {"type": "string", "minLength": 1},
-                                },
-                            },
-                        }
-                    }
-                },
-            },
-            "responses": {"202": _answer("Accepted"), **{c: _ERROR for c in ("400", "401", "409")}},
-            **_MUTATING,
-        },
-    },
-    "/v1/models/local/{model_id}": {
-        "parameters": [
-            {
-                "name": "model_id",
-                "in": "path",
-                "required": True,
-                "description": "org/name; the slash is part of the path",
-                "schema": MODEL_ID_SCHEMA,
-            }
-        ],
-        "delete": {
-            "summary": "Delete a model's revisions from the hub cache (refused while in use)",
-            "parameters": [
-                {"name": "revision", "in": "query", "schema": {"type": "string"}},
-                {"name": "dry_run", "in": "query", "schema": {"type": "boolean"}},
-            ],
-            "responses": {"200": _answer(), **{c: _ERROR for c in ("400", "401", "404", "409")}},
-            **_MUTATING,
-        },
-    },
-}

@@ -1,4 +1,4 @@
-"""Read-only endpoints: liveness, status, engines, logs."""
+"""Read-only endpoints: liveness, status, engines, logs, metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import os
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -32,6 +33,16 @@ def gpu_summary(ctx: ApiContext) -> dict[str, Any]:
 
 def estimates_for(ctx: ApiContext, desired: list[DesiredEngine]) -> dict[str, Any]:
     return {e.id: ctx.reconciler.estimates.get(e) for e in desired if e.spec.wants_gpu}
+
+
+async def metrics(request: Request) -> Response:
+    ctx = _ctx(request)
+    body = generate_latest(ctx.reconciler.world.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)
 
 
 async def healthz(request: Request) -> JSONResponse:

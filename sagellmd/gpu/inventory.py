@@ -32,11 +32,15 @@ class GpuDevice:
         return max(0, self.total_bytes - self.used_bytes)
 
 
+# Where the inventory came from: NVML, the simulate: setting, or nowhere (gpus: none).
+GPU_MODES = ("nvml", "simulated", "none")
+
+
 @dataclass(frozen=True)
 class GpuInventory:
     """What the daemon can see; `message` explains an empty or simulated inventory."""
 
-    mode: str  # "nvml", "simulated" or "none"
+    mode: str  # one of GPU_MODES
     devices: tuple[GpuDevice, ...] = ()
     message: str = ""
     errors: tuple[str, ...] = field(default=())

@@ -13,7 +13,13 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from sagellmd.desired import DesiredEngine
-from sagellmd.engine_change import EngineChange
+from sagellmd.engine_change import (
+    GENERATION_FAILED,
+    GENERATION_HEALTHY,
+    ROLLING_OUT,
+    SUPERSEDED,
+    EngineChange,
+)
 from sagellmd.errors import NotFoundError
 from sagellmd.instance import Instance, InstanceState, Retiring, StopIntent
 from sagellmd.spec import EngineSpec, Preset
@@ -95,10 +101,10 @@ class GenerationRecord:
     def state(self) -> str:
         """healthy, failed, superseded (overtaken before it was judged) or rolling out."""
         if self.healthy is True:
-            return "healthy"
+            return GENERATION_HEALTHY
         if self.healthy is False:
-            return "failed"
-        return "superseded" if self.verdict else "rolling out"
+            return GENERATION_FAILED
+        return SUPERSEDED if self.verdict else ROLLING_OUT
 
     def spec_hashes(self) -> dict[str, str]:
         """Engine id -> spec hash of every engine this generation declared."""

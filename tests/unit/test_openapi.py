@@ -9,10 +9,10 @@ import jsonschema_rs
 import pytest
 
 from sagellmd.api.management_routes import SEED_FIELDS
-from sagellmd.api.models_routes import MODEL_ID_SCHEMA
 from sagellmd.api.openapi import NEW_ENGINE_ID, openapi_document
 from sagellmd.errors import BadInputError, SpecError
 from sagellmd.models.download import validate_model_id
+from sagellmd.schemas.requests import MODEL_ID_SCHEMA
 from sagellmd.spec import check_runtime_known, is_valid_name, parse_engine
 
 RUNTIMES = {"vllm": ("python",), "embedding": ("python",)}

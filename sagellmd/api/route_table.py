@@ -1,0 +1,241 @@
+"""Every route of the API: method, path, endpoint, and what the OpenAPI document says of it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sagellmd.api import (
+    desired_routes,
+    events_routes,
+    management_routes,
+    models_routes,
+    read_routes,
+)
+
+Handler = Callable[[Request], Awaitable[Response]]
+CHANGE = {"200": "ChangeAnswer"}
+
+
+@dataclass(frozen=True)
+class RouteDoc:
+    """One operation: answers by status -> schema name (sagellmd/schemas/), parameters by
+    name (sagellmd/api/openapi.py PARAMETERS) and the request body's schema name."""
+
+    summary: str
+    answers: Mapping[str, str] = field(default_factory=lambda: {"200": "Object"})
+    errors: tuple[int, ...] = ()
+    params: tuple[str, ...] = ()
+    body: str | None = None
+    body_required: bool = True
+    media_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    doc: RouteDoc
+
+    @property
+    def mutating(self) -> bool:
+        """Every method but GET changes something and needs the token."""
+        return self.method != "GET"
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "GET",
+        "/metrics",
+        read_routes.metrics,
+        RouteDoc("Prometheus metrics", {"200": "PrometheusText"}, media_type="text/plain"),
+    ),
+    Endpoint("GET", "/openapi.json", read_routes.openapi, RouteDoc("This document")),
+    Endpoint("GET", "/healthz", read_routes.healthz, RouteDoc("Daemon liveness")),
+    Endpoint(
+        "GET",
+        "/v1/status",
+        read_routes.status,
+        RouteDoc("Generation, daemon, GPUs and engines", {"200": "Status"}),
+    ),
+    Endpoint(
+        "GET", "/v1/engines", read_routes.list_engines, RouteDoc("Engines", {"200": "EngineList"})
+    ),
+    Endpoint(
+        "GET",
+        "/v1/engines/{engine_id}",
+        read_routes.get_engine,
+        RouteDoc("One engine", {"200": "EngineEntry"}, (404,)),
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/engines/{engine_id}",
+        desired_routes.put_engine,
+        RouteDoc(
+            "Create or replace an ad-hoc engine",
+            {"200": "ChangeAnswer", "201": "ChangeAnswer"},
+            (400, 409, 413),
+            ("new_engine_id", "dry_run", "rollback"),
+            "EngineBody",
+        ),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/engines/{engine_id}",
+        desired_routes.delete_engine,
+        RouteDoc("Remove an ad-hoc engine", CHANGE, (400, 404, 409), ("dry_run", "rollback")),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/engines/{engine_id}/restart",
+        desired_routes.restart_engine,
+        RouteDoc("Restart one engine", errors=(404,)),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/engines/{engine_id}/logs",
+        read_routes.engine_logs,
+        RouteDoc("The engine's log tail", errors=(400, 404), params=("tail",)),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/presets",
+        desired_routes.list_presets,
+        RouteDoc("Built-in, file and active presets"),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/presets/{name}",
+        desired_routes.get_preset,
+        RouteDoc("One preset", errors=(400, 404)),
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/presets/{name}",
+        desired_routes.put_preset,
+        RouteDoc(
+            "Set a preset (body: a preset document, or none for a built-in)",
+            CHANGE,
+            (400, 404, 409, 413),
+            ("new_preset_name", "dry_run", "rollback"),
+            "Preset",
+            body_required=False,
+        ),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/presets/{name}",
+        desired_routes.delete_preset,
+        RouteDoc("Unset a preset", CHANGE, (400, 404), ("dry_run", "rollback")),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/events",
+        events_routes.events,
+        RouteDoc(
+            "Events, optionally long-polled",
+            {"200": "EventPage"},
+            (400,),
+            ("after", "wait", "limit", "engine"),
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/generations",
+        events_routes.generations,
+        RouteDoc("History of the desired state", {"200": "GenerationList"}, (400,), ("limit",)),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/generations/{generation}",
+        events_routes.generation,
+        RouteDoc("One generation", {"200": "Generation"}, (400, 404)),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/gpus",
+        read_routes.gpus,
+        RouteDoc("GPU inventory and reservations", {"200": "Gpus"}),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/plan",
+        desired_routes.plan_change,
+        RouteDoc(
+            "The plan of a proposed change (changes nothing)",
+            CHANGE,
+            (400, 404, 409, 413),
+            body="PlanBody",
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/management/engines",
+        management_routes.start_engine,
+        RouteDoc(
+            "Seed API: start an engine (EngineStartRequest)",
+            {"201": "SeedStarted"},
+            (400, 409, 413),
+            body="EngineStartRequest",
+        ),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/management/engines/{engine_id}",
+        management_routes.stop_engine,
+        RouteDoc("Seed API: stop an engine", CHANGE, (404, 409)),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/management/status",
+        management_routes.status,
+        RouteDoc("Seed API: GPUs, engines and instances", {"200": "SeedStatus"}),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/rollback",
+        desired_routes.rollback,
+        RouteDoc(
+            "A new generation equal to an older one",
+            CHANGE,
+            (400, 404, 413),
+            ("dry_run", "rollback"),
+            "RollbackBody",
+            body_required=False,
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/models/local",
+        models_routes.list_local,
+        RouteDoc(
+            "Models on the daemon's disk, with the desired engines using each", {"200": "Any"}
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/models/local",
+        models_routes.download,
+        RouteDoc(
+            "Download a model into the hub cache in the background (events: model_download)",
+            {"202": "Any"},
+            (400, 409),
+            body="DownloadBody",
+        ),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/models/local/{model_id:path}",
+        models_routes.delete_local,
+        RouteDoc(
+            "Delete a model's revisions from the hub cache (refused while in use)",
+            {"200": "Any"},
+            (400, 404, 409),
+            ("revision", "dry_run"),
+        ),
+    ),
+]

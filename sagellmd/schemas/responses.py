@@ -1,0 +1,178 @@
+"""The JSON Schemas of the API's answers, each named as the OpenAPI document names it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sagellmd.schemas.enums import (
+    GENERATION_STATES,
+    GPU_MODES,
+    INSTANCE_STATES,
+    VERDICTS,
+    enum,
+)
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _array(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+NULLABLE_STRING = {"type": ["string", "null"]}
+NULLABLE_INT = {"type": ["integer", "null"]}
+STRING = {"type": "string"}
+INTEGER = {"type": "integer"}
+BOOLEAN = {"type": "boolean"}
+OPEN_OBJECT = {"type": "object"}
+
+ENGINE_ENTRY = _object(
+    {
+        "id": STRING,
+        "preset": NULLABLE_STRING,
+        "name": STRING,
+        "kind": NULLABLE_STRING,
+        "model": NULLABLE_STRING,
+        "runtime": NULLABLE_STRING,
+        "label": NULLABLE_STRING,
+        "desired": BOOLEAN,
+        "invalid": NULLABLE_STRING,
+        "state": enum(INSTANCE_STATES),
+        "pid": NULLABLE_INT,
+        "port": NULLABLE_INT,
+        "gpus": _array(INTEGER),
+        "gpu_memory_gb": {"type": ["number", "null"]},
+        "restarts": INTEGER,
+        "message": STRING,
+        "spec": {"type": ["object", "null"]},
+        "metadata": OPEN_OBJECT,
+    },
+    ("id", "preset", "name", "kind", "model", "runtime", "state", "pid", "port", "restarts")
+    + ("label", "message"),
+)
+
+
+def plan_item(action_types: tuple[str, ...]) -> dict[str, Any]:
+    """One planned action; the loop's action types come from reconcile/actions.py."""
+    return _object(
+        {
+            "action": enum(action_types),
+            "engine": STRING,
+            "reason": STRING,
+            "gpus": _array(INTEGER),
+            "gpu_bytes": INTEGER,
+        },
+        ("action", "engine", "reason"),
+    )
+
+
+PLAN = _array(ref("PlanItem"))
+CHANGE_ANSWER = _object(
+    {"generation": INTEGER, "dry_run": BOOLEAN, "plan": PLAN}, ("generation", "plan")
+)
+EVENT = _object(
+    {
+        "id": INTEGER,
+        "ts": STRING,
+        "engine": NULLABLE_STRING,
+        "type": STRING,
+        "message": STRING,
+        "generation": NULLABLE_INT,
+    },
+    ("id", "ts", "engine", "type", "message", "generation"),
+)
+ENGINE_CHANGE = _object(
+    {
+        "engine": STRING,
+        "removed": BOOLEAN,
+        "verdict": enum(VERDICTS),
+        "reason": STRING,
+        "superseded_by": NULLABLE_INT,
+    },
+    ("engine", "removed", "verdict", "reason", "superseded_by"),
+)
+GENERATION = _object(
+    {
+        "id": INTEGER,
+        "ts": STRING,
+        "cause": STRING,
+        "healthy": {"type": ["boolean", "null"]},
+        "state": enum(GENERATION_STATES),
+        "verdict": NULLABLE_STRING,
+        "auto_rollback": BOOLEAN,
+        "reverts": NULLABLE_INT,
+        "presets": _array(STRING),
+        "engines": _array(OPEN_OBJECT),
+        "changes": _array(ENGINE_CHANGE),
+    },
+    ("id", "ts", "cause", "healthy", "engines"),
+)
+GPUS = _object(
+    {
+        "mode": enum(GPU_MODES),
+        "simulated": BOOLEAN,
+        "message": STRING,
+        "headroom": {"type": "number"},
+        "devices": _array(OPEN_OBJECT),
+    },
+    ("mode", "simulated", "message", "devices"),
+)
+ERROR = _object(
+    {
+        "error": _object(
+            {"code": STRING, "message": STRING, "details": OPEN_OBJECT},
+            ("code", "message", "details"),
+        )
+    },
+    ("error",),
+)
+ENGINES = _array(ref("EngineEntry"))
+
+
+def response_schemas(action_types: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Every answer by the name routes give it; an operation's responses refer to these."""
+    return {
+        "Error": ERROR,
+        "EngineEntry": ENGINE_ENTRY,
+        "PlanItem": plan_item(action_types),
+        "ChangeAnswer": CHANGE_ANSWER,
+        "Event": EVENT,
+        "Generation": GENERATION,
+        "Gpus": GPUS,
+        "Object": OPEN_OBJECT,
+        "PrometheusText": STRING,
+        # The models routes' answers are documented in docs/api.md only.
+        "Any": {},
+        "EngineList": _object({"engines": ENGINES}, ("engines",)),
+        "Status": _object(
+            {
+                "generation": INTEGER,
+                "daemon": OPEN_OBJECT,
+                "gpus": ref("Gpus"),
+                "presets": _array(STRING),
+                "engines": ENGINES,
+            },
+            ("generation", "daemon", "gpus", "engines"),
+        ),
+        "EventPage": _object(
+            {"events": _array(ref("Event")), "last_id": INTEGER}, ("events", "last_id")
+        ),
+        "GenerationList": _object({"generations": _array(ref("Generation"))}, ("generations",)),
+        "SeedStarted": _object(
+            {"engine_id": STRING, "generation": INTEGER, "plan": PLAN},
+            ("engine_id", "generation", "plan"),
+        ),
+        "SeedStatus": _object(
+            {"gpus": ref("Gpus"), "engines": ENGINES, "instances": _array(OPEN_OBJECT)},
+            ("gpus", "engines", "instances"),
+        ),
+    }

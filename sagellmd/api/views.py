@@ -8,7 +8,7 @@ from typing import Any
 from sagellmd.api.secrets import spec_for_reader
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.estimate import GIB, MemoryEstimate
-from sagellmd.instance import Instance
+from sagellmd.instance import Instance, InstanceState
 from sagellmd.store.repository import iso
 
 
@@ -41,7 +41,7 @@ def engine_entry(
             "signal": instance.last_exit_signal,
             "at": iso(instance.exited_at),
         }
-    state = instance.state.value if instance else "pending"
+    state = instance.state.value if instance else InstanceState.PENDING.value
     message = instance.message if instance else "waiting for the reconcile loop"
     if desired is None and instance is not None:
         message = f"being removed: {instance.message}"

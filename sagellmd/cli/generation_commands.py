@@ -19,12 +19,13 @@ from sagellmd.cli.changes import (
 )
 from sagellmd.cli.context import cli_context
 from sagellmd.cli.render import cell, console, print_json
+from sagellmd.engine_change import GENERATION_FAILED, GENERATION_HEALTHY, ROLLING_OUT, SUPERSEDED
 
 GENERATION_STYLES = {
-    "healthy": "green",
-    "failed": "red",
-    "rolling out": "yellow",
-    "superseded": "dim",
+    GENERATION_HEALTHY: "green",
+    GENERATION_FAILED: "red",
+    ROLLING_OUT: "yellow",
+    SUPERSEDED: "dim",
 }
 
 
@@ -39,10 +40,10 @@ def generation_state(record: Mapping[str, Any], current: bool) -> str:
         return state
     healthy = record.get("healthy")
     if healthy is True:
-        return "healthy"
+        return GENERATION_HEALTHY
     if healthy is False:
-        return "failed"
-    return "rolling out" if current else "superseded"
+        return GENERATION_FAILED
+    return ROLLING_OUT if current else SUPERSEDED
 
 
 def local_time(ts: Any) -> str:

@@ -12,14 +12,16 @@ from rich.table import Table
 from rich.text import Text
 
 from sagellmd.cli.columns import Column, FittedTable
+from sagellmd.instance import InstanceState
 
+# The daemon's own enum: a state it adds shows unstyled until it gets a colour here.
 STATE_STYLES = {
-    "ready": "green",
-    "starting": "yellow",
-    "pending": "yellow",
-    "backoff": "red",
-    "unhealthy": "red",
-    "failed": "red",
+    InstanceState.READY: "green",
+    InstanceState.STARTING: "yellow",
+    InstanceState.PENDING: "yellow",
+    InstanceState.BACKOFF: "red",
+    InstanceState.UNHEALTHY: "red",
+    InstanceState.FAILED: "red",
 }
 
 
@@ -146,7 +148,9 @@ def plan_engine(item: Mapping[str, Any]) -> str | None:
 
 
 GIB = 1024**3
-# Plan actions that spawn a process: the only ones with a GPU placement to show.
+# Plan actions that spawn a process: the only ones with a GPU placement to show. The CLI
+# cannot import the planner (it is an HTTP client); tests/unit/test_render.py checks these
+# against reconcile/actions.py.
 SPAWNING_ACTIONS = ("start", "restart", "surge")
 
 

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from sagellmd.cli.client import ApiClient
 from sagellmd.cli.render import plan_engine
+from sagellmd.engine_change import SUPERSEDED
+from sagellmd.instance import InstanceState
 
 # Longest single long-poll: events wake it early; this only bounds a silent daemon.
 POLL_S = 10.0
@@ -79,7 +81,7 @@ def engine_row(engine_id: str, entry: Mapping[str, Any] | None) -> EngineRow:
         gpus=tuple(g for g in gpus if isinstance(g, int)),
         restarts=_int_or_none(entry.get("restarts")) or 0,
         message=str(entry.get("message") or ""),
-        settled=desired and state == "ready" and current,
+        settled=desired and state == InstanceState.READY and current,
     )
 
 
@@ -216,7 +218,7 @@ def judge(
         if failed_seen_at is not None and now - failed_seen_at >= ROLLBACK_GRACE_S:
             return Outcome(True, False, f"{failure}; the daemon made no rollback generation")
         return Outcome(False, reason=f"{failure}; waiting for the daemon's rollback")
-    if record.get("state") == "superseded":
+    if record.get("state") == SUPERSEDED:
         # Every engine it changed was changed again before its verdict (docs/presets.md).
         return Outcome(True, False, f"generation {number} was {verdict}")
     if window.remaining(now) <= 0:

@@ -42,6 +42,7 @@ from sagellmd.cli.render import (
 )
 from sagellmd.cli.waiting import next_cursor
 from sagellmd.errors import DaemonUnreachableError, SagellmError
+from sagellmd.instance import PROCESS_STATES
 
 # Longest long-poll; an empty answer only refreshes the uptime column (not a data poll).
 UPTIME_REFRESH_S = 5.0
@@ -51,7 +52,7 @@ RECONNECT_S = 1.0
 # Recent events read at (re)connect, so LAST EVENT is filled in before anything happens.
 SEED_EVENTS = 1000
 # States in which an engine has a process whose age is worth showing.
-RUNNING_STATES = frozenset({"starting", "ready", "unhealthy", "stopping"})
+RUNNING_STATES = PROCESS_STATES
 # The columns in order, and which give way first when the terminal is narrow (see
 # sagellmd/cli/columns.py): ENGINE, STATE, PID and PORT are always shown whole; then LAST
 # EVENT (the rest of the width, cut with an ellipsis), MODEL, RESTARTS, UPTIME, KIND,

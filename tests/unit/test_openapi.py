@@ -1,17 +1,30 @@
-"""Owns the tests of sagellmd/api/openapi.py: the published schemas accept what the
-validators accept, and refuse what they refuse."""
+"""Owns the tests of sagellmd/api/openapi.py and sagellmd/schemas/: the published schemas
+accept what the validators accept and refuse what they refuse, every route of the table is
+described, and the enums are the code's own."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
+import typing
 from typing import Any
 
 import jsonschema_rs
 import pytest
 
+from sagellmd import spec
 from sagellmd.api.management_routes import SEED_FIELDS
-from sagellmd.api.openapi import NEW_ENGINE_ID, openapi_document
+from sagellmd.api.openapi import NEW_ENGINE_ID, openapi_document, openapi_path
+from sagellmd.api.route_table import ENDPOINTS, Endpoint, RouteDoc
+from sagellmd.engine_change import GENERATION_STATES, VERDICTS
 from sagellmd.errors import BadInputError, SpecError
+from sagellmd.gpu.inventory import GPU_MODES
+from sagellmd.instance import InstanceState
 from sagellmd.models.download import validate_model_id
+from sagellmd.reconcile.actions import Action
+from sagellmd.schemas.engine import ENGINE_SCHEMA, PRESET_SCHEMA
+from sagellmd.schemas.enums import action_types
 from sagellmd.schemas.requests import MODEL_ID_SCHEMA
 from sagellmd.spec import check_runtime_known, is_valid_name, parse_engine
 
@@ -109,3 +122,68 @@ def test_query_ids_are_bounded_like_sqlite_integers():
     events = DOCUMENT["paths"]["/v1/events"]["get"]["parameters"]
     after = next(param for param in events if param["name"] == "after")["schema"]
     assert schema_accepts(after, 2**63 - 1) and not schema_accepts(after, 2**63)
+
+
+# The generated document: every route of the table, the enums of the code itself.
+
+
+def _component(name: str) -> dict[str, Any]:
+    return DOCUMENT["components"]["schemas"][name]
+
+
+def test_every_route_of_the_table_has_its_operation():
+    for endpoint in ENDPOINTS:
+        operation = DOCUMENT["paths"][openapi_path(endpoint.path)][endpoint.method.lower()]
+        assert operation["summary"] == endpoint.doc.summary
+        if endpoint.mutating:
+            assert operation["security"] == [{"bearer": []}] and "401" in operation["responses"]
+        else:
+            assert "security" not in operation
+
+
+def test_every_schema_reference_names_a_component():
+    text = json.dumps(DOCUMENT)
+    names = set(re.findall(r'"#/components/schemas/([^"]+)"', text))
+    assert names and names <= set(DOCUMENT["components"]["schemas"])
+
+
+def test_a_route_added_to_the_table_is_described():
+    async def handler(request: Any) -> Any:
+        raise AssertionError("not called")
+
+    extra = Endpoint("POST", "/v1/things/{engine_id}", handler, RouteDoc("Things", errors=(409,)))
+    document = openapi_document(sorted(RUNTIMES), [*ENDPOINTS, extra])
+    item = document["paths"]["/v1/things/{engine_id}"]
+    assert item["parameters"][0]["name"] == "engine_id"
+    assert set(item["post"]["responses"]) == {"200", "409", "401"}
+
+
+def test_enums_are_the_codes_own():
+    assert _component("EngineEntry")["properties"]["state"]["enum"] == [
+        state.value for state in InstanceState
+    ]
+    planned = {cls.__dataclass_fields__["action"].default for cls in typing.get_args(Action)}
+    assert set(_component("PlanItem")["properties"]["action"]["enum"]) == planned
+    assert _component("Generation")["properties"]["state"]["enum"] == list(GENERATION_STATES)
+    changes = _component("Generation")["properties"]["changes"]["items"]
+    assert changes["properties"]["verdict"]["enum"] == list(VERDICTS)
+    assert _component("Gpus")["properties"]["mode"]["enum"] == list(GPU_MODES)
+
+
+def test_a_new_action_type_is_written_once():
+    @dataclasses.dataclass(frozen=True)
+    class Wake:
+        engine_id: str
+        action: str = "wake"
+
+    assert action_types(Action | Wake)[-1] == "wake"
+
+
+def test_the_spec_validates_with_the_published_schema():
+    assert spec.ENGINE_SCHEMA is ENGINE_SCHEMA and spec.PRESET_SCHEMA is PRESET_SCHEMA
+    published = _component("EngineSpec")
+    assert published["properties"]["runtime"] == {"enum": sorted(RUNTIMES)}
+    assert {**published["properties"], "runtime": None} == {
+        **ENGINE_SCHEMA["properties"],
+        "runtime": None,
+    }

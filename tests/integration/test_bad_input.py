@@ -346,3 +346,46 @@ def test_a_port_in_use_by_an_engine_or_the_api_is_a_conflict_at_once(seeded: Dae
     # The engine that holds the port may keep it in a change of its own preset.
     again = seeded.put("/v1/presets/base", fake_preset("base", {"name": "keep", "port": picked}))
     assert again.status_code == 200, again.text
+
+
+ROLLBACK_REFUSED = 'body: must be {"to": GENERATION} or empty (the last healthy one)'
+SEED_FIELDS_TEXT = (
+    "model_id, engine_kind, port, tensor_parallel_size, pipeline_parallel_size, use_gpu,"
+    " label, max_concurrent_requests, metadata"
+)
+# (path, body, the whole message): these checks read their rules from sagellmd/schemas/ now
+# and must still say what they said when the rules were written out by hand.
+SCHEMA_CHECKED_BODIES: list[tuple[str, Any, str]] = [
+    ("/v1/rollback", [], ROLLBACK_REFUSED),
+    ("/v1/rollback", {"to": 1, "x": 1}, ROLLBACK_REFUSED),
+    ("/v1/rollback", {"to": "two"}, "to: must be a generation number >= 0, got 'two'"),
+    ("/v1/rollback", {"to": -1}, "to: must be a generation number >= 0, got -1"),
+    ("/v1/rollback", {"to": True}, "to: must be a generation number >= 0, got True"),
+    ("/v1/rollback", {"to": 1.5}, "to: must be a generation number >= 0, got 1.5"),
+    ("/v1/management/engines", [], "body: must be an EngineStartRequest object"),
+    (
+        "/v1/management/engines",
+        {"model": "m"},
+        f"(document): unknown field 'model'; allowed fields: {SEED_FIELDS_TEXT}",
+    ),
+    (
+        "/v1/management/engines",
+        {"model_id": ""},
+        "model_id: required; a Hugging Face id or a local path",
+    ),
+    (
+        "/v1/management/engines",
+        {"model_id": 3},
+        "model_id: required; a Hugging Face id or a local path",
+    ),
+]
+
+
+def test_schema_checked_bodies_keep_their_messages(seeded: Daemon):
+    for path, body, message in SCHEMA_CHECKED_BODIES:
+        response = seeded.post(path, body)
+        assert response.status_code == 400, (path, body, response.text)
+        assert response.json()["error"]["message"] == message, (path, body)
+    # 0.0 is the integer 0 to JSON Schema and to the store.
+    answer = seeded.post("/v1/rollback?dry_run=true", {"to": 0.0})
+    assert answer.status_code == 200 and answer.json()["to"] == 0, answer.text

@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from sagellmd.errors import BadInputError, PayloadTooLargeError
 from sagellmd.json_values import MAX_JSON_DEPTH, json_value_problems, loads
-from sagellmd.schemas.requests import MAX_INTEGER
+from sagellmd.schemas.requests import MAX_INTEGER, QUERY_PARAMETERS
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -110,6 +110,19 @@ def query_number(
             f"query parameter {name}: must be >= {_bound(minimum)}{bound}, got {raw!r}"
         )
     return value
+
+
+def query_parameter(request: Request, name: str, default: float | None) -> float | None:
+    """A numeric query parameter, bounded as its schema in QUERY_PARAMETERS says."""
+    schema = QUERY_PARAMETERS[name]
+    return query_number(
+        request,
+        name,
+        default,
+        schema.get("minimum", 0),
+        schema.get("maximum"),
+        integer=schema["type"] == "integer",
+    )
 
 
 def query_bool(request: Request, name: str, default: bool) -> bool:

@@ -9,7 +9,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from sagellmd.api.body import path_integer, query_number
+from sagellmd.api.body import path_integer, query_parameter
 from sagellmd.api.context import ApiContext
 from sagellmd.api.secrets import generation_for_reader, shows_secrets
 from sagellmd.errors import NotFoundError
@@ -23,9 +23,9 @@ async def _client_gone(request: Request) -> None:
 
 async def events(request: Request) -> JSONResponse:
     ctx: ApiContext = request.app.state.ctx
-    after = query_number(request, "after", None)
-    wait = float(query_number(request, "wait", 0, maximum=60, integer=False) or 0)
-    limit = int(query_number(request, "limit", 100, minimum=1, maximum=1000) or 100)
+    after = query_parameter(request, "after", None)
+    wait = float(query_parameter(request, "wait", 0) or 0)
+    limit = int(query_parameter(request, "limit", 100) or 100)
     engine = request.query_params.get("engine") or None
     deadline = time.monotonic() + wait
     # A client that goes away must not keep its handler (and a connection slot) until
@@ -52,7 +52,7 @@ async def events(request: Request) -> JSONResponse:
 
 async def generations(request: Request) -> JSONResponse:
     ctx: ApiContext = request.app.state.ctx
-    limit = int(query_number(request, "limit", 50, minimum=1, maximum=1000) or 50)
+    limit = int(query_parameter(request, "limit", 50) or 50)
     secrets = shows_secrets(request)
     return JSONResponse(
         {

@@ -10,7 +10,7 @@ from sagellmd.api.route_table import ENDPOINTS, Endpoint
 from sagellmd.reconcile.actions import Action
 from sagellmd.schemas.engine import NAME_SCHEMA
 from sagellmd.schemas.enums import action_types
-from sagellmd.schemas.requests import MODEL_ID_SCHEMA, ROW_ID, request_schemas
+from sagellmd.schemas.requests import MODEL_ID_SCHEMA, QUERY_PARAMETERS, ROW_ID, request_schemas
 from sagellmd.schemas.responses import ref, response_schemas
 
 
@@ -38,19 +38,22 @@ PATH_PARAMETERS = {
 # A PUT checks the name itself (400): its path parameter is the name's own schema.
 NEW_ENGINE_ID = _path("engine_id", NAME_SCHEMA)
 NEW_PRESET_NAME = _path("name", NAME_SCHEMA)
+QUERY_DESCRIPTIONS = {
+    "dry_run": "Compute the plan; change nothing.",
+    "rollback": "Roll a failed rollout back (default true).",
+    "tail": "Lines",
+    "after": "Events after this id",
+    "wait": "Long-poll seconds",
+    "limit": "Max",
+    "engine": "Only this engine",
+}
 PARAMETERS = {
     "new_engine_id": NEW_ENGINE_ID,
     "new_preset_name": NEW_PRESET_NAME,
-    "dry_run": _query("dry_run", {"type": "boolean"}, "Compute the plan; change nothing."),
-    "rollback": _query(
-        "rollback", {"type": "boolean"}, "Roll a failed rollout back (default true)."
-    ),
-    "tail": _query("tail", {"type": "integer", "minimum": 0, "maximum": 10000}, "Lines"),
-    "after": _query("after", ROW_ID, "Events after this id"),
-    "wait": _query("wait", {"type": "number", "minimum": 0, "maximum": 60}, "Long-poll seconds"),
-    "limit": _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Max"),
-    "engine": _query("engine", {"type": "string"}, "Only this engine"),
-    "revision": _query("revision", {"type": "string"}),
+    **{
+        name: _query(name, schema, QUERY_DESCRIPTIONS.get(name, ""))
+        for name, schema in QUERY_PARAMETERS.items()
+    },
 }
 
 

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sagellmd import __version__
-from sagellmd.api.body import query_number
+from sagellmd.api.body import query_parameter
 from sagellmd.api.context import ApiContext
 from sagellmd.api.gpu_views import gpus_document
 from sagellmd.api.secrets import shows_secrets
@@ -115,7 +115,7 @@ async def engine_logs(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     engine_id = request.path_params["engine_id"]
     find_engine(ctx, engine_id)
-    tail = int(query_number(request, "tail", 100, minimum=0, maximum=10000) or 0)
+    tail = int(query_parameter(request, "tail", 100) or 0)
     path = log_path(ctx.settings.logs_dir, engine_id)
     # A thread, not the event loop: a log is as big as the engine made it, and the loop
     # also serves /healthz and runs the reconcile passes.

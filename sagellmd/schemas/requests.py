@@ -12,6 +12,18 @@ from sagellmd.schemas.engine import ENGINE_SCHEMA, NAME_SCHEMA, PRESET_SCHEMA
 # SQLite integers are signed 64-bit; a larger id cannot name a row.
 MAX_INTEGER = 2**63 - 1
 ROW_ID: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
+# Query parameters by name: the routes read them with these bounds (api/body.py
+# query_parameter), and the OpenAPI document publishes the same schemas.
+QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
+    "dry_run": {"type": "boolean"},
+    "rollback": {"type": "boolean"},
+    "tail": {"type": "integer", "minimum": 0, "maximum": 10000},
+    "after": ROW_ID,
+    "wait": {"type": "number", "minimum": 0, "maximum": 60},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "engine": {"type": "string"},
+    "revision": {"type": "string"},
+}
 OBJECT: dict[str, Any] = {"type": "object"}
 # A field that must be given and say something (the seed API's model_id).
 TEXT: dict[str, Any] = {"type": "string", "minLength": 1}

@@ -14,6 +14,7 @@ import yaml
 
 from sagellmd.errors import ConfigError
 from sagellmd.gpu.inventory import parse_gpu_setting
+from sagellmd.schemas.config import CONFIG_SCHEMA
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 8765
@@ -134,31 +135,50 @@ def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-KNOWN_KEYS = {
-    "placement",
-    "api",
-    "gpus",
-    "ports",
-    "restart",
-    "rollout",
-    "runtimes",
-    "probes",
-    "stop_grace_s",
-    "tick_s",
-    "stop_engines_on_exit",
-    "models",
-}
+KNOWN_KEYS = set(CONFIG_SCHEMA["properties"])
+
+
+def _refuse_unknown(section: Mapping[str, Any], schema: Mapping[str, Any], where: str) -> None:
+    """A section the schema closes takes only its own keys; the message lists them."""
+    if schema.get("additionalProperties") is not False:
+        return
+    known = sorted(schema["properties"])
+    unknown = sorted((str(key) for key in set(section) - set(known)), key=str)
+    if unknown:
+        raise ConfigError(f"{where}unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def _value(value: Any, where: str, schema: Mapping[str, Any]) -> Any:
+    """One scalar setting, coerced as environment strings need, checked as its schema says."""
+    if schema["type"] == "boolean":
+        return _bool(value, where)
+    if schema["type"] == "string":
+        return str(value)
+    kind = int if schema["type"] == "integer" else float
+    return _number(value, where, kind, schema.get("minimum"), schema.get("maximum"))
+
+
+def _scalars(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Every `x-setting` of CONFIG_SCHEMA the document gives, by Settings field."""
+    changes: dict[str, Any] = {}
+    for key, schema in CONFIG_SCHEMA["properties"].items():
+        if "x-setting" in schema:
+            if key in data:
+                changes[schema["x-setting"]] = _value(data[key], f"{where}: {key}", schema)
+            continue
+        if "properties" not in schema:
+            continue
+        section = _mapping(data.get(key), f"{where}: {key}")
+        _refuse_unknown(section, schema, f"{where}: {key}: ")
+        for name, leaf in schema["properties"].items():
+            if "x-setting" in leaf and name in section:
+                changes[leaf["x-setting"]] = _value(section[name], f"{where}: {key}.{name}", leaf)
+    return changes
 
 
 def _model_paths(value: Any, where: str) -> tuple[Path, ...]:
     """`models: {paths: [...]}`: absolute directories holding model directories."""
-    models = _mapping(value, f"{where}: models")
-    unknown = sorted(set(models) - {"paths", "hub_check"})
-    if unknown:
-        raise ConfigError(
-            f"{where}: models: unknown key(s) {', '.join(unknown)}; known: hub_check, paths"
-        )
-    paths = models.get("paths")
+    paths = _mapping(value, f"{where}: models").get("paths")
     paths = [] if paths is None else paths
     if not isinstance(paths, list):
         raise ConfigError(f"{where}: models.paths: must be a list of directories, got {paths!r}")
@@ -180,81 +200,15 @@ def _model_paths(value: Any, where: str) -> tuple[Path, ...]:
 
 
 def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> Settings:
-    unknown = sorted(set(data) - KNOWN_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_KEYS))}"
-        )
-    changes: dict[str, Any] = {}
-    api = _mapping(data.get("api"), f"{where}: api")
-    unknown_api = sorted(set(api) - {"host", "port", "header_timeout_s", "keep_alive_s"})
-    if unknown_api:
-        raise ConfigError(
-            f"{where}: api: unknown key(s) {', '.join(map(str, unknown_api))};"
-            " known: header_timeout_s, host, keep_alive_s, port"
-        )
-    for key in ("header_timeout_s", "keep_alive_s"):
-        if key in api:
-            changes[f"api_{key}"] = _number(api[key], f"{where}: api.{key}", float, 0.1, 3600)
-    if "host" in api:
-        changes["api_host"] = str(api["host"])
-    if "port" in api:
-        changes["api_port"] = _number(api["port"], f"{where}: api.port", int, 1, 65535)
-    if "gpus" in data:
-        changes["gpus"] = str(data["gpus"])
+    _refuse_unknown(data, CONFIG_SCHEMA, f"{where}: ")
+    changes = _scalars(data, where)
+    if "gpus" in changes:
         try:
             parse_gpu_setting(changes["gpus"])
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc.message}") from None
-    placement = _mapping(data.get("placement"), f"{where}: placement")
-    unknown_placement = sorted(set(placement) - {"headroom", "kv_cache_gb", "overhead_gb"})
-    if unknown_placement:
-        raise ConfigError(
-            f"{where}: placement: unknown key(s) {', '.join(unknown_placement)};"
-            " known: headroom, kv_cache_gb, overhead_gb"
-        )
-    if "headroom" in placement:
-        changes["headroom"] = _number(
-            placement["headroom"], f"{where}: placement.headroom", float, 0.05, 1.0
-        )
-    for key in ("kv_cache_gb", "overhead_gb"):
-        if key in placement:
-            changes[key] = _number(placement[key], f"{where}: placement.{key}", float, 0)
-    ports = _mapping(data.get("ports"), f"{where}: ports")
-    if "start" in ports:
-        changes["port_start"] = _number(ports["start"], f"{where}: ports.start", int, 1, 65535)
-    if "end" in ports:
-        changes["port_end"] = _number(ports["end"], f"{where}: ports.end", int, 1, 65535)
-    restart = _mapping(data.get("restart"), f"{where}: restart")
-    for key in ("backoff_base_s", "backoff_max_s", "reset_after_s"):
-        if key in restart:
-            changes[key] = _number(restart[key], f"{where}: restart.{key}", float, 0)
-    rollout = _mapping(data.get("rollout"), f"{where}: rollout")
-    if "min_healthy_s" in rollout:
-        changes["min_healthy_s"] = _number(
-            rollout["min_healthy_s"], f"{where}: rollout.min_healthy_s", float, 0, 3600
-        )
-    probes = _mapping(data.get("probes"), f"{where}: probes")
-    for key, kind in (
-        ("startup_probe_interval_s", float),
-        ("liveness_interval_s", float),
-        ("liveness_failures", int),
-        ("probe_timeout_s", float),
-    ):
-        if key in probes:
-            minimum = 1 if key == "liveness_failures" else 0
-            changes[key] = _number(probes[key], f"{where}: probes.{key}", kind, minimum)
-    for key in ("stop_grace_s", "tick_s"):
-        if key in data:
-            changes[key] = _number(data[key], f"{where}: {key}", float, 0)
-    if "stop_engines_on_exit" in data:
-        changes["stop_engines_on_exit"] = _bool(
-            data["stop_engines_on_exit"], f"{where}: stop_engines_on_exit"
-        )
     if "models" in data:
         changes["model_paths"] = _model_paths(data["models"], where)
-        if "hub_check" in data["models"]:
-            changes["hub_check"] = _bool(data["models"]["hub_check"], f"{where}: models.hub_check")
     runtimes = _mapping(data.get("runtimes"), f"{where}: runtimes")
     if runtimes:
         merged = dict(settings.runtimes)

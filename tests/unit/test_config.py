@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from sagellmd.config import DEFAULT_RUNTIMES, Settings, load_settings
 from sagellmd.errors import ConfigError
+from sagellmd.schemas.config import CONFIG_SCHEMA
 
 FULL_CONFIG = """\
 api:
@@ -307,3 +309,39 @@ def test_a_port_flag_out_of_range_names_the_flag(tmp_path, port):
 def test_non_finite_numbers_in_config_are_refused(tmp_path, config, environ):
     with pytest.raises(ConfigError, match="must be"):
         load(tmp_path, config, environ)
+
+
+# The key lists, types and bounds come from sagellmd/schemas/config.py.
+
+
+def _leaves(schema: dict, prefix: str = ""):
+    for key, child in schema.get("properties", {}).items():
+        if "x-setting" in child:
+            yield f"{prefix}{key}", child
+        yield from _leaves(child, f"{prefix}{key}.")
+
+
+def test_every_schema_setting_is_a_settings_field():
+    fields = {field.name for field in dataclasses.fields(Settings)}
+    leaves = dict(_leaves(CONFIG_SCHEMA))
+    assert len(leaves) >= 20
+    assert {leaf["x-setting"] for leaf in leaves.values()} <= fields
+
+
+def test_a_closed_section_lists_the_keys_its_schema_has(tmp_path):
+    api_keys = sorted(CONFIG_SCHEMA["properties"]["api"]["properties"])
+    with pytest.raises(ConfigError, match=f"known: {', '.join(api_keys)}$"):
+        load(tmp_path, "api: {prot: 1}\n")
+
+
+def test_bounds_are_the_schemas(tmp_path):
+    maximum = CONFIG_SCHEMA["properties"]["rollout"]["properties"]["min_healthy_s"]["maximum"]
+    with pytest.raises(ConfigError, match=f"rollout.min_healthy_s: must be <= {maximum:g}"):
+        load(tmp_path, f"rollout: {{min_healthy_s: {maximum + 1}}}\n")
+    assert load(tmp_path, f"rollout: {{min_healthy_s: {maximum}}}\n").min_healthy_s == maximum
+
+
+def test_an_empty_models_section_is_no_models_section(tmp_path):
+    # `models:` with nothing under it is YAML null, like an empty api: or placement:.
+    settings = load(tmp_path, "models:\n")
+    assert settings.model_paths == () and settings.hub_check is True

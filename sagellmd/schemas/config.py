@@ -1,0 +1,95 @@
+"""The JSON Schema of config.yaml: its sections, keys, types and bounds.
+
+config.py reads its key lists and bounds from here. Each scalar carries `x-setting`, the
+Settings field it sets. Values still go through config.py's coercion first: environment
+variables arrive as strings ("8765", "yes"), which a JSON Schema alone would refuse.
+Sections with `additionalProperties: false` refuse unknown keys; the others have always
+ignored them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _setting(field: str, type_: str, minimum: float | None = None, maximum: float | None = None):
+    schema: dict[str, Any] = {"type": type_, "x-setting": field}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def _section(properties: dict[str, Any], closed: bool) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+PORT = (1, 65535)
+
+CONFIG_SCHEMA: dict[str, Any] = _section(
+    {
+        "api": _section(
+            {
+                "host": _setting("api_host", "string"),
+                "port": _setting("api_port", "integer", *PORT),
+                "header_timeout_s": _setting("api_header_timeout_s", "number", 0.1, 3600),
+                "keep_alive_s": _setting("api_keep_alive_s", "number", 0.1, 3600),
+            },
+            closed=True,
+        ),
+        "gpus": _setting("gpus", "string"),
+        "placement": _section(
+            {
+                "headroom": _setting("headroom", "number", 0.05, 1.0),
+                "kv_cache_gb": _setting("kv_cache_gb", "number", 0),
+                "overhead_gb": _setting("overhead_gb", "number", 0),
+            },
+            closed=True,
+        ),
+        "ports": _section(
+            {
+                "start": _setting("port_start", "integer", *PORT),
+                "end": _setting("port_end", "integer", *PORT),
+            },
+            closed=False,
+        ),
+        "restart": _section(
+            {
+                "backoff_base_s": _setting("backoff_base_s", "number", 0),
+                "backoff_max_s": _setting("backoff_max_s", "number", 0),
+                "reset_after_s": _setting("reset_after_s", "number", 0),
+            },
+            closed=False,
+        ),
+        "rollout": _section(
+            {"min_healthy_s": _setting("min_healthy_s", "number", 0, 3600)}, closed=False
+        ),
+        "probes": _section(
+            {
+                "startup_probe_interval_s": _setting("startup_probe_interval_s", "number", 0),
+                "liveness_interval_s": _setting("liveness_interval_s", "number", 0),
+                "liveness_failures": _setting("liveness_failures", "integer", 1),
+                "probe_timeout_s": _setting("probe_timeout_s", "number", 0),
+            },
+            closed=False,
+        ),
+        # Argv templates by runtime name; config.py checks each command.
+        "runtimes": {"type": "object"},
+        "stop_grace_s": _setting("stop_grace_s", "number", 0),
+        "tick_s": _setting("tick_s", "number", 0),
+        "stop_engines_on_exit": _setting("stop_engines_on_exit", "boolean"),
+        "models": _section(
+            {
+                # Absolute directories; config.py checks each path.
+                "paths": {"type": ["array", "null"], "items": {"type": "string"}},
+                "hub_check": _setting("hub_check", "boolean"),
+            },
+            closed=True,
+        ),
+    },
+    closed=True,
+)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sagellmd.cli.watch import PlainWatchView, Snapshot, duration_text, parse_ts, transient
+from sagellmd.cli.watch import PlainWatchView, transient
+from sagellmd.cli.watch_screen import Snapshot, duration_text, parse_ts
 from sagellmd.errors import DaemonUnreachableError, NotFoundError, SagellmError, UnauthorizedError
 from tests.integration.conftest import Daemon, fake_preset
 from tests.integration.terminal import CLI, PipeReader, PtyProcess, event_lines, wait_until

@@ -8,7 +8,7 @@ import typing
 
 from sagellmd.cli.generation_commands import GENERATION_STYLES, generation_state
 from sagellmd.cli.render import SPAWNING_ACTIONS, STATE_STYLES, state_text
-from sagellmd.cli.watch import RUNNING_STATES
+from sagellmd.cli.watch_screen import RUNNING_STATES
 from sagellmd.engine_change import GENERATION_STATES
 from sagellmd.instance import PROCESS_STATES, InstanceState
 from sagellmd.reconcile.actions import Action

@@ -18,6 +18,7 @@ from sagellmd.presets import catalogue, find_preset
 from sagellmd.schemas.requests import OBJECT, ROLLBACK_BODY, plan_variants
 from sagellmd.schemas.validator import is_valid
 from sagellmd.spec import (
+    NAME_RULE,
     EngineSpec,
     Preset,
     check_runtime_known,
@@ -111,10 +112,7 @@ def _check_ports(ctx: ApiContext, specs: dict[str, EngineSpec], preset: str | No
 
 def _check_name(value: str, what: str) -> None:
     if not is_valid_name(value):
-        raise BadInputError(
-            f"{what} {value!r}: must be lowercase letters, digits and '-', start and end"
-            " alphanumeric, at most 63 chars"
-        )
+        raise BadInputError(f"{what} {value!r}: {NAME_RULE}")
 
 
 async def put_engine(request: Request) -> JSONResponse:

@@ -15,9 +15,11 @@ from sagellmd.instance import (
     became_unhealthy,
     begin_start,
     begin_stop,
+    begin_surge,
     describe_exit,
     exited,
     made_pending,
+    retired,
     spawn_failed,
     spawned,
 )
@@ -262,6 +264,10 @@ def backoff() -> Instance:
     return exit_of(ready(), 1).instance
 
 
+def surged() -> Instance:
+    return begin_surge(ready(), "h2", 4, 20002, T0 + 10).instance
+
+
 ILLEGAL = [
     ("ready-from-stopped", lambda: became_ready(stopped(), T0)),
     ("ready-from-backoff", lambda: became_ready(backoff(), T0)),
@@ -286,6 +292,14 @@ ILLEGAL = [
         "spawn-failed-of-a-stopped-instance",
         lambda: spawn_failed(stopped(), "x", T0, InstanceState.BACKOFF),
     ),
+    ("spawned-of-a-stopped-instance", lambda: spawned(stopped(), 4242, T0)),
+    ("spawned-of-a-ready-instance", lambda: spawned(ready(), 4243, T0)),
+    ("spawned-twice", lambda: spawned(spawned(start(), 4242, T0).instance, 4243, T0)),
+    ("surge-a-starting-instance", lambda: begin_surge(start(), "h2", 4, 20002, T0)),
+    ("surge-a-backoff-instance", lambda: begin_surge(backoff(), "h2", 4, 20002, T0)),
+    ("surge-a-surging-instance", lambda: begin_surge(surged(), "h3", 5, 20003, T0)),
+    ("retired-without-a-retiring-process", lambda: retired(ready(), "gone")),
+    ("retired-twice", lambda: retired(retired(surged(), "gone").instance, "gone")),
 ]
 
 
@@ -305,3 +319,31 @@ def test_every_state_has_a_rule():
     assert set(ALLOWED) == {None, *InstanceState}
     for state, targets in ALLOWED.items():
         assert state not in targets or state is InstanceState.PENDING
+
+
+def test_surge_starts_beside_the_ready_process():
+    transition = begin_surge(ready(), "h2", 4, 20002, T0 + 10)
+    instance = transition.instance
+    assert (instance.state, instance.spec_hash, instance.port) == (
+        InstanceState.STARTING,
+        "h2",
+        20002,
+    )
+    assert instance.retiring is not None and instance.retiring.pid == 4242
+
+
+@pytest.mark.parametrize("state", list(InstanceState))
+def test_retired_keeps_the_state_whatever_it_is(state):
+    current = replace(surged(), state=state)
+    transition = retired(current, "signal 15")
+    assert transition.instance.state is state
+    assert transition.instance.retiring is None
+    assert transition.message == "previous pid 4242: signal 15"
+
+
+def test_side_change_message_says_what_it_needs():
+    with pytest.raises(Illegal) as caught:
+        retired(ready(), "gone")
+    assert str(caught.value) == (
+        "chat: ready -> ready is not allowed (retire the previous process: needs one)"
+    )

@@ -30,11 +30,10 @@ from sagellmd.reconcile.actions import (
     Forget,
     Pend,
     Replace,
-    Restart,
     Retire,
     Start,
+    StartKind,
     Stop,
-    Surge,
     Wait,
 )
 from sagellmd.reconcile.observe import Prober, on_exit
@@ -64,8 +63,8 @@ class Executor:
     def execute(
         self, action: Action, desired: Mapping[str, DesiredEngine], generation: int
     ) -> None:
-        if isinstance(action, Start | Restart | Surge):
-            self._start(desired[action.engine_id], generation, action)
+        if isinstance(action, Start):
+            self._start(action.engine, generation, action)
         elif isinstance(action, Retire):
             self._retire(action.engine_id, action.reason)
         elif isinstance(action, Pend):
@@ -129,12 +128,10 @@ class Executor:
             intent=True,
         )
 
-    def _start(
-        self, engine: DesiredEngine, generation: int, action: Start | Restart | Surge
-    ) -> None:
+    def _start(self, engine: DesiredEngine, generation: int, action: Start) -> None:
         world, settings, spec = self._world, self._world.settings, engine.spec
         current = world.instances.get(engine.id)
-        surge = isinstance(action, Surge)
+        surge = action.kind is StartKind.SURGE
         port, why = self._choose_port(engine, surge)
         if port is None and surge:
             self._stop(engine.id, StopIntent.REMOVE, f"replacing (no room for both: {why})")
@@ -178,7 +175,7 @@ class Executor:
                 generation,
                 port,
                 world.clock(),
-                isinstance(action, Restart),
+                action.kind is StartKind.RESTART,
                 action.gpus,
                 action.gpu_bytes,
             )

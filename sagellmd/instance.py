@@ -31,8 +31,15 @@ RESERVING_STATES = PROCESS_STATES | {InstanceState.BACKOFF}
 class StopIntent(StrEnum):
     """Why a stop was asked for; decides what the exit means."""
 
-    REMOVE = "remove"  # no longer desired, or about to be replaced
+    # Asked for on purpose (no longer desired, replaced, restarted, the daemon stopping):
+    # the exit is no crash, and the engine stays stopped until it is desired again.
+    DELIBERATE = "deliberate"
     FAILURE = "failure"  # unhealthy or too slow: the exit counts as a crash
+
+    @classmethod
+    def _missing_(cls, value: object) -> StopIntent | None:
+        # Instance rows written before the rename say "remove".
+        return cls.DELIBERATE if value == "remove" else None
 
 
 @dataclass(frozen=True)
@@ -335,12 +342,12 @@ def exited(
         exited_at=now,
         stop_intent=None,
     )
-    if current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.REMOVE:
+    if current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.DELIBERATE:
         _check(current, InstanceState.STOPPED)
         # The intent stays recorded: the planner starts a deliberately stopped engine
         # again if it is desired, but not one its restart policy left stopped.
         stopped = replace(current, state=InstanceState.STOPPED, message="stopped", **common)
-        return Transition(replace(stopped, stop_intent=StopIntent.REMOVE), "stopped", how)
+        return Transition(replace(stopped, stop_intent=StopIntent.DELIBERATE), "stopped", how)
     clean = code == 0 and current.stop_intent is not StopIntent.FAILURE
     stayed_up = current.ready_at is not None and now - current.ready_at >= reset_after_s
     # Every unexpected exit counts toward the backoff, clean ones too: an engine

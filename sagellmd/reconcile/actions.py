@@ -52,7 +52,7 @@ class Stop:
 
     engine_id: str
     reason: str
-    intent: StopIntent = StopIntent.REMOVE
+    intent: StopIntent = StopIntent.DELIBERATE
     action: str = "stop"
 
 

@@ -72,7 +72,7 @@ class Executor:
         elif isinstance(action, Stop):
             self._stop(action.engine_id, action.intent, action.reason)
         elif isinstance(action, Replace):
-            self._stop(action.engine_id, StopIntent.REMOVE, f"replacing: {action.reason}")
+            self._stop(action.engine_id, StopIntent.DELIBERATE, f"replacing: {action.reason}")
         elif isinstance(action, Forget):
             self._prober.cancel(action.engine_id)
             self._world.forget(action.engine_id)
@@ -134,7 +134,7 @@ class Executor:
         surge = action.kind is StartKind.SURGE
         port, why = self._choose_port(engine, surge)
         if port is None and surge:
-            self._stop(engine.id, StopIntent.REMOVE, f"replacing (no room for both: {why})")
+            self._stop(engine.id, StopIntent.DELIBERATE, f"replacing (no room for both: {why})")
             return
         if port is None:
             self._pend(engine, generation, why)

@@ -79,7 +79,7 @@ def _plan_engine(
         return Wait(engine.id, f"backoff after crash #{instance.failures}", due)
     if _restart_requested(engine, instance):
         return Start(engine, "restart requested")
-    if state is InstanceState.STOPPED and instance.stop_intent is StopIntent.REMOVE:
+    if state is InstanceState.STOPPED and instance.stop_intent is StopIntent.DELIBERATE:
         # Stopped because it was removed or replaced, not by its restart policy:
         # it is desired again (e.g. unset then set before the old process exited).
         return Start(engine, "desired again")

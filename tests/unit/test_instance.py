@@ -115,7 +115,7 @@ def test_made_pending_from_nothing_and_after_a_stop():
         "no free port",
         2,
     )
-    stopped = exit_of(begin_stop(ready(), StopIntent.REMOVE, "bye").instance).instance
+    stopped = exit_of(begin_stop(ready(), StopIntent.DELIBERATE, "bye").instance).instance
     again = made_pending(stopped, "chat", "h2", 5, "port 9000 is held").instance
     assert (again.state, again.spec_hash, again.pid) == (InstanceState.PENDING, "h2", None)
 
@@ -133,14 +133,14 @@ def test_begin_stop_records_the_intent():
 
 @pytest.mark.parametrize("policy", ["always", "on-failure", "never"])
 @pytest.mark.parametrize(("code", "signal"), [(0, None), (1, None), (None, 15), (None, None)])
-def test_exit_after_a_remove_stop_is_stopped(policy, code, signal):
-    stopping = begin_stop(replace(ready(), failures=2), StopIntent.REMOVE, "no longer desired")
+def test_exit_after_a_deliberate_stop_is_stopped(policy, code, signal):
+    stopping = begin_stop(replace(ready(), failures=2), StopIntent.DELIBERATE, "no longer desired")
     transition = exit_of(stopping.instance, code, signal, policy=policy)
     instance = transition.instance
     assert instance.state is InstanceState.STOPPED
     assert instance.message == "stopped"
     assert instance.failures == 2
-    assert instance.stop_intent is StopIntent.REMOVE  # kept: a deliberate stop
+    assert instance.stop_intent is StopIntent.DELIBERATE  # kept: a deliberate stop
     assert (instance.pid, instance.create_time) == (None, None)
     assert (instance.last_exit_code, instance.last_exit_signal) == (code, signal)
     assert instance.exited_at == T0 + 100
@@ -257,7 +257,7 @@ def test_describe_exit(code, signal, text):
 
 
 def stopped() -> Instance:
-    return exit_of(begin_stop(ready(), StopIntent.REMOVE, "bye").instance).instance
+    return exit_of(begin_stop(ready(), StopIntent.DELIBERATE, "bye").instance).instance
 
 
 def backoff() -> Instance:
@@ -272,18 +272,18 @@ ILLEGAL = [
     ("ready-from-stopped", lambda: became_ready(stopped(), T0)),
     ("ready-from-backoff", lambda: became_ready(backoff(), T0)),
     ("unhealthy-from-stopped", lambda: became_unhealthy(stopped(), "x")),
-    ("stop-a-stopped-instance", lambda: begin_stop(stopped(), StopIntent.REMOVE, "x")),
-    ("stop-a-backoff-instance", lambda: begin_stop(backoff(), StopIntent.REMOVE, "x")),
+    ("stop-a-stopped-instance", lambda: begin_stop(stopped(), StopIntent.DELIBERATE, "x")),
+    ("stop-a-backoff-instance", lambda: begin_stop(backoff(), StopIntent.DELIBERATE, "x")),
     (
         "stop-twice",
         lambda: begin_stop(
-            begin_stop(ready(), StopIntent.REMOVE, "x").instance, StopIntent.REMOVE, "x"
+            begin_stop(ready(), StopIntent.DELIBERATE, "x").instance, StopIntent.DELIBERATE, "x"
         ),
     ),
     ("start-a-ready-instance", lambda: start(current=ready())),
     (
         "start-a-stopping-instance",
-        lambda: start(current=begin_stop(ready(), StopIntent.REMOVE, "x").instance),
+        lambda: start(current=begin_stop(ready(), StopIntent.DELIBERATE, "x").instance),
     ),
     ("exit-of-a-backoff-instance", lambda: exit_of(backoff(), 1)),
     ("exit-of-a-stopped-instance", lambda: exit_of(stopped(), 1, policy="never")),
@@ -347,3 +347,10 @@ def test_side_change_message_says_what_it_needs():
     assert str(caught.value) == (
         "chat: ready -> ready is not allowed (retire the previous process: needs one)"
     )
+
+
+def test_a_stop_intent_stored_before_the_rename_still_reads():
+    assert StopIntent("remove") is StopIntent.DELIBERATE
+    assert StopIntent("deliberate") is StopIntent.DELIBERATE
+    with pytest.raises(ValueError):
+        StopIntent("sideways")

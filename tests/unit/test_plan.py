@@ -96,7 +96,9 @@ def test_new_engine_starts():
 )
 def test_removed_live_engine_stops(state):
     gone = instance(state=state)
-    assert plan_one([], {"chat": gone}) == (Stop("chat", "no longer desired", StopIntent.REMOVE),)
+    assert plan_one([], {"chat": gone}) == (
+        Stop("chat", "no longer desired", StopIntent.DELIBERATE),
+    )
 
 
 @pytest.mark.parametrize(
@@ -109,7 +111,7 @@ def test_removed_engine_without_process_is_forgotten(state):
 
 
 def test_removed_engine_that_is_stopping_is_left_alone():
-    gone = instance(state=InstanceState.STOPPING, stop_intent=StopIntent.REMOVE)
+    gone = instance(state=InstanceState.STOPPING, stop_intent=StopIntent.DELIBERATE)
     assert plan_one([], {"chat": gone}) == ()
 
 
@@ -236,7 +238,7 @@ def test_restart_request_stops_then_starts(state):
     chat = engine(restart_requested_at=NOW - 10)
     running = instance(chat, state, started_at=NOW - 50, ready_at=NOW - 40)
     (stop,) = plan_one([chat], {"chat": running})
-    assert stop == Stop("chat", "restart requested", StopIntent.REMOVE)
+    assert stop == Stop("chat", "restart requested", StopIntent.DELIBERATE)
 
     stopping = begin_stop(running, stop.intent, stop.reason).instance
     assert plan_one([chat], {"chat": stopping}) == ()
@@ -269,7 +271,7 @@ def test_stopped_or_failed_with_the_same_spec_stays_down(state):
     assert plan_one([chat], {"chat": down}) == ()
 
 
-@pytest.mark.parametrize("intent", [StopIntent.REMOVE, StopIntent.FAILURE, None])
+@pytest.mark.parametrize("intent", [StopIntent.DELIBERATE, StopIntent.FAILURE, None])
 def test_stopping_engine_needs_nothing(intent):
     chat = engine()
     stopping = instance(chat, InstanceState.STOPPING, stop_intent=intent)
@@ -434,7 +436,7 @@ class SimWorld:
                 assert current is not None and current.retiring is not None
                 self.instances[action.engine_id] = retired(current, "exit code 0").instance
             elif isinstance(action, Stop | Replace):
-                intent = action.intent if isinstance(action, Stop) else StopIntent.REMOVE
+                intent = action.intent if isinstance(action, Stop) else StopIntent.DELIBERATE
                 assert current is not None
                 stopping = begin_stop(current, intent, action.reason).instance
                 self.instances[action.engine_id] = self._exit(stopping)
@@ -536,12 +538,12 @@ def worlds(draw, restart_policies=("always", "on-failure")):
             exited_at=draw(st.floats(started_at, NOW))
             if state in (InstanceState.BACKOFF, InstanceState.STOPPED, InstanceState.FAILED)
             else None,
-            stop_intent=draw(st.sampled_from([None, StopIntent.REMOVE, StopIntent.FAILURE]))
+            stop_intent=draw(st.sampled_from([None, StopIntent.DELIBERATE, StopIntent.FAILURE]))
             if state is InstanceState.STOPPING
             else None,
         )
         at_rest = current.state in (InstanceState.STOPPED, InstanceState.FAILED) or (
-            current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.REMOVE
+            current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.DELIBERATE
         )
         if (
             same_spec

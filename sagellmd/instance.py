@@ -1,4 +1,8 @@
-"""The observed state of one engine's process and every legal transition of it."""
+"""The observed state of one engine's process and every legal transition of it.
+
+Over ~350 lines on purpose: the whole state machine (the table, the one check, and every
+transition as one function) reads in one place, which is what makes an illegal one easy to see.
+"""
 
 from __future__ import annotations
 

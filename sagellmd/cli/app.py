@@ -18,7 +18,7 @@ from sagellmd.cli.interrupt import take_sigint
 from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
 from sagellmd.cli.render import engines_table, gpus_line, print_json, print_table
-from sagellmd.cli.watch.loop import watch_status
+from sagellmd.cli.watch import watch_status
 from sagellmd.errors import SagellmError, SpecError
 
 app = typer.Typer(

@@ -23,7 +23,7 @@ from sagellmd.cli.context import cli_context
 from sagellmd.cli.interrupt import take_sigint
 from sagellmd.cli.render import event_line, print_json
 from sagellmd.cli.waiting import next_cursor
-from sagellmd.cli.watch.loop import RECONNECT_S, transient
+from sagellmd.cli.watch import RECONNECT_S, transient
 from sagellmd.errors import SagellmError
 
 # Longest single long-poll of `-f`; events wake it at once.

@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sagellmd.cli.watch.loop import transient
-from sagellmd.cli.watch.snapshot import Snapshot, duration_text, parse_ts
-from sagellmd.cli.watch.views import PlainWatchView
+from sagellmd.cli.watch import PlainWatchView, Snapshot, duration_text, parse_ts, transient
 from sagellmd.errors import DaemonUnreachableError, NotFoundError, SagellmError, UnauthorizedError
 from tests.integration.conftest import Daemon, fake_preset
 from tests.integration.terminal import CLI, PipeReader, PtyProcess, event_lines, wait_until

@@ -15,9 +15,8 @@ from sagellmd.cli.render import (
     one_line_text,
     print_table,
 )
-from sagellmd.cli.watch.screen import COLUMNS as WATCH_COLUMNS
-from sagellmd.cli.watch.screen import watch_table
-from sagellmd.cli.watch.snapshot import watch_row
+from sagellmd.cli.watch import COLUMNS as WATCH_COLUMNS
+from sagellmd.cli.watch import watch_row, watch_table
 
 ENGINES = [
     {"id": "qwen-mini.chat", "kind": "llm", "model": "Qwen/Qwen2.5-0.5B-Instruct",

@@ -1,8 +1,12 @@
-"""The observed state of one engine's process and every legal transition of it."""
+"""The observed state of one engine's process and every legal transition of it.
+
+Over ~350 lines on purpose: the whole state machine (the table, the one check, and every
+transition as one function) reads in one place, which is what makes an illegal one easy to see.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -31,8 +35,15 @@ RESERVING_STATES = PROCESS_STATES | {InstanceState.BACKOFF}
 class StopIntent(StrEnum):
     """Why a stop was asked for; decides what the exit means."""
 
-    REMOVE = "remove"  # no longer desired, or about to be replaced
+    # Asked for on purpose (no longer desired, replaced, restarted, the daemon stopping):
+    # the exit is no crash, and the engine stays stopped until it is desired again.
+    DELIBERATE = "deliberate"
     FAILURE = "failure"  # unhealthy or too slow: the exit counts as a crash
+
+    @classmethod
+    def _missing_(cls, value: object) -> StopIntent | None:
+        # Instance rows written before the rename say "remove".
+        return cls.DELIBERATE if value == "remove" else None
 
 
 @dataclass(frozen=True)
@@ -132,11 +143,60 @@ ALLOWED: dict[InstanceState | None, frozenset[InstanceState]] = {
 }
 
 
-def _check(current: Instance | None, target: InstanceState) -> None:
+@dataclass(frozen=True)
+class SideChange:
+    """A change that is no move along ALLOWED: it keeps the state, or (a surge) starts a
+    second process beside the running one. As moves they would be STARTING -> STARTING or
+    READY -> STARTING, which would let `begin_start` run two processes for one engine."""
+
+    states: frozenset[InstanceState]
+    # None: the state stays what it is.
+    target: InstanceState | None
+    holds: Callable[[Instance], bool]
+    needs: str
+
+
+SIDE_CHANGES: dict[str, SideChange] = {
+    "record the process": SideChange(
+        frozenset({InstanceState.STARTING}),
+        None,
+        lambda current: current.pid is None,
+        "a start in progress with no process yet",
+    ),
+    "surge": SideChange(
+        frozenset({InstanceState.READY}),
+        InstanceState.STARTING,
+        lambda current: current.pid is not None and current.retiring is None,
+        "a ready process and no surge under way",
+    ),
+    # The previous process of a surge may end whatever its replacement is doing.
+    "retire the previous process": SideChange(
+        frozenset(InstanceState),
+        None,
+        lambda current: current.retiring is not None,
+        "one",
+    ),
+}
+
+
+def _check(current: Instance | None, target: InstanceState, side: str | None = None) -> None:
+    """The one transition check: a move along ALLOWED, or the named side change."""
     state = current.state if current else None
-    if target not in ALLOWED[state]:
+    if side is None:
+        legal = target in ALLOWED[state]
+        why = ""
+    else:
+        change = SIDE_CHANGES[side]
+        legal = (
+            current is not None
+            and current.state in change.states
+            and target is (change.target or current.state)
+            and change.holds(current)
+        )
+        why = f" ({side}: needs {change.needs})"
+    if not legal:
         engine = current.engine_id if current else "?"
-        raise IllegalTransitionError(f"{engine}: {state} -> {target.value} is not allowed")
+        raise IllegalTransitionError(f"{engine}: {state} -> {target.value} is not allowed{why}")
 
 
 def begin_start(
@@ -181,10 +241,7 @@ def begin_start(
 
 
 def spawned(current: Instance, pid: int, create_time: float) -> Transition:
-    if current.state is not InstanceState.STARTING or current.pid is not None:
-        raise IllegalTransitionError(
-            f"{current.engine_id}: a process can only be recorded for a start in progress"
-        )
+    _check(current, current.state, "record the process")
     instance = replace(current, pid=pid, create_time=create_time, message="waiting for /health")
     return Transition(instance, "started", f"pid {pid} on port {current.port}")
 
@@ -289,12 +346,12 @@ def exited(
         exited_at=now,
         stop_intent=None,
     )
-    if current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.REMOVE:
+    if current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.DELIBERATE:
         _check(current, InstanceState.STOPPED)
         # The intent stays recorded: the planner starts a deliberately stopped engine
         # again if it is desired, but not one its restart policy left stopped.
         stopped = replace(current, state=InstanceState.STOPPED, message="stopped", **common)
-        return Transition(replace(stopped, stop_intent=StopIntent.REMOVE), "stopped", how)
+        return Transition(replace(stopped, stop_intent=StopIntent.DELIBERATE), "stopped", how)
     clean = code == 0 and current.stop_intent is not StopIntent.FAILURE
     stayed_up = current.ready_at is not None and now - current.ready_at >= reset_after_s
     # Every unexpected exit counts toward the backoff, clean ones too: an engine
@@ -328,8 +385,8 @@ def begin_surge(
     gpu_bytes: int = 0,
 ) -> Transition:
     """Start-then-stop: the running process retires, serving until the new one is ready."""
-    if current.state is not InstanceState.READY or current.pid is None or current.retiring:
-        raise IllegalTransitionError(f"{current.engine_id}: only a ready engine can be surged")
+    _check(current, InstanceState.STARTING, "surge")
+    assert current.pid is not None  # the check above
     retiring = Retiring(
         current.pid,
         current.create_time or 0.0,
@@ -356,9 +413,10 @@ def begin_surge(
 
 def retired(current: Instance, how: str) -> Transition:
     """The previous process is gone."""
-    old = current.retiring
+    _check(current, current.state, "retire the previous process")
+    assert current.retiring is not None  # the check above
     instance = replace(current, retiring=None)
-    return Transition(instance, "stopped", f"previous pid {old.pid if old else '?'}: {how}")
+    return Transition(instance, "stopped", f"previous pid {current.retiring.pid}: {how}")
 
 
 def retiring_key(engine_id: str) -> str:

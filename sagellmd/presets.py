@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from sagellmd.errors import BadInputError, NotFoundError, SpecError
-from sagellmd.resources import builtin_presets_dir
+from sagellmd.shipped_files import builtin_presets_dir
 from sagellmd.spec import Preset, parse_preset
 
 

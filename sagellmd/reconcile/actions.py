@@ -3,30 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
+from sagellmd.desired import DesiredEngine
 from sagellmd.instance import StopIntent
+
+
+class StartKind(StrEnum):
+    """Why a process is spawned; the plan names it as the action ("start", "restart"...)."""
+
+    START = "start"  # first start, or after a stop or a replace
+    RESTART = "restart"  # after a crash, its backoff delay having passed
+    SURGE = "surge"  # the spec changed: the new process beside the old (start-then-stop)
 
 
 @dataclass(frozen=True)
 class Start:
-    """Spawn the engine's process (first start, or after a stop or a replace)."""
+    """Spawn the engine's process, from the desired engine the plan was made of."""
 
-    engine_id: str
+    engine: DesiredEngine
     reason: str
     gpus: tuple[int, ...] = ()
     gpu_bytes: int = 0
-    action: str = "start"
+    kind: StartKind = StartKind.START
 
+    @property
+    def engine_id(self) -> str:
+        return self.engine.id
 
-@dataclass(frozen=True)
-class Restart:
-    """Spawn the engine again after a crash, its backoff delay having passed."""
-
-    engine_id: str
-    reason: str
-    gpus: tuple[int, ...] = ()
-    gpu_bytes: int = 0
-    action: str = "restart"
+    @property
+    def action(self) -> str:
+        return self.kind.value
 
 
 @dataclass(frozen=True)
@@ -44,19 +52,8 @@ class Stop:
 
     engine_id: str
     reason: str
-    intent: StopIntent = StopIntent.REMOVE
+    intent: StopIntent = StopIntent.DELIBERATE
     action: str = "stop"
-
-
-@dataclass(frozen=True)
-class Surge:
-    """The spec changed: start the new process beside the old one (start-then-stop)."""
-
-    engine_id: str
-    reason: str
-    gpus: tuple[int, ...] = ()
-    gpu_bytes: int = 0
-    action: str = "surge"
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,7 @@ class Wait:
     action: str = "wait"
 
 
-Action = Start | Restart | Surge | Retire | Stop | Replace | Forget | Wait | Pend
+Action = Start | Retire | Stop | Replace | Forget | Wait | Pend
 
 
 @dataclass(frozen=True)
@@ -109,13 +106,16 @@ class Plan:
         return tuple(action for action in self.actions if not isinstance(action, Wait))
 
     def to_list(self) -> list[dict[str, object]]:
-        # "engine" is the key of the API contract (docs/api.md).
-        return [
-            {
-                ("engine" if key == "engine_id" else key): (
-                    value.value if isinstance(value, StopIntent) else value
-                )
-                for key, value in vars(action).items()
-            }
-            for action in self.actions
-        ]
+        return [_action_dict(action) for action in self.actions]
+
+
+def _action_dict(action: Action) -> dict[str, object]:
+    # "engine" (the id) and "action" are the keys of the API contract (docs/api.md).
+    names = {"engine_id": "engine", "kind": "action"}
+    values: dict[str, Any] = dict(vars(action))
+    if isinstance(action, Start):
+        values["engine"] = action.engine_id
+    return {
+        names.get(key, key): value.value if isinstance(value, StrEnum) else value
+        for key, value in values.items()
+    }

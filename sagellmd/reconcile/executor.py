@@ -30,11 +30,10 @@ from sagellmd.reconcile.actions import (
     Forget,
     Pend,
     Replace,
-    Restart,
     Retire,
     Start,
+    StartKind,
     Stop,
-    Surge,
     Wait,
 )
 from sagellmd.reconcile.observe import Prober, on_exit
@@ -64,8 +63,8 @@ class Executor:
     def execute(
         self, action: Action, desired: Mapping[str, DesiredEngine], generation: int
     ) -> None:
-        if isinstance(action, Start | Restart | Surge):
-            self._start(desired[action.engine_id], generation, action)
+        if isinstance(action, Start):
+            self._start(action.engine, generation, action)
         elif isinstance(action, Retire):
             self._retire(action.engine_id, action.reason)
         elif isinstance(action, Pend):
@@ -73,7 +72,7 @@ class Executor:
         elif isinstance(action, Stop):
             self._stop(action.engine_id, action.intent, action.reason)
         elif isinstance(action, Replace):
-            self._stop(action.engine_id, StopIntent.REMOVE, f"replacing: {action.reason}")
+            self._stop(action.engine_id, StopIntent.DELIBERATE, f"replacing: {action.reason}")
         elif isinstance(action, Forget):
             self._prober.cancel(action.engine_id)
             self._world.forget(action.engine_id)
@@ -129,15 +128,13 @@ class Executor:
             intent=True,
         )
 
-    def _start(
-        self, engine: DesiredEngine, generation: int, action: Start | Restart | Surge
-    ) -> None:
+    def _start(self, engine: DesiredEngine, generation: int, action: Start) -> None:
         world, settings, spec = self._world, self._world.settings, engine.spec
         current = world.instances.get(engine.id)
-        surge = isinstance(action, Surge)
+        surge = action.kind is StartKind.SURGE
         port, why = self._choose_port(engine, surge)
         if port is None and surge:
-            self._stop(engine.id, StopIntent.REMOVE, f"replacing (no room for both: {why})")
+            self._stop(engine.id, StopIntent.DELIBERATE, f"replacing (no room for both: {why})")
             return
         if port is None:
             self._pend(engine, generation, why)
@@ -178,7 +175,7 @@ class Executor:
                 generation,
                 port,
                 world.clock(),
-                isinstance(action, Restart),
+                action.kind is StartKind.RESTART,
                 action.gpus,
                 action.gpu_bytes,
             )

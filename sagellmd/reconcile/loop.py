@@ -260,7 +260,7 @@ class Reconciler:
             for engine_id, instance in list(self.world.instances.items()):
                 if instance.state in PROCESS_STATES and engine_id in self.world.watcher:
                     self._executor.execute(
-                        Stop(engine_id, "daemon stopping", StopIntent.REMOVE), {}, 0
+                        Stop(engine_id, "daemon stopping", StopIntent.DELIBERATE), {}, 0
                     )
             deadline = time.monotonic() + timeout_s
             while self.world.watcher.engine_ids() and time.monotonic() < deadline:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import GpuView, Placed, Reservation, describe_need, place
 from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.actions import Action, Pend, Replace, Restart, Start, Surge
+from sagellmd.reconcile.actions import Action, Pend, Replace, Start, StartKind
 
 
 def _reservations(observed: Mapping[str, Instance], skip: str | None) -> list[Reservation]:
@@ -47,7 +46,6 @@ def _cannot_place(action: Action, reason: str, surge: bool) -> Action:
 
 def place_starts(
     actions: Sequence[Action],
-    desired: Mapping[str, DesiredEngine],
     observed: Mapping[str, Instance],
     view: GpuView,
 ) -> list[Action]:
@@ -61,11 +59,11 @@ def place_starts(
     planned: list[Reservation] = []
     planned_busy: set[int] = set()
     for action in actions:
-        if not isinstance(action, Start | Restart | Surge):
+        if not isinstance(action, Start):
             placed.append(action)
             continue
-        surge = isinstance(action, Surge)
-        spec = desired[action.engine_id].spec
+        surge = action.kind is StartKind.SURGE
+        spec = action.engine.spec
         if not spec.wants_gpu:
             placed.append(action)
             continue

@@ -13,11 +13,10 @@ from sagellmd.reconcile.actions import (
     Forget,
     Plan,
     Replace,
-    Restart,
     Retire,
     Start,
+    StartKind,
     Stop,
-    Surge,
     Wait,
 )
 from sagellmd.reconcile.placing import place_starts
@@ -33,13 +32,13 @@ def _plan_engine(
 ) -> Action | None:
     spec = engine.spec
     if instance is None:
-        return Start(engine.id, "new engine")
+        return Start(engine, "new engine")
     changed = instance.spec_hash != spec.spec_hash
     state = instance.state
     if state is InstanceState.STOPPING:
         return None
     if state is InstanceState.PENDING:
-        return Start(engine.id, f"retry: {instance.message}")
+        return Start(engine, f"retry: {instance.message}")
     if state in (InstanceState.STARTING, InstanceState.READY, InstanceState.UNHEALTHY):
         if changed:
             if (
@@ -49,7 +48,11 @@ def _plan_engine(
             ):
                 # Start-then-stop keeps the engine serving; placement falls back to
                 # stop-then-start when the GPUs cannot hold both at once.
-                return Surge(engine.id, "spec changed: new process first, then stop the old")
+                return Start(
+                    engine,
+                    "spec changed: new process first, then stop the old",
+                    kind=StartKind.SURGE,
+                )
             return Replace(engine.id, "spec changed")
         if _restart_requested(engine, instance):
             return Stop(engine.id, "restart requested")
@@ -67,19 +70,19 @@ def _plan_engine(
             return Wait(engine.id, "waiting for /health", deadline)
         return None
     if changed:
-        return Start(engine.id, "spec changed")
+        return Start(engine, "spec changed")
     if state is InstanceState.BACKOFF:
         exited_at = now if instance.exited_at is None else instance.exited_at
         due = exited_at + backoff_delay(instance.failures, backoff.base_s, backoff.max_s)
         if now >= due:
-            return Restart(engine.id, f"crash #{instance.failures} in a row")
+            return Start(engine, f"crash #{instance.failures} in a row", kind=StartKind.RESTART)
         return Wait(engine.id, f"backoff after crash #{instance.failures}", due)
     if _restart_requested(engine, instance):
-        return Start(engine.id, "restart requested")
-    if state is InstanceState.STOPPED and instance.stop_intent is StopIntent.REMOVE:
+        return Start(engine, "restart requested")
+    if state is InstanceState.STOPPED and instance.stop_intent is StopIntent.DELIBERATE:
         # Stopped because it was removed or replaced, not by its restart policy:
         # it is desired again (e.g. unset then set before the old process exited).
-        return Start(engine.id, "desired again")
+        return Start(engine, "desired again")
     return None
 
 
@@ -120,5 +123,5 @@ def plan_actions(
         ):
             actions.append(Retire(engine_id, "its replacement is ready"))
     if gpus is not None:
-        actions = place_starts(actions, wanted, observed, gpus)
+        actions = place_starts(actions, observed, gpus)
     return Plan(tuple(actions))

@@ -76,7 +76,15 @@ def _live_runs(world: World) -> set[str]:
 def recover(world: World, prober: Prober) -> None:
     """Make the in-memory world match the machine before the first reconcile pass."""
     world.instances.update(world.store.instances())
-    desired = {engine.id for engine in world.store.desired()}
+    adopted = _adopt_retiring(world) | _adopt_recorded(world, prober)
+    marked = _marked_processes(str(world.settings.home))
+    _kill_leaderless_groups(world, marked, _live_runs(world))
+    _adopt_or_kill_strays(world, prober, marked, adopted)
+    _end_intents_without_process(world)
+
+
+def _adopt_retiring(world: World) -> set[int]:
+    """Watch again the previous processes of surges; record the end of those gone."""
     adopted: set[int] = set()
     for engine_id, instance in list(world.instances.items()):
         old = instance.retiring
@@ -88,6 +96,12 @@ def recover(world: World, prober: Prober) -> None:
             adopted.add(old.pid)
         else:
             world.record(retired(instance, "ended while the daemon was not running"))
+    return adopted
+
+
+def _adopt_recorded(world: World, prober: Prober) -> set[int]:
+    """Watch again every engine process on record; an exit for those that ended meanwhile."""
+    adopted: set[int] = set()
     for engine_id, instance in list(world.instances.items()):
         if instance.state not in PROCESS_STATES or instance.pid is None:
             continue
@@ -104,8 +118,15 @@ def recover(world: World, prober: Prober) -> None:
             world.watcher.stop(engine_id, world.settings.stop_grace_s)
         else:
             prober.start(engine_id, instance.pid)
-    marked = _marked_processes(str(world.settings.home))
-    _kill_leaderless_groups(world, marked, _live_runs(world))
+    return adopted
+
+
+def _adopt_or_kill_strays(
+    world: World, prober: Prober, marked: list[MarkedProcess], adopted: set[int]
+) -> None:
+    """Group leaders of this home that no record names: the process of a start whose pid
+    was never written is adopted; any other is killed."""
+    desired = {engine.id for engine in world.store.desired()}
     # Oldest first: of a run's group leaders (the engine, and children that called
     # setsid), the engine itself was started first.
     for entry in [entry for entry in marked if entry.pid == entry.pgid]:
@@ -134,7 +155,10 @@ def recover(world: World, prober: Prober) -> None:
         log.warning("engine=%s pid=%s stray process of this home: stopping it", engine_id, pid)
         world.event(engine_id, "stopped", f"stray pid {pid} (no record of it): killed")
         signal_group(pid, signal.SIGKILL)
+
+
+def _end_intents_without_process(world: World) -> None:
+    """A start intent with no process: the spawn never happened, so it ends as an exit."""
     for engine_id, instance in list(world.instances.items()):
         if instance.state is InstanceState.STARTING and instance.pid is None:
-            # Intent without a process: the spawn never happened.
             on_exit(world, engine_id, None, None, None)

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 
 from sagellmd.errors import DatabaseError
-from sagellmd.resources import migrations_dir
+from sagellmd.shipped_files import migrations_dir
 
 log = logging.getLogger(__name__)
 

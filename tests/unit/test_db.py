@@ -16,7 +16,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 
 from sagellmd.errors import DatabaseError
-from sagellmd.resources import migrations_dir
+from sagellmd.shipped_files import migrations_dir
 from sagellmd.spec import parse_preset
 from sagellmd.store import db
 from sagellmd.store.db import backup_database, inspect_database, prepare_database

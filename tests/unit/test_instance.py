@@ -15,9 +15,11 @@ from sagellmd.instance import (
     became_unhealthy,
     begin_start,
     begin_stop,
+    begin_surge,
     describe_exit,
     exited,
     made_pending,
+    retired,
     spawn_failed,
     spawned,
 )
@@ -113,7 +115,7 @@ def test_made_pending_from_nothing_and_after_a_stop():
         "no free port",
         2,
     )
-    stopped = exit_of(begin_stop(ready(), StopIntent.REMOVE, "bye").instance).instance
+    stopped = exit_of(begin_stop(ready(), StopIntent.DELIBERATE, "bye").instance).instance
     again = made_pending(stopped, "chat", "h2", 5, "port 9000 is held").instance
     assert (again.state, again.spec_hash, again.pid) == (InstanceState.PENDING, "h2", None)
 
@@ -131,14 +133,14 @@ def test_begin_stop_records_the_intent():
 
 @pytest.mark.parametrize("policy", ["always", "on-failure", "never"])
 @pytest.mark.parametrize(("code", "signal"), [(0, None), (1, None), (None, 15), (None, None)])
-def test_exit_after_a_remove_stop_is_stopped(policy, code, signal):
-    stopping = begin_stop(replace(ready(), failures=2), StopIntent.REMOVE, "no longer desired")
+def test_exit_after_a_deliberate_stop_is_stopped(policy, code, signal):
+    stopping = begin_stop(replace(ready(), failures=2), StopIntent.DELIBERATE, "no longer desired")
     transition = exit_of(stopping.instance, code, signal, policy=policy)
     instance = transition.instance
     assert instance.state is InstanceState.STOPPED
     assert instance.message == "stopped"
     assert instance.failures == 2
-    assert instance.stop_intent is StopIntent.REMOVE  # kept: a deliberate stop
+    assert instance.stop_intent is StopIntent.DELIBERATE  # kept: a deliberate stop
     assert (instance.pid, instance.create_time) == (None, None)
     assert (instance.last_exit_code, instance.last_exit_signal) == (code, signal)
     assert instance.exited_at == T0 + 100
@@ -255,29 +257,33 @@ def test_describe_exit(code, signal, text):
 
 
 def stopped() -> Instance:
-    return exit_of(begin_stop(ready(), StopIntent.REMOVE, "bye").instance).instance
+    return exit_of(begin_stop(ready(), StopIntent.DELIBERATE, "bye").instance).instance
 
 
 def backoff() -> Instance:
     return exit_of(ready(), 1).instance
 
 
+def surged() -> Instance:
+    return begin_surge(ready(), "h2", 4, 20002, T0 + 10).instance
+
+
 ILLEGAL = [
     ("ready-from-stopped", lambda: became_ready(stopped(), T0)),
     ("ready-from-backoff", lambda: became_ready(backoff(), T0)),
     ("unhealthy-from-stopped", lambda: became_unhealthy(stopped(), "x")),
-    ("stop-a-stopped-instance", lambda: begin_stop(stopped(), StopIntent.REMOVE, "x")),
-    ("stop-a-backoff-instance", lambda: begin_stop(backoff(), StopIntent.REMOVE, "x")),
+    ("stop-a-stopped-instance", lambda: begin_stop(stopped(), StopIntent.DELIBERATE, "x")),
+    ("stop-a-backoff-instance", lambda: begin_stop(backoff(), StopIntent.DELIBERATE, "x")),
     (
         "stop-twice",
         lambda: begin_stop(
-            begin_stop(ready(), StopIntent.REMOVE, "x").instance, StopIntent.REMOVE, "x"
+            begin_stop(ready(), StopIntent.DELIBERATE, "x").instance, StopIntent.DELIBERATE, "x"
         ),
     ),
     ("start-a-ready-instance", lambda: start(current=ready())),
     (
         "start-a-stopping-instance",
-        lambda: start(current=begin_stop(ready(), StopIntent.REMOVE, "x").instance),
+        lambda: start(current=begin_stop(ready(), StopIntent.DELIBERATE, "x").instance),
     ),
     ("exit-of-a-backoff-instance", lambda: exit_of(backoff(), 1)),
     ("exit-of-a-stopped-instance", lambda: exit_of(stopped(), 1, policy="never")),
@@ -286,6 +292,14 @@ ILLEGAL = [
         "spawn-failed-of-a-stopped-instance",
         lambda: spawn_failed(stopped(), "x", T0, InstanceState.BACKOFF),
     ),
+    ("spawned-of-a-stopped-instance", lambda: spawned(stopped(), 4242, T0)),
+    ("spawned-of-a-ready-instance", lambda: spawned(ready(), 4243, T0)),
+    ("spawned-twice", lambda: spawned(spawned(start(), 4242, T0).instance, 4243, T0)),
+    ("surge-a-starting-instance", lambda: begin_surge(start(), "h2", 4, 20002, T0)),
+    ("surge-a-backoff-instance", lambda: begin_surge(backoff(), "h2", 4, 20002, T0)),
+    ("surge-a-surging-instance", lambda: begin_surge(surged(), "h3", 5, 20003, T0)),
+    ("retired-without-a-retiring-process", lambda: retired(ready(), "gone")),
+    ("retired-twice", lambda: retired(retired(surged(), "gone").instance, "gone")),
 ]
 
 
@@ -305,3 +319,38 @@ def test_every_state_has_a_rule():
     assert set(ALLOWED) == {None, *InstanceState}
     for state, targets in ALLOWED.items():
         assert state not in targets or state is InstanceState.PENDING
+
+
+def test_surge_starts_beside_the_ready_process():
+    transition = begin_surge(ready(), "h2", 4, 20002, T0 + 10)
+    instance = transition.instance
+    assert (instance.state, instance.spec_hash, instance.port) == (
+        InstanceState.STARTING,
+        "h2",
+        20002,
+    )
+    assert instance.retiring is not None and instance.retiring.pid == 4242
+
+
+@pytest.mark.parametrize("state", list(InstanceState))
+def test_retired_keeps_the_state_whatever_it_is(state):
+    current = replace(surged(), state=state)
+    transition = retired(current, "signal 15")
+    assert transition.instance.state is state
+    assert transition.instance.retiring is None
+    assert transition.message == "previous pid 4242: signal 15"
+
+
+def test_side_change_message_says_what_it_needs():
+    with pytest.raises(Illegal) as caught:
+        retired(ready(), "gone")
+    assert str(caught.value) == (
+        "chat: ready -> ready is not allowed (retire the previous process: needs one)"
+    )
+
+
+def test_a_stop_intent_stored_before_the_rename_still_reads():
+    assert StopIntent("remove") is StopIntent.DELIBERATE
+    assert StopIntent("deliberate") is StopIntent.DELIBERATE
+    with pytest.raises(ValueError):
+        StopIntent("sideways")

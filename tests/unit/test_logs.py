@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 from sagellmd.runtime.logs import (
     DAEMON_HEADER,
     last_engine_line,
+    log_path,
+    open_log,
     read_tail,
     shorten,
     tail_lines,
@@ -101,3 +104,35 @@ def test_shorten_cuts_at_a_word_boundary() -> None:
     assert shorten("short enough", 300) == "short enough"
     # One long token has no boundary: it is cut hard, still within the limit.
     assert len(shorten("x" * 1000, 300)) <= 300
+
+
+def test_open_log_creates_a_private_file_and_directory(tmp_path: Path) -> None:
+    path = log_path(tmp_path / "logs", "qwen.chat")
+    assert path == tmp_path / "logs" / "qwen.chat.log"
+    fd = open_log(path)
+    try:
+        os.write(fd, b"one\n")
+    finally:
+        os.close(fd)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_open_log_appends_and_makes_an_old_readable_log_private(tmp_path: Path) -> None:
+    path = write(tmp_path / "chat.log", b"earlier\n")
+    path.chmod(0o644)
+    fd = open_log(path)
+    try:
+        os.write(fd, b"later\n")
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"earlier\nlater\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_open_log_is_not_inherited_by_children(tmp_path: Path) -> None:
+    fd = open_log(tmp_path / "chat.log")
+    try:
+        assert not os.get_inheritable(fd)
+    finally:
+        os.close(fd)

@@ -8,7 +8,7 @@ from sagellmd.backoff import BackoffPolicy
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import GIB, GpuCapacity, GpuView
 from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.actions import Pend, Replace, Restart, Start, Wait
+from sagellmd.reconcile.actions import Pend, Replace, Start, StartKind, Wait
 from sagellmd.reconcile.plan import plan_actions
 from sagellmd.spec import parse_engine
 
@@ -78,7 +78,7 @@ def test_a_start_gets_its_gpus_and_bytes():
     actions = plan([chat], [], view(80, 24, needs={"chat": 20}))
 
     # Best fit: the 24 GiB GPU (22.8 GiB under headroom) is the tightest that fits.
-    assert actions == [Start("chat", "new engine", gpus=(1,), gpu_bytes=20 * GIB)]
+    assert actions == [Start(chat, "new engine", gpus=(1,), gpu_bytes=20 * GIB)]
 
 
 def test_tensor_parallel_start_gets_distinct_gpus():
@@ -86,7 +86,7 @@ def test_tensor_parallel_start_gets_distinct_gpus():
 
     actions = plan([chat], [], view(80, 80, 80, 80, needs={"chat": 30}))
 
-    assert actions == [Start("chat", "new engine", gpus=(0, 1, 2, 3), gpu_bytes=30 * GIB)]
+    assert actions == [Start(chat, "new engine", gpus=(0, 1, 2, 3), gpu_bytes=30 * GIB)]
 
 
 def test_an_engine_that_does_not_fit_pends_with_the_numbers():
@@ -109,7 +109,7 @@ def test_a_pending_engine_starts_once_memory_frees_up():
 
     assert [type(action) for action in still] == [Pend]
     assert freed == [
-        Start("chat", "retry: needs 1 GPU x 40.0 GiB; ...", gpus=(0,), gpu_bytes=40 * GIB)
+        Start(chat, "retry: needs 1 GPU x 40.0 GiB; ...", gpus=(0,), gpu_bytes=40 * GIB)
     ]
 
 
@@ -122,7 +122,7 @@ def test_two_new_engines_on_one_gpu_start_one_after_the_other():
     actions = plan([first, second], [], view(80, needs={"alpha": 30, "beta": 30}))
 
     assert actions == [
-        Start("alpha", "new engine", gpus=(0,), gpu_bytes=30 * GIB),
+        Start(first, "new engine", gpus=(0,), gpu_bytes=30 * GIB),
         Pend("beta", "needs 1 GPU x 30.0 GiB; waiting for the engine starting on GPU0"),
     ]
 
@@ -134,8 +134,8 @@ def test_engines_that_fit_on_different_gpus_start_together():
 
     # Both would fit GPU0, but beta goes to the idle GPU1 rather than wait.
     assert actions == [
-        Start("alpha", "new engine", gpus=(0,), gpu_bytes=30 * GIB),
-        Start("beta", "new engine", gpus=(1,), gpu_bytes=30 * GIB),
+        Start(first, "new engine", gpus=(0,), gpu_bytes=30 * GIB),
+        Start(second, "new engine", gpus=(1,), gpu_bytes=30 * GIB),
     ]
 
 
@@ -146,7 +146,7 @@ def test_starts_in_one_plan_count_against_memory():
 
     # Not a wait: after alpha's 50 GiB there is no room for beta at all.
     assert actions == [
-        Start("alpha", "new engine", gpus=(0,), gpu_bytes=50 * GIB),
+        Start(first, "new engine", gpus=(0,), gpu_bytes=50 * GIB),
         Pend("beta", "needs 1 GPU x 50.0 GiB; GPU0 26.0 GiB free"),
     ]
 
@@ -157,7 +157,7 @@ def test_a_tensor_parallel_start_makes_all_its_gpus_busy():
     actions = plan([wide, narrow], [], view(80, 80, needs={"alpha": 20, "beta": 20}))
 
     assert actions == [
-        Start("alpha", "new engine", gpus=(0, 1), gpu_bytes=20 * GIB),
+        Start(wide, "new engine", gpus=(0, 1), gpu_bytes=20 * GIB),
         Pend("beta", "needs 1 GPU x 20.0 GiB; waiting for the engine starting on GPU0, GPU1"),
     ]
 
@@ -173,7 +173,7 @@ def test_an_engine_starting_on_gpu0_holds_back_only_engines_that_need_gpu0():
     assert actions == [
         Wait("alpha", "waiting for /health", NOW - 10 + starting.spec.startup_timeout_s),
         Pend("beta", "needs 1 GPU x 40.0 GiB; waiting for the engine starting on GPU0"),
-        Start("gamma", "new engine", gpus=(1,), gpu_bytes=20 * GIB),
+        Start(small, "new engine", gpus=(1,), gpu_bytes=20 * GIB),
     ]
 
 
@@ -187,7 +187,7 @@ def test_once_the_first_is_ready_the_next_shares_its_gpu():
 
     actions = plan([ready, waiting], observed, view(80, needs={"alpha": 30, "beta": 40}))
 
-    assert actions == [Start("beta", "retry: waiting", gpus=(0,), gpu_bytes=40 * GIB)]
+    assert actions == [Start(waiting, "retry: waiting", gpus=(0,), gpu_bytes=40 * GIB)]
 
 
 def test_an_engine_starting_that_is_no_longer_desired_still_blocks_its_gpu():
@@ -220,7 +220,7 @@ def test_engines_without_gpus_are_never_placed(fields):
     with_gpus = plan([cpu], [], view(80, needs={}))
     without = plan([cpu], [], GpuView((), message="no GPUs (NVML unavailable: x)"))
 
-    assert with_gpus == without == [Start("cpu", "new engine")]
+    assert with_gpus == without == [Start(cpu, "new engine")]
     assert with_gpus[0].gpus == () and with_gpus[0].gpu_bytes == 0
 
 
@@ -229,7 +229,7 @@ def test_an_embedding_engine_with_use_gpu_is_placed():
 
     actions = plan([embed], [], view(80, needs={"embed": 2}))
 
-    assert actions == [Start("embed", "new engine", gpus=(0,), gpu_bytes=2 * GIB)]
+    assert actions == [Start(embed, "new engine", gpus=(0,), gpu_bytes=2 * GIB)]
 
 
 def test_no_gpus_at_all_pends_with_the_inventory_message():
@@ -260,7 +260,7 @@ def test_cpu_engines_and_gpu_engines_in_one_plan():
     actions = plan([cpu, chat], [], GpuView((), message="no GPUs (NVML unavailable: x)"))
 
     assert actions == [
-        Start("alpha", "new engine"),
+        Start(cpu, "new engine"),
         Pend("beta", "no memory estimate"),
     ]
 
@@ -278,7 +278,7 @@ def test_a_backoff_instance_keeps_its_reservation_and_its_restart_reuses_it():
 
     assert actions == [
         Pend("alpha", "needs 1 GPU x 30.0 GiB; GPU0 16.0 GiB free"),
-        Restart("beta", "crash #1 in a row", gpus=(0,), gpu_bytes=60 * GIB),
+        Start(crashy, "crash #1 in a row", gpus=(0,), gpu_bytes=60 * GIB, kind=StartKind.RESTART),
     ]
 
 
@@ -313,7 +313,7 @@ def test_instances_without_a_process_release_their_gpus(state):
     actions = plan([newcomer], observed, view(80, needs={"alpha": 30}))
 
     starts = [action for action in actions if isinstance(action, Start)]
-    assert starts == [Start("alpha", "new engine", gpus=(0,), gpu_bytes=30 * GIB)]
+    assert starts == [Start(newcomer, "new engine", gpus=(0,), gpu_bytes=30 * GIB)]
 
 
 def test_a_spec_change_while_running_replaces_without_placing():
@@ -346,4 +346,4 @@ def test_a_restart_after_a_spec_change_in_backoff_may_reuse_its_own_memory():
 
     actions = plan([chat], [crashed], view(80, needs={"chat": 70}))
 
-    assert actions == [Start("chat", "spec changed", gpus=(0,), gpu_bytes=70 * GIB)]
+    assert actions == [Start(chat, "spec changed", gpus=(0,), gpu_bytes=70 * GIB)]

@@ -33,11 +33,10 @@ from sagellmd.reconcile.actions import (
     Forget,
     Plan,
     Replace,
-    Restart,
     Retire,
     Start,
+    StartKind,
     Stop,
-    Surge,
     Wait,
 )
 from sagellmd.reconcile.plan import plan_actions
@@ -89,7 +88,7 @@ def plan_one(desired, observed, now=NOW, backoff=POLICY):
 
 def test_new_engine_starts():
     chat = engine()
-    assert plan_one([chat], {}) == (Start("chat", "new engine"),)
+    assert plan_one([chat], {}) == (Start(chat, "new engine"),)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +96,9 @@ def test_new_engine_starts():
 )
 def test_removed_live_engine_stops(state):
     gone = instance(state=state)
-    assert plan_one([], {"chat": gone}) == (Stop("chat", "no longer desired", StopIntent.REMOVE),)
+    assert plan_one([], {"chat": gone}) == (
+        Stop("chat", "no longer desired", StopIntent.DELIBERATE),
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,7 +111,7 @@ def test_removed_engine_without_process_is_forgotten(state):
 
 
 def test_removed_engine_that_is_stopping_is_left_alone():
-    gone = instance(state=InstanceState.STOPPING, stop_intent=StopIntent.REMOVE)
+    gone = instance(state=InstanceState.STOPPING, stop_intent=StopIntent.DELIBERATE)
     assert plan_one([], {"chat": gone}) == ()
 
 
@@ -125,7 +126,9 @@ def test_spec_change_of_a_ready_engine_surges_start_then_stop():
     old = engine(model="old/model")
     new = engine(model="new/model")
     (action,) = plan_one([new], {"chat": instance(old, InstanceState.READY)})
-    assert isinstance(action, Surge) and action.engine_id == "chat"
+    assert (
+        isinstance(action, Start) and action.kind is StartKind.SURGE and action.engine_id == "chat"
+    )
 
 
 def test_a_fixed_port_change_to_the_same_port_cannot_surge():
@@ -153,7 +156,7 @@ def test_spec_change_of_a_stopped_engine_starts_it(state):
     old = engine(port=9000)
     new = engine(port=9001)
     observed = {"chat": instance(old, state, exited_at=NOW - 1, failures=4)}
-    assert plan_one([new], observed) == (Start("chat", "spec changed"),)
+    assert plan_one([new], observed) == (Start(new, "spec changed"),)
 
 
 def test_change_of_an_in_place_field_does_nothing():
@@ -202,7 +205,9 @@ def test_backoff_that_is_due_restarts(failures):
     chat = engine()
     delay = backoff_delay(failures, POLICY.base_s, POLICY.max_s)
     crashed = instance(chat, InstanceState.BACKOFF, failures=failures, exited_at=NOW - delay)
-    assert plan_one([chat], {"chat": crashed}) == (Restart("chat", f"crash #{failures} in a row"),)
+    assert plan_one([chat], {"chat": crashed}) == (
+        Start(chat, f"crash #{failures} in a row", kind=StartKind.RESTART),
+    )
 
 
 @pytest.mark.parametrize("failures", [2, 3, 6, 20])
@@ -233,13 +238,13 @@ def test_restart_request_stops_then_starts(state):
     chat = engine(restart_requested_at=NOW - 10)
     running = instance(chat, state, started_at=NOW - 50, ready_at=NOW - 40)
     (stop,) = plan_one([chat], {"chat": running})
-    assert stop == Stop("chat", "restart requested", StopIntent.REMOVE)
+    assert stop == Stop("chat", "restart requested", StopIntent.DELIBERATE)
 
     stopping = begin_stop(running, stop.intent, stop.reason).instance
     assert plan_one([chat], {"chat": stopping}) == ()
     stopped = exited(stopping, None, 15, NOW, "always", RESET_AFTER_S, 1.0, 60.0).instance
     assert stopped.state is InstanceState.STOPPED
-    assert plan_one([chat], {"chat": stopped}) == (Start("chat", "restart requested"),)
+    assert plan_one([chat], {"chat": stopped}) == (Start(chat, "restart requested"),)
 
     started = begin_start(stopped, "chat", chat.spec.spec_hash, 1, 20000, NOW + 1, False).instance
     assert plan_one([chat], {"chat": started}) == (
@@ -256,7 +261,7 @@ def test_spec_change_wins_over_restart_request():
     old = engine(model="a")
     new = engine(model="b", restart_requested_at=NOW)
     (action,) = plan_one([new], {"chat": instance(old)})
-    assert isinstance(action, Surge)
+    assert isinstance(action, Start) and action.kind is StartKind.SURGE
 
 
 @pytest.mark.parametrize("state", [InstanceState.STOPPED, InstanceState.FAILED])
@@ -266,7 +271,7 @@ def test_stopped_or_failed_with_the_same_spec_stays_down(state):
     assert plan_one([chat], {"chat": down}) == ()
 
 
-@pytest.mark.parametrize("intent", [StopIntent.REMOVE, StopIntent.FAILURE, None])
+@pytest.mark.parametrize("intent", [StopIntent.DELIBERATE, StopIntent.FAILURE, None])
 def test_stopping_engine_needs_nothing(intent):
     chat = engine()
     stopping = instance(chat, InstanceState.STOPPING, stop_intent=intent)
@@ -285,7 +290,7 @@ def test_pending_engine_is_started_again():
         started_at=None,
     )
     assert plan_one([chat], {"chat": waiting}) == (
-        Start("chat", "retry: no free port in 20000-20000"),
+        Start(chat, "retry: no free port in 20000-20000"),
     )
 
 
@@ -309,6 +314,16 @@ def test_plan_to_list_is_plain_data():
         {"engine": "chat", "reason": "x", "intent": "failure", "action": "stop"}
     ]
     assert Plan(()).to_list() == []
+
+
+@pytest.mark.parametrize("kind", list(StartKind))
+def test_a_start_lists_its_kind_as_the_action_and_its_engine_by_id(kind):
+    chat = engine()
+    start = Start(chat, "why", gpus=(1,), gpu_bytes=5, kind=kind)
+    assert start.engine_id == "chat" and start.action == kind.value
+    assert Plan((start,)).to_list() == [
+        {"engine": "chat", "reason": "why", "gpus": (1,), "gpu_bytes": 5, "action": kind.value}
+    ]
 
 
 def test_default_backoff_policy():
@@ -344,7 +359,9 @@ def test_startup_timeout_counts_from_a_start_at_time_zero():
 def test_backoff_counts_from_an_exit_at_time_zero():
     chat = engine()
     crashed = instance(chat, InstanceState.BACKOFF, failures=3, exited_at=0.0, started_at=0.0)
-    assert plan_one([chat], {"chat": crashed}, now=100.0) == (Restart("chat", "crash #3 in a row"),)
+    assert plan_one([chat], {"chat": crashed}, now=100.0) == (
+        Start(chat, "crash #3 in a row", kind=StartKind.RESTART),
+    )
 
 
 # -- a simulated world for the properties ------------------------------------------
@@ -394,7 +411,7 @@ class SimWorld:
         for action in plan.actions:
             self.log.append(f"t={self.now:g} {action}")
             current = self.instances.get(action.engine_id)
-            if isinstance(action, Start | Restart):
+            if isinstance(action, Start) and action.kind is not StartKind.SURGE:
                 wanted = self.desired[action.engine_id]
                 self.pids += 1
                 starting = begin_start(
@@ -404,11 +421,11 @@ class SimWorld:
                     1,
                     20000,
                     self.now,
-                    isinstance(action, Restart),
+                    action.kind is StartKind.RESTART,
                 ).instance
                 running = spawned(starting, self.pids, self.now).instance
                 self.instances[action.engine_id] = became_ready(running, self.now).instance
-            elif isinstance(action, Surge):
+            elif isinstance(action, Start):
                 wanted = self.desired[action.engine_id]
                 assert current is not None
                 self.pids += 1
@@ -419,7 +436,7 @@ class SimWorld:
                 assert current is not None and current.retiring is not None
                 self.instances[action.engine_id] = retired(current, "exit code 0").instance
             elif isinstance(action, Stop | Replace):
-                intent = action.intent if isinstance(action, Stop) else StopIntent.REMOVE
+                intent = action.intent if isinstance(action, Stop) else StopIntent.DELIBERATE
                 assert current is not None
                 stopping = begin_stop(current, intent, action.reason).instance
                 self.instances[action.engine_id] = self._exit(stopping)
@@ -521,12 +538,12 @@ def worlds(draw, restart_policies=("always", "on-failure")):
             exited_at=draw(st.floats(started_at, NOW))
             if state in (InstanceState.BACKOFF, InstanceState.STOPPED, InstanceState.FAILED)
             else None,
-            stop_intent=draw(st.sampled_from([None, StopIntent.REMOVE, StopIntent.FAILURE]))
+            stop_intent=draw(st.sampled_from([None, StopIntent.DELIBERATE, StopIntent.FAILURE]))
             if state is InstanceState.STOPPING
             else None,
         )
         at_rest = current.state in (InstanceState.STOPPED, InstanceState.FAILED) or (
-            current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.REMOVE
+            current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.DELIBERATE
         )
         if (
             same_spec

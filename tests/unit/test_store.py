@@ -12,7 +12,7 @@ from sqlalchemy import Engine, inspect
 
 from sagellmd.errors import ConflictError, NotFoundError
 from sagellmd.instance import Instance, InstanceState, StopIntent
-from sagellmd.resources import migrations_dir
+from sagellmd.shipped_files import migrations_dir
 from sagellmd.spec import parse_engine, parse_preset
 from sagellmd.store.db import migrate, open_database
 from sagellmd.store.repository import Store
@@ -325,11 +325,19 @@ FULL_INSTANCE = Instance(
 )
 
 
-@pytest.mark.parametrize("intent", [StopIntent.FAILURE, StopIntent.REMOVE, None])
+@pytest.mark.parametrize("intent", [StopIntent.FAILURE, StopIntent.DELIBERATE, None])
 def test_instance_round_trip(store, intent):
     instance = Instance(**{**vars(FULL_INSTANCE), "stop_intent": intent})
     assert store.save_instance(instance) is None
     assert store.instances() == {"tiny.chat": instance}
+
+
+def test_a_stop_intent_written_before_the_rename_reads_as_deliberate(database, store):
+    store.save_instance(Instance(**{**vars(FULL_INSTANCE), "stop_intent": StopIntent.DELIBERATE}))
+    with database.begin() as connection:
+        connection.exec_driver_sql("UPDATE instances SET stop_intent = 'remove'")
+    assert store.instances()["tiny.chat"].stop_intent is StopIntent.DELIBERATE
+    assert sql(database, "SELECT stop_intent FROM instances") == "remove"
 
 
 @pytest.mark.parametrize("state", list(InstanceState))

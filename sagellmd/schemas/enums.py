@@ -15,14 +15,19 @@ __all__ = ["GENERATION_STATES", "GPU_MODES", "INSTANCE_STATES", "VERDICTS", "act
 
 
 def action_types(action_union: Any) -> tuple[str, ...]:
-    """The `action` field's default of every dataclass in the planner's Action union.
+    """The action names of every dataclass in the planner's Action union: the default of its
+    `action` field, or, where the action is its `kind` (an enum), every value of that enum.
 
     The API passes reconcile.actions.Action in: this package sits below the loop.
     """
-    return tuple(
-        next(f.default for f in dataclasses.fields(cls) if f.name == "action")
-        for cls in typing.get_args(action_union)
-    )
+    names: list[str] = []
+    for cls in typing.get_args(action_union) or (action_union,):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if "action" in fields:
+            names.append(fields["action"].default)
+        else:
+            names.extend(member.value for member in type(fields["kind"].default))
+    return tuple(names)
 
 
 def enum(values: tuple[str, ...]) -> dict[str, Any]:

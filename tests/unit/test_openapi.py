@@ -22,7 +22,7 @@ from sagellmd.errors import BadInputError, SpecError
 from sagellmd.gpu.inventory import GPU_MODES
 from sagellmd.instance import InstanceState
 from sagellmd.models.download import validate_model_id
-from sagellmd.reconcile.actions import Action
+from sagellmd.reconcile.actions import Action, StartKind
 from sagellmd.schemas.engine import ENGINE_SCHEMA, PRESET_SCHEMA
 from sagellmd.schemas.enums import action_types
 from sagellmd.schemas.requests import MODEL_ID_SCHEMA
@@ -162,7 +162,11 @@ def test_enums_are_the_codes_own():
     assert _component("EngineEntry")["properties"]["state"]["enum"] == [
         state.value for state in InstanceState
     ]
-    planned = {cls.__dataclass_fields__["action"].default for cls in typing.get_args(Action)}
+    planned = {
+        cls.__dataclass_fields__["action"].default
+        for cls in typing.get_args(Action)
+        if "action" in cls.__dataclass_fields__
+    } | {kind.value for kind in StartKind}
     assert set(_component("PlanItem")["properties"]["action"]["enum"]) == planned
     assert _component("Generation")["properties"]["state"]["enum"] == list(GENERATION_STATES)
     changes = _component("Generation")["properties"]["changes"]["items"]

@@ -21,6 +21,7 @@ DEFAULT_API_PORT = 8765
 DEFAULT_RUNTIMES: dict[str, list[str]] = {
     "vllm": ["python", "-m", "vllm.entrypoints.openai.api_server"],
     "embedding": ["python", "-m", "sagellmd.engines.embedding"],
+    "llama-cpp": ["python", "-m", "llama_cpp.server"],
 }
 
 

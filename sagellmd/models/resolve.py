@@ -117,7 +117,7 @@ def find_local(
     return LocalCopy(found, "package") if found is not None else None
 
 
-def _has_flag(args: Iterable[str], flag: str) -> bool:
+def has_flag(args: Iterable[str], flag: str) -> bool:
     return any(arg == flag or arg.startswith(flag + "=") for arg in args)
 
 
@@ -129,30 +129,20 @@ class EngineModel:
     extra_flags: tuple[str, ...] = ()
 
 
-def engine_model(spec: EngineSpec, settings: Settings) -> EngineModel:
-    """The local directory for the engine's model when there is one, else the model as given."""
-    unchanged = EngineModel(spec.model)
-    # A pinned revision is vLLM's to resolve; the main snapshot could be another revision.
-    if looks_like_path(spec.model) or _has_flag(spec.extra_args, "--revision"):
-        return unchanged
-    local = find_local(spec.model, settings, spec_environ(spec))
-    if local is None:
-        return unchanged
-    if spec.runtime == "embedding" and local.source != "models.paths":
-        # The embedding engine serves under its --model and has no --served-model-name, so a
-        # path would break clients that send the id. It finds the hub cache and the packaged
-        # MiniLM by itself (offline too); only a models.paths directory needs the path.
-        return unchanged
-    flags: tuple[str, ...] = ()
-    if spec.runtime == "vllm" and not _has_flag(spec.extra_args, "--served-model-name"):
-        # vLLM serves under --model unless told otherwise; clients keep using the id.
-        flags = ("--served-model-name", spec.model)
-    return EngineModel(str(local.path), flags)
+def local_copy_for(spec: EngineSpec, settings: Settings) -> LocalCopy | None:
+    """The copy on disk an engine may be given instead of its hub id, or None.
+
+    A path is the engine's own to open, and a pinned revision is the engine's to resolve
+    (the main snapshot could be another revision).
+    """
+    if looks_like_path(spec.model) or has_flag(spec.extra_args, "--revision"):
+        return None
+    return find_local(spec.model, settings, spec_environ(spec))
 
 
 def model_is_local(spec: EngineSpec, settings: Settings) -> bool:
     """The engine can run from disk alone (a pinned --revision is left to the engine)."""
-    if _has_flag(spec.extra_args, "--revision"):
+    if has_flag(spec.extra_args, "--revision"):
         return False
     if looks_like_path(spec.model):
         return Path(spec.model).expanduser().exists()

@@ -9,6 +9,7 @@ from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import GpuView, Placed, Reservation, describe_need, place
 from sagellmd.instance import Instance, InstanceState
 from sagellmd.reconcile.actions import Action, Pend, Replace, Restart, Start, Surge
+from sagellmd.runtime.kinds import wants_gpu
 
 
 def _reservations(observed: Mapping[str, Instance], skip: str | None) -> list[Reservation]:
@@ -66,7 +67,7 @@ def place_starts(
             continue
         surge = isinstance(action, Surge)
         spec = desired[action.engine_id].spec
-        if not spec.wants_gpu:
+        if not wants_gpu(spec):
             placed.append(action)
             continue
         need = view.needs.get(action.engine_id)

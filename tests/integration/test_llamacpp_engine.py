@@ -128,3 +128,35 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# -- without llama-cpp-python: what the daemon says about models it cannot run ------------
+
+
+def test_a_model_that_names_no_gguf_file_is_refused_at_once(daemon: Daemon):
+    answer = daemon.put(
+        "/v1/engines/chat",
+        {"runtime": "llama-cpp", "model": "Qwen/Qwen2.5-0.5B-Instruct-GGUF"},
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_spec"
+    assert error["message"].startswith("chat.model: ")
+    assert "REPO:FILE.gguf or REPO:QUANT" in error["message"]
+    assert daemon.get("/v1/engines/chat").status_code == 404
+
+
+def test_a_gguf_file_not_on_disk_fails_naming_the_download(make_daemon, tmp_path: Path):
+    daemon = make_daemon(start=False)
+    daemon.extra_env["HF_HUB_CACHE"] = str(tmp_path / "empty-cache")
+    daemon.start()
+    model = "Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"
+    # rollback=false: this is about the message, not about reverting the failed change.
+    spec = {"runtime": "llama-cpp", "model": model}
+    assert daemon.put("/v1/engines/chat?rollback=false", spec).is_success
+    failed = daemon.wait_state("chat", "failed")
+    assert (
+        "sagellm model download Qwen/Qwen2.5-0.5B-Instruct-GGUF --allow-patterns"
+        in (failed["message"])
+    )
+    assert str(tmp_path / "empty-cache") in failed["message"]

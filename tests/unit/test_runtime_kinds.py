@@ -13,7 +13,7 @@ from sagellmd.errors import SpecError
 from sagellmd.instance import InstanceState, became_ready, begin_start, exited, spawned
 from sagellmd.presets import catalogue
 from sagellmd.runtime.argv import build_argv, build_env
-from sagellmd.runtime.kinds import COMMAND, KINDS, kind_for, wants_gpu
+from sagellmd.runtime.kinds import COMMAND, KINDS, check_spec, kind_for, wants_gpu
 from sagellmd.runtime.kinds.base import CHAT_ENDPOINTS, EMBEDDING_ENDPOINTS, GpuAssignment
 from sagellmd.runtime.kinds.llamacpp import LlamaCppKind, parse_gguf_reference
 from sagellmd.spec import EngineSpec, parse_engine
@@ -274,3 +274,12 @@ def test_the_cpu_preset_names_one_gguf_file_and_reserves_no_gpu():
     ref = parse_gguf_reference(chat.model)
     assert (ref.repo, ref.quant) == (REPO, "Q4_K_M")
     assert not wants_gpu(chat)
+
+
+def test_check_spec_rejects_what_the_kind_cannot_run():
+    with pytest.raises(SpecError) as caught:
+        check_spec(llama_spec(REPO), "engines[0]")
+    assert caught.value.errors[0].startswith("engines[0].model: ")
+    check_spec(llama_spec(f"{REPO}:Q4_K_M"), "engines[0]")
+    # Other kinds take any model id.
+    check_spec(EngineSpec(name="c", model=REPO), "c")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sagellmd.config import Settings
+from sagellmd.errors import SpecError
 from sagellmd.models.resolve import EngineModel
 from sagellmd.runtime.kinds.base import RuntimeKind
 from sagellmd.runtime.kinds.command import CommandKind
@@ -22,6 +23,13 @@ COMMAND = CommandKind()
 def kind_for(runtime: str) -> RuntimeKind:
     """The kind of a runtime name: a built-in one, else the config.yaml command template."""
     return KINDS.get(runtime, COMMAND)
+
+
+def check_spec(spec: EngineSpec, where: str) -> None:
+    """Reject a spec its runtime kind cannot run (a llama-cpp model that names no GGUF file)."""
+    problems = kind_for(spec.runtime).spec_problems(spec)
+    if problems:
+        raise SpecError([f"{where}.{problem}" for problem in problems])
 
 
 def wants_gpu(spec: EngineSpec) -> bool:

@@ -59,6 +59,10 @@ class RuntimeKind:
     # is not on disk (the engine would download it itself and retry for minutes).
     downloads_models: ClassVar[bool] = False
 
+    def spec_problems(self, spec: EngineSpec) -> list[str]:
+        """What this kind cannot run in a valid spec, each as `field: rule, got ...`."""
+        return []
+
     def wants_gpu(self, spec: EngineSpec) -> bool:
         """Whether the engine needs reserved GPUs (the placer places only those)."""
         return spec.wants_gpu

@@ -132,6 +132,13 @@ class LlamaCppKind(RuntimeKind):
     # uvicorn re-raises SIGTERM after its graceful shutdown: exit "killed by SIGTERM".
     clean_exit_signals = frozenset({int(signal.SIGTERM)})
 
+    def spec_problems(self, spec: EngineSpec) -> list[str]:
+        try:
+            parse_gguf_reference(spec.model)
+        except SpecError as exc:
+            return exc.errors
+        return []
+
     def wants_gpu(self, spec: EngineSpec) -> bool:
         # A CPU runtime: it reserves GPUs only when the spec asks for them.
         return spec.use_gpu is True

@@ -89,7 +89,12 @@ def test_a_daemon_runs_restarts_and_removes_a_llama_cpp_engine(
     # A CPU runtime: no GPU reserved although two (simulated) GPUs are free.
     assert first["gpus"] == [] and first["gpu_memory_gb"] is None
 
-    models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+    assert first["address"] == {
+        "base_url": f"http://127.0.0.1:{port}/v1",
+        "models": ["chat"],
+        "endpoints": ["/v1/chat/completions", "/v1/completions"],
+    }
+    models = httpx.get(f"{first['address']['base_url']}/models", timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["chat"]
     body = _chat(port)
     assert body["object"] == "chat.completion"

@@ -283,3 +283,12 @@ def test_check_spec_rejects_what_the_kind_cannot_run():
     check_spec(llama_spec(f"{REPO}:Q4_K_M"), "engines[0]")
     # Other kinds take any model id.
     check_spec(EngineSpec(name="c", model=REPO), "c")
+
+
+def test_vllm_serves_the_names_its_extra_args_give():
+    vllm = KINDS["vllm"]
+    assert vllm.served_model_names(EngineSpec(name="c", model="org/m")) == ("org/m",)
+    named = EngineSpec(name="c", model="org/m", extra_args=("--served-model-name", "a", "b", "--x"))
+    assert vllm.served_model_names(named) == ("a", "b")
+    equals = EngineSpec(name="c", model="org/m", extra_args=("--served-model-name=a",))
+    assert vllm.served_model_names(equals) == ("a",)

@@ -22,6 +22,22 @@ class VllmKind(RuntimeKind):
             flags = ("--served-model-name", spec.model)
         return EngineModel(str(local.path), flags)
 
+    def served_model_names(self, spec: EngineSpec) -> tuple[str, ...]:
+        # --served-model-name takes one or more names (up to the next flag), or NAME=...
+        args = list(spec.extra_args)
+        for index, arg in enumerate(args):
+            if arg.startswith("--served-model-name="):
+                return (arg.partition("=")[2],)
+            if arg == "--served-model-name":
+                names = []
+                for name in args[index + 1 :]:
+                    if name.startswith("-"):
+                        break
+                    names.append(name)
+                if names:
+                    return tuple(names)
+        return (spec.model,)
+
     def flags(
         self, spec: EngineSpec, model: EngineModel, port: int, assignment: GpuAssignment | None
     ) -> list[str]:

@@ -292,3 +292,10 @@ def test_vllm_serves_the_names_its_extra_args_give():
     assert vllm.served_model_names(named) == ("a", "b")
     equals = EngineSpec(name="c", model="org/m", extra_args=("--served-model-name=a",))
     assert vllm.served_model_names(equals) == ("a",)
+
+
+def test_a_path_under_an_unknown_users_home_is_just_missing(tmp_path):
+    spec = llama_spec("~no-such-user-here/m.gguf")
+    assert KINDS["llama-cpp"].spec_problems(spec) == []
+    reason = KINDS["llama-cpp"].missing_model(spec, settings_for(tmp_path))
+    assert reason is not None and "is not a file" in reason

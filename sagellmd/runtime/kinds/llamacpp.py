@@ -51,7 +51,10 @@ class GgufReference:
 def parse_gguf_reference(model: str) -> GgufReference:
     """`/path/model.gguf`, `REPO:FILE.gguf` or `REPO:QUANT`; SpecError says which it must be."""
     if looks_like_path(model):
-        return GgufReference(path=Path(model).expanduser())
+        try:
+            return GgufReference(path=Path(model).expanduser())
+        except RuntimeError:  # ~someone who has no home here: a path that is nowhere
+            return GgufReference(path=Path(model))
     repo, colon, rest = model.partition(":")
     if not colon or not rest or not REPO_ID.fullmatch(repo) or ".." in repo:
         raise SpecError(

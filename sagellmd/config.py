@@ -14,14 +14,14 @@ import yaml
 
 from sagellmd.errors import ConfigError
 from sagellmd.gpu.inventory import parse_gpu_setting
+from sagellmd.runtime.kinds import KINDS
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 8765
 
+# Each built-in runtime kind brings its command; config.yaml's runtimes override or add.
 DEFAULT_RUNTIMES: dict[str, list[str]] = {
-    "vllm": ["python", "-m", "vllm.entrypoints.openai.api_server"],
-    "embedding": ["python", "-m", "sagellmd.engines.embedding"],
-    "llama-cpp": ["python", "-m", "llama_cpp.server"],
+    name: list(kind.default_command) for name, kind in KINDS.items()
 }
 
 

@@ -7,8 +7,8 @@ from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from sagellmd.config import Settings
 from sagellmd.models.describe import has_weights, looks_like_model
 from sagellmd.models.packages import package_for
 from sagellmd.spec import EngineSpec
@@ -16,6 +16,13 @@ from sagellmd.spec import EngineSpec
 # Hub ids are "name" or "org/name"; anything starting like this can only be meant as a path.
 PATH_PREFIXES = ("/", "./", "../", "~")
 TRUTHY = frozenset({"1", "on", "yes", "true"})
+
+
+class ModelRoots(Protocol):
+    """What model lookup reads of the settings (config.Settings is one): `models.paths`."""
+
+    @property
+    def model_paths(self) -> tuple[Path, ...]: ...
 
 
 def looks_like_path(model: str) -> bool:
@@ -94,7 +101,7 @@ class LocalCopy:
 
 
 def find_local(
-    model: str, settings: Settings, env: Mapping[str, str] | None = None
+    model: str, settings: ModelRoots, env: Mapping[str, str] | None = None
 ) -> LocalCopy | None:
     """The copy an engine of `model` should use: models.paths, then the hub cache, then a package.
 
@@ -129,7 +136,7 @@ class EngineModel:
     extra_flags: tuple[str, ...] = ()
 
 
-def local_copy_for(spec: EngineSpec, settings: Settings) -> LocalCopy | None:
+def local_copy_for(spec: EngineSpec, settings: ModelRoots) -> LocalCopy | None:
     """The copy on disk an engine may be given instead of its hub id, or None.
 
     A path is the engine's own to open, and a pinned revision is the engine's to resolve
@@ -140,7 +147,7 @@ def local_copy_for(spec: EngineSpec, settings: Settings) -> LocalCopy | None:
     return find_local(spec.model, settings, spec_environ(spec))
 
 
-def model_is_local(spec: EngineSpec, settings: Settings) -> bool:
+def model_is_local(spec: EngineSpec, settings: ModelRoots) -> bool:
     """The engine can run from disk alone (a pinned --revision is left to the engine)."""
     if has_flag(spec.extra_args, "--revision"):
         return False
@@ -149,7 +156,7 @@ def model_is_local(spec: EngineSpec, settings: Settings) -> bool:
     return find_local(spec.model, settings, spec_environ(spec)) is not None
 
 
-def needs_hub(spec: EngineSpec, settings: Settings, runtimes: Iterable[str]) -> bool:
+def needs_hub(spec: EngineSpec, settings: ModelRoots, runtimes: Iterable[str]) -> bool:
     """The engine (of one of `runtimes`) must download its model: not on disk, not offline."""
     env = spec_environ(spec)
     if spec.runtime not in runtimes or looks_like_path(spec.model) or is_offline(env):
@@ -157,7 +164,7 @@ def needs_hub(spec: EngineSpec, settings: Settings, runtimes: Iterable[str]) -> 
     return not model_is_local(spec, settings)
 
 
-def missing_model_reason(spec: EngineSpec, settings: Settings) -> str | None:
+def missing_model_reason(spec: EngineSpec, settings: ModelRoots) -> str | None:
     """Why the engine cannot get its model (not on disk and downloads forbidden), or None."""
     env = spec_environ(spec)
     if looks_like_path(spec.model):

@@ -65,7 +65,7 @@ def test_the_registry_names_each_built_in_kind_and_its_default_command():
     assert sorted(KINDS) == ["embedding", "llama-cpp", "vllm"]
     for name, kind in KINDS.items():
         assert kind.name == name
-        assert name in DEFAULT_RUNTIMES
+        assert DEFAULT_RUNTIMES[name] == list(kind.default_command)
     assert DEFAULT_RUNTIMES["llama-cpp"] == ["python", "-m", "llama_cpp.server"]
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from sagellmd.config import Settings
 from sagellmd.errors import SpecError
 from sagellmd.models.resolve import EngineModel
-from sagellmd.runtime.kinds.base import RuntimeKind
+from sagellmd.runtime.kinds.base import EngineSettings, RuntimeKind
 from sagellmd.runtime.kinds.command import CommandKind
 from sagellmd.runtime.kinds.embedding import EmbeddingKind
 from sagellmd.runtime.kinds.llamacpp import LlamaCppKind
@@ -37,6 +36,6 @@ def wants_gpu(spec: EngineSpec) -> bool:
     return kind_for(spec.runtime).wants_gpu(spec)
 
 
-def engine_model(spec: EngineSpec, settings: Settings) -> EngineModel:
+def engine_model(spec: EngineSpec, settings: EngineSettings) -> EngineModel:
     """What the engine's `{model}` / `--model` get, as its runtime kind resolves it."""
     return kind_for(spec.runtime).model(spec, settings)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Protocol
 
-from sagellmd.config import Settings
 from sagellmd.gpu.estimate import EstimateSettings, MemoryEstimate, estimate_memory
 from sagellmd.models.resolve import (
     EngineModel,
@@ -22,6 +22,18 @@ ENGINE_HOST = "127.0.0.1"
 
 CHAT_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 EMBEDDING_ENDPOINTS = ("/v1/embeddings",)
+
+
+class EngineSettings(Protocol):
+    """What a kind reads of the settings (config.Settings is one; config imports the kinds)."""
+
+    @property
+    def home(self) -> Path: ...
+
+    @property
+    def model_paths(self) -> tuple[Path, ...]: ...
+
+    def runtime_command(self, runtime: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,8 @@ class RuntimeKind:
     """
 
     name: ClassVar[str] = "command"
+    # `runtimes.<name>.command` when config.yaml sets none (a bare `python` is the daemon's).
+    default_command: ClassVar[tuple[str, ...]] = ()
     # The readiness and liveness probe: GET this path; None accepts any 2xx answer.
     health_path: ClassVar[str] = "/health"
     health_status: ClassVar[int | None] = None
@@ -71,16 +85,16 @@ class RuntimeKind:
         """Per-GPU memory an engine of this kind needs; raises EstimateError without a figure."""
         return estimate_memory(spec, settings)
 
-    def model(self, spec: EngineSpec, settings: Settings) -> EngineModel:
+    def model(self, spec: EngineSpec, settings: EngineSettings) -> EngineModel:
         """What `{model}` / `--model` get: a copy on disk when there is one (no hub needed)."""
         local = local_copy_for(spec, settings)
         return EngineModel(str(local.path)) if local is not None else EngineModel(spec.model)
 
-    def missing_model(self, spec: EngineSpec, settings: Settings) -> str | None:
+    def missing_model(self, spec: EngineSpec, settings: EngineSettings) -> str | None:
         """Why the engine cannot get its model, or None when it can."""
         return missing_model_reason(spec, settings)
 
-    def model_is_local(self, spec: EngineSpec, settings: Settings) -> bool:
+    def model_is_local(self, spec: EngineSpec, settings: EngineSettings) -> bool:
         """The engine runs from files on disk alone, without the hub."""
         return model_is_local(spec, settings)
 
@@ -93,7 +107,7 @@ class RuntimeKind:
     def argv(
         self,
         spec: EngineSpec,
-        settings: Settings,
+        settings: EngineSettings,
         engine_id: str,
         port: int,
         assignment: GpuAssignment | None = None,
@@ -115,7 +129,7 @@ class RuntimeKind:
     def env(
         self,
         spec: EngineSpec,
-        settings: Settings,
+        settings: EngineSettings,
         engine_id: str,
         port: int,
         assignment: GpuAssignment | None = None,

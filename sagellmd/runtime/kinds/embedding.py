@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from sagellmd.config import Settings
 from sagellmd.models.resolve import EngineModel, local_copy_for
-from sagellmd.runtime.kinds.base import ENGINE_HOST, GpuAssignment, RuntimeKind
+from sagellmd.runtime.kinds.base import ENGINE_HOST, EngineSettings, GpuAssignment, RuntimeKind
 from sagellmd.spec import EngineSpec
 
 
 class EmbeddingKind(RuntimeKind):
     name = "embedding"
+    default_command = ("python", "-m", "sagellmd.engines.embedding")
     downloads_models = True
 
-    def model(self, spec: EngineSpec, settings: Settings) -> EngineModel:
+    def model(self, spec: EngineSpec, settings: EngineSettings) -> EngineModel:
         local = local_copy_for(spec, settings)
         if local is None or local.source != "models.paths":
             # The embedding engine serves under its --model and has no --served-model-name, so

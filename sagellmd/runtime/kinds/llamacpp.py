@@ -8,7 +8,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sagellmd.config import Settings
 from sagellmd.errors import SpecError
 from sagellmd.models.resolve import (
     EngineModel,
@@ -17,7 +16,7 @@ from sagellmd.models.resolve import (
     looks_like_path,
     spec_environ,
 )
-from sagellmd.runtime.kinds.base import ENGINE_HOST, GpuAssignment, RuntimeKind
+from sagellmd.runtime.kinds.base import ENGINE_HOST, EngineSettings, GpuAssignment, RuntimeKind
 from sagellmd.spec import EngineSpec
 
 GGUF = ".gguf"
@@ -129,6 +128,7 @@ def find_gguf(
 
 class LlamaCppKind(RuntimeKind):
     name = "llama-cpp"
+    default_command = ("python", "-m", "llama_cpp.server")
     # No /health: the server loads the model before it binds, then /v1/models answers 200.
     health_path = "/v1/models"
     health_status = 200
@@ -146,7 +146,7 @@ class LlamaCppKind(RuntimeKind):
         # A CPU runtime: it reserves GPUs only when the spec asks for them.
         return spec.use_gpu is True
 
-    def _locate(self, spec: EngineSpec, settings: Settings) -> tuple[Path | None, str | None]:
+    def _locate(self, spec: EngineSpec, settings: EngineSettings) -> tuple[Path | None, str | None]:
         try:
             ref = parse_gguf_reference(spec.model)
             found, places = find_gguf(ref, settings.model_paths, spec_environ(spec))
@@ -161,14 +161,14 @@ class LlamaCppKind(RuntimeKind):
             f" run `{ref.download_hint()}`, then restart the engine"
         )
 
-    def model(self, spec: EngineSpec, settings: Settings) -> EngineModel:
+    def model(self, spec: EngineSpec, settings: EngineSettings) -> EngineModel:
         found, _ = self._locate(spec, settings)
         return EngineModel(str(found) if found is not None else spec.model)
 
-    def missing_model(self, spec: EngineSpec, settings: Settings) -> str | None:
+    def missing_model(self, spec: EngineSpec, settings: EngineSettings) -> str | None:
         return self._locate(spec, settings)[1]
 
-    def model_is_local(self, spec: EngineSpec, settings: Settings) -> bool:
+    def model_is_local(self, spec: EngineSpec, settings: EngineSettings) -> bool:
         return self._locate(spec, settings)[0] is not None
 
     def flags(
@@ -184,7 +184,7 @@ class LlamaCppKind(RuntimeKind):
     def env(
         self,
         spec: EngineSpec,
-        settings: Settings,
+        settings: EngineSettings,
         engine_id: str,
         port: int,
         assignment: GpuAssignment | None = None,

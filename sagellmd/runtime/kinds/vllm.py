@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from sagellmd.config import Settings
 from sagellmd.models.resolve import EngineModel, has_flag, local_copy_for
-from sagellmd.runtime.kinds.base import ENGINE_HOST, GpuAssignment, RuntimeKind
+from sagellmd.runtime.kinds.base import ENGINE_HOST, EngineSettings, GpuAssignment, RuntimeKind
 from sagellmd.spec import EngineSpec
 
 
 class VllmKind(RuntimeKind):
     name = "vllm"
+    default_command = ("python", "-m", "vllm.entrypoints.openai.api_server")
     downloads_models = True
 
-    def model(self, spec: EngineSpec, settings: Settings) -> EngineModel:
+    def model(self, spec: EngineSpec, settings: EngineSettings) -> EngineModel:
         local = local_copy_for(spec, settings)
         if local is None:
             return EngineModel(spec.model)

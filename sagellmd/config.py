@@ -14,14 +14,15 @@ import yaml
 
 from sagellmd.errors import ConfigError
 from sagellmd.gpu.inventory import parse_gpu_setting
+from sagellmd.runtime.kinds import KINDS
 from sagellmd.schemas.config import CONFIG_SCHEMA
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 8765
 
+# Each built-in runtime kind brings its command; config.yaml's runtimes override or add.
 DEFAULT_RUNTIMES: dict[str, list[str]] = {
-    "vllm": ["python", "-m", "vllm.entrypoints.openai.api_server"],
-    "embedding": ["python", "-m", "sagellmd.engines.embedding"],
+    name: list(kind.default_command) for name, kind in KINDS.items()
 }
 
 

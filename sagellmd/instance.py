@@ -240,9 +240,13 @@ def begin_start(
     return Transition(instance, kind, f"port {port}{note}")
 
 
-def spawned(current: Instance, pid: int, create_time: float) -> Transition:
+def spawned(
+    current: Instance, pid: int, create_time: float, health_path: str = "/health"
+) -> Transition:
     _check(current, current.state, "record the process")
-    instance = replace(current, pid=pid, create_time=create_time, message="waiting for /health")
+    instance = replace(
+        current, pid=pid, create_time=create_time, message=f"waiting for {health_path}"
+    )
     return Transition(instance, "started", f"pid {pid} on port {current.port}")
 
 
@@ -335,8 +339,12 @@ def exited(
     reset_after_s: float,
     backoff_base_s: float,
     backoff_max_s: float,
+    clean_signals: frozenset[int] = frozenset(),
 ) -> Transition:
-    """The process is gone: decide stopped, failed or backoff from intent and policy."""
+    """The process is gone: decide stopped, failed or backoff from intent and policy.
+
+    `clean_signals` are the signals the engine's kind dies of after a graceful shutdown.
+    """
     how = describe_exit(code, signal)
     common = dict(
         pid=None,
@@ -352,7 +360,7 @@ def exited(
         # again if it is desired, but not one its restart policy left stopped.
         stopped = replace(current, state=InstanceState.STOPPED, message="stopped", **common)
         return Transition(replace(stopped, stop_intent=StopIntent.DELIBERATE), "stopped", how)
-    clean = code == 0 and current.stop_intent is not StopIntent.FAILURE
+    clean = (code == 0 or signal in clean_signals) and current.stop_intent is not StopIntent.FAILURE
     stayed_up = current.ready_at is not None and now - current.ready_at >= reset_after_s
     # Every unexpected exit counts toward the backoff, clean ones too: an engine
     # that keeps exiting 0 must not be respawned in a tight loop.

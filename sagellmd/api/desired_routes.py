@@ -15,6 +15,7 @@ from sagellmd.api.read_routes import find_engine
 from sagellmd.api.secrets import preset_for_reader, shows_secrets
 from sagellmd.errors import BadInputError, NotFoundError, SpecError
 from sagellmd.presets import catalogue, find_preset
+from sagellmd.runtime.kinds import check_spec
 from sagellmd.schemas.requests import OBJECT, ROLLBACK_BODY, plan_variants
 from sagellmd.schemas.validator import is_valid
 from sagellmd.spec import (
@@ -77,6 +78,7 @@ def engine_put_change(
         )
     spec = parse_engine({**data, "name": engine_id})
     check_runtime_known(spec, ctx.settings.runtimes, engine_id)
+    check_spec(spec, engine_id)
     _check_ports(ctx, {engine_id: spec})
     return ctx.store.change_put_engine(
         engine_id, spec, f"engine put {engine_id}", **options.store_options()
@@ -90,6 +92,7 @@ def preset_set_change(
     preset, source = _preset_from_body(ctx, name, data)
     for index, spec in enumerate(preset.engines):
         check_runtime_known(spec, ctx.settings.runtimes, f"engines[{index}]")
+        check_spec(spec, f"engines[{index}]")
     specs = {f"{name}.{spec.name}": spec for spec in preset.engines}
     _check_ports(ctx, specs, preset=name)
     return ctx.store.change_set_preset(

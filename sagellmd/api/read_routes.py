@@ -18,6 +18,7 @@ from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries, engine_entry
 from sagellmd.desired import DesiredEngine
 from sagellmd.errors import NotFoundError
+from sagellmd.runtime.kinds import wants_gpu
 from sagellmd.runtime.logs import log_path, read_tail
 from sagellmd.store.repository import iso
 
@@ -32,7 +33,7 @@ def gpu_summary(ctx: ApiContext) -> dict[str, Any]:
 
 
 def estimates_for(ctx: ApiContext, desired: list[DesiredEngine]) -> dict[str, Any]:
-    return {e.id: ctx.reconciler.estimates.get(e) for e in desired if e.spec.wants_gpu}
+    return {e.id: ctx.reconciler.estimates.get(e) for e in desired if wants_gpu(e.spec)}
 
 
 async def metrics(request: Request) -> Response:
@@ -102,7 +103,9 @@ def find_engine(ctx: ApiContext, engine_id: str, secrets: bool = False) -> dict[
     instance = ctx.reconciler.world.instances.get(engine_id)
     if desired is None and instance is None:
         raise NotFoundError(f"no engine {engine_id!r}; `sagellm engine list` shows the engines")
-    estimate = ctx.reconciler.estimates.get(desired) if desired and desired.spec.wants_gpu else None
+    estimate = (
+        ctx.reconciler.estimates.get(desired) if desired and wants_gpu(desired.spec) else None
+    )
     return engine_entry(engine_id, desired, instance, estimate, secrets)
 
 

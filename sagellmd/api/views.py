@@ -9,6 +9,8 @@ from sagellmd.api.secrets import spec_for_reader
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.estimate import GIB, MemoryEstimate
 from sagellmd.instance import Instance, InstanceState
+from sagellmd.runtime.kinds import kind_for
+from sagellmd.spec import EngineSpec
 from sagellmd.store.repository import iso
 
 
@@ -21,6 +23,18 @@ def _estimate(estimate: MemoryEstimate | str | None) -> dict[str, Any] | None:
         "gb": round(estimate.per_gpu_gb, 2),
         "source": estimate.source,
         "detail": estimate.detail,
+    }
+
+
+def _address(spec: EngineSpec | None, port: int | None) -> dict[str, Any] | None:
+    """Where OpenAI clients reach the engine, as its runtime kind says."""
+    if spec is None or port is None:
+        return None
+    kind = kind_for(spec.runtime)
+    return {
+        "base_url": kind.base_url(port),
+        "models": list(kind.served_model_names(spec)),
+        "endpoints": list(kind.endpoints(spec)),
     }
 
 
@@ -46,6 +60,7 @@ def engine_entry(
     if desired is None and instance is not None:
         message = f"being removed: {instance.message}"
     invalid = desired.invalid if desired else None
+    port = instance.port if instance else (spec.port if spec else None)
     if invalid:
         message = f"stored spec is invalid, declare the engine again ({invalid}); {message}"
     return {
@@ -60,7 +75,8 @@ def engine_entry(
         "invalid": invalid,
         "state": state,
         "pid": instance.pid if instance else None,
-        "port": instance.port if instance else (spec.port if spec else None),
+        "port": port,
+        "address": _address(spec, port),
         "gpus": list(instance.gpus) if holds and instance else [],
         "gpu_memory_gb": round(instance.gpu_bytes / GIB, 2) if holds and instance else None,
         "memory_estimate": _estimate(estimate),

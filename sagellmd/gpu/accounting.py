@@ -7,9 +7,10 @@ from collections.abc import Iterable
 import psutil
 
 from sagellmd.desired import DesiredEngine
-from sagellmd.gpu.estimate import EstimateError, EstimateSettings, MemoryEstimate, estimate_memory
+from sagellmd.gpu.estimate import EstimateError, EstimateSettings, MemoryEstimate
 from sagellmd.gpu.inventory import GpuInventory
 from sagellmd.gpu.placement import GpuCapacity, GpuView
+from sagellmd.runtime.kinds import kind_for, wants_gpu
 
 
 def process_tree(pids: Iterable[int]) -> set[int]:
@@ -55,7 +56,7 @@ class EstimateCache:
 
     def _estimate(self, engine: DesiredEngine) -> MemoryEstimate | str:
         try:
-            return estimate_memory(engine.spec, self._settings)
+            return kind_for(engine.spec.runtime).estimate_gpu_memory(engine.spec, self._settings)
         except EstimateError as exc:
             return str(exc)
         except (
@@ -78,7 +79,7 @@ def gpu_needs(desired: Iterable[DesiredEngine], estimates: EstimateCache) -> dic
     """Per-GPU bytes of each engine that wants GPUs, or why there is no estimate."""
     needs: dict[str, int | str] = {}
     for engine in desired:
-        if engine.spec.wants_gpu:
+        if wants_gpu(engine.spec):
             estimate = estimates.get(engine)
             needs[engine.id] = estimate if isinstance(estimate, str) else estimate.per_gpu_bytes
     return needs

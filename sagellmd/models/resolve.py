@@ -7,8 +7,8 @@ from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from sagellmd.config import Settings
 from sagellmd.models.describe import has_weights, looks_like_model
 from sagellmd.models.packages import package_for
 from sagellmd.spec import EngineSpec
@@ -16,6 +16,13 @@ from sagellmd.spec import EngineSpec
 # Hub ids are "name" or "org/name"; anything starting like this can only be meant as a path.
 PATH_PREFIXES = ("/", "./", "../", "~")
 TRUTHY = frozenset({"1", "on", "yes", "true"})
+
+
+class ModelRoots(Protocol):
+    """What model lookup reads of the settings (config.Settings is one): `models.paths`."""
+
+    @property
+    def model_paths(self) -> tuple[Path, ...]: ...
 
 
 def looks_like_path(model: str) -> bool:
@@ -94,7 +101,7 @@ class LocalCopy:
 
 
 def find_local(
-    model: str, settings: Settings, env: Mapping[str, str] | None = None
+    model: str, settings: ModelRoots, env: Mapping[str, str] | None = None
 ) -> LocalCopy | None:
     """The copy an engine of `model` should use: models.paths, then the hub cache, then a package.
 
@@ -117,7 +124,7 @@ def find_local(
     return LocalCopy(found, "package") if found is not None else None
 
 
-def _has_flag(args: Iterable[str], flag: str) -> bool:
+def has_flag(args: Iterable[str], flag: str) -> bool:
     return any(arg == flag or arg.startswith(flag + "=") for arg in args)
 
 
@@ -129,37 +136,27 @@ class EngineModel:
     extra_flags: tuple[str, ...] = ()
 
 
-def engine_model(spec: EngineSpec, settings: Settings) -> EngineModel:
-    """The local directory for the engine's model when there is one, else the model as given."""
-    unchanged = EngineModel(spec.model)
-    # A pinned revision is vLLM's to resolve; the main snapshot could be another revision.
-    if looks_like_path(spec.model) or _has_flag(spec.extra_args, "--revision"):
-        return unchanged
-    local = find_local(spec.model, settings, spec_environ(spec))
-    if local is None:
-        return unchanged
-    if spec.runtime == "embedding" and local.source != "models.paths":
-        # The embedding engine serves under its --model and has no --served-model-name, so a
-        # path would break clients that send the id. It finds the hub cache and the packaged
-        # MiniLM by itself (offline too); only a models.paths directory needs the path.
-        return unchanged
-    flags: tuple[str, ...] = ()
-    if spec.runtime == "vllm" and not _has_flag(spec.extra_args, "--served-model-name"):
-        # vLLM serves under --model unless told otherwise; clients keep using the id.
-        flags = ("--served-model-name", spec.model)
-    return EngineModel(str(local.path), flags)
+def local_copy_for(spec: EngineSpec, settings: ModelRoots) -> LocalCopy | None:
+    """The copy on disk an engine may be given instead of its hub id, or None.
+
+    A path is the engine's own to open, and a pinned revision is the engine's to resolve
+    (the main snapshot could be another revision).
+    """
+    if looks_like_path(spec.model) or has_flag(spec.extra_args, "--revision"):
+        return None
+    return find_local(spec.model, settings, spec_environ(spec))
 
 
-def model_is_local(spec: EngineSpec, settings: Settings) -> bool:
+def model_is_local(spec: EngineSpec, settings: ModelRoots) -> bool:
     """The engine can run from disk alone (a pinned --revision is left to the engine)."""
-    if _has_flag(spec.extra_args, "--revision"):
+    if has_flag(spec.extra_args, "--revision"):
         return False
     if looks_like_path(spec.model):
         return Path(spec.model).expanduser().exists()
     return find_local(spec.model, settings, spec_environ(spec)) is not None
 
 
-def needs_hub(spec: EngineSpec, settings: Settings, runtimes: Iterable[str]) -> bool:
+def needs_hub(spec: EngineSpec, settings: ModelRoots, runtimes: Iterable[str]) -> bool:
     """The engine (of one of `runtimes`) must download its model: not on disk, not offline."""
     env = spec_environ(spec)
     if spec.runtime not in runtimes or looks_like_path(spec.model) or is_offline(env):
@@ -167,7 +164,7 @@ def needs_hub(spec: EngineSpec, settings: Settings, runtimes: Iterable[str]) -> 
     return not model_is_local(spec, settings)
 
 
-def missing_model_reason(spec: EngineSpec, settings: Settings) -> str | None:
+def missing_model_reason(spec: EngineSpec, settings: ModelRoots) -> str | None:
     """Why the engine cannot get its model (not on disk and downloads forbidden), or None."""
     env = spec_environ(spec)
     if looks_like_path(spec.model):

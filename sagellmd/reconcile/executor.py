@@ -24,7 +24,7 @@ from sagellmd.instance import (
 from sagellmd.models.download import hub_endpoint
 from sagellmd.models.hub_reach import HubReachability
 from sagellmd.models.last_used import touch_model
-from sagellmd.models.resolve import missing_model_reason, needs_hub, spec_environ
+from sagellmd.models.resolve import needs_hub, spec_environ
 from sagellmd.reconcile.actions import (
     Action,
     Forget,
@@ -38,7 +38,8 @@ from sagellmd.reconcile.actions import (
 )
 from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.world import World
-from sagellmd.runtime.argv import BUILTIN_FLAGS, GpuAssignment, build_argv, build_env
+from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
+from sagellmd.runtime.kinds import kind_for
 from sagellmd.runtime.logs import log_path
 from sagellmd.runtime.ports import pick_port, port_is_free
 from sagellmd.runtime.process import RUN_MARKER, Markers, new_run_marker, spawn
@@ -143,8 +144,9 @@ class Executor:
             known = ", ".join(sorted(settings.runtimes))
             self._pend(engine, generation, f"runtime {spec.runtime!r} is not configured ({known})")
             return
+        kind = kind_for(spec.runtime)
         endpoint = None
-        if settings.hub_check and needs_hub(spec, settings, BUILTIN_FLAGS):
+        if settings.hub_check and kind.downloads_models and needs_hub(spec, settings, [kind.name]):
             endpoint = hub_endpoint(spec_environ(spec))
         hub = self._hub.answer(endpoint) if endpoint is not None else None
         if endpoint is not None and hub is None:
@@ -185,7 +187,7 @@ class Executor:
             # The running process keeps serving under another key until the new is ready.
             self._prober.cancel(engine.id)
             world.watcher.rekey(engine.id, retiring_key(engine.id))
-        missing = missing_model_reason(spec, settings)
+        missing = kind.missing_model(spec, settings)
         if missing is not None:
             # Not a crash worth retrying: nothing changes until the model is on disk.
             world.record(spawn_failed(starting, missing, world.clock(), InstanceState.FAILED))
@@ -226,7 +228,7 @@ class Executor:
             popen.wait()
             self._spawn_failed(starting, spec.restart, f"cannot watch pid {popen.pid}: {exc}")
             return
-        world.record(spawned(starting, process.pid, process.create_time))
+        world.record(spawned(starting, process.pid, process.create_time, kind.health_path))
         touch_model(settings.home, spec.model)
         self._prober.start(engine.id, process.pid)
 

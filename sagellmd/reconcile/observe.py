@@ -18,7 +18,8 @@ from sagellmd.instance import (
     retired,
 )
 from sagellmd.reconcile.world import World
-from sagellmd.runtime.argv import ENGINE_HOST
+from sagellmd.runtime.kinds import COMMAND, kind_for
+from sagellmd.runtime.kinds.base import ENGINE_HOST
 from sagellmd.runtime.logs import QUOTED_LINE_CHARS, last_engine_line, log_path, shorten
 from sagellmd.runtime.probe import probe_health
 
@@ -41,6 +42,7 @@ def on_exit(
         return
     desired = world.store.desired_engine(engine_id)
     policy = desired.spec.restart if desired else "never"
+    kind = kind_for(desired.spec.runtime) if desired else COMMAND
     settings = world.settings
     transition = exited(
         instance,
@@ -51,6 +53,7 @@ def on_exit(
         settings.reset_after_s,
         settings.backoff_base_s,
         settings.backoff_max_s,
+        kind.clean_exit_signals,
     )
     if code not in (None, 0) and instance.stop_intent is None:
         # An engine that fails says why on its last line ("model not found ..."):
@@ -101,13 +104,19 @@ class Prober:
 
     async def _run(self, engine_id: str, pid: int) -> None:
         settings = self._world.settings
+        desired = self._world.store.desired_engine(engine_id)
+        kind = kind_for(desired.spec.runtime) if desired else COMMAND
         failures = 0
         while True:
             instance = self._current(engine_id, pid)
             if instance is None or instance.port is None:
                 return
             healthy, detail = await probe_health(
-                ENGINE_HOST, instance.port, settings.probe_timeout_s
+                ENGINE_HOST,
+                instance.port,
+                settings.probe_timeout_s,
+                kind.health_path,
+                kind.health_status,
             )
             instance = self._current(engine_id, pid)
             if instance is None:

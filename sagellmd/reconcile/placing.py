@@ -8,6 +8,7 @@ from dataclasses import replace
 from sagellmd.gpu.placement import GpuView, Placed, Reservation, describe_need, place
 from sagellmd.instance import Instance, InstanceState
 from sagellmd.reconcile.actions import Action, Pend, Replace, Start, StartKind
+from sagellmd.runtime.kinds import wants_gpu
 
 
 def _reservations(observed: Mapping[str, Instance], skip: str | None) -> list[Reservation]:
@@ -64,7 +65,7 @@ def place_starts(
             continue
         surge = action.kind is StartKind.SURGE
         spec = action.engine.spec
-        if not spec.wants_gpu:
+        if not wants_gpu(spec):
             placed.append(action)
             continue
         need = view.needs.get(action.engine_id)

@@ -1,4 +1,4 @@
-"""HTTP health probes of engines: one GET /health on loopback, no client library."""
+"""HTTP health probes of engines: one GET of the kind's health path on loopback."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import asyncio
 
 
 async def probe_health(
-    host: str, port: int, timeout_s: float, path: str = "/health"
+    host: str, port: int, timeout_s: float, path: str = "/health", expected: int | None = None
 ) -> tuple[bool, str]:
-    """(healthy, detail): healthy means an HTTP 2xx answer within the timeout."""
+    """(healthy, detail): healthy means an answer within the timeout of status `expected`.
+
+    `expected` None accepts any 2xx status.
+    """
     writer = None
     try:
         async with asyncio.timeout(timeout_s):
@@ -29,4 +32,5 @@ async def probe_health(
     if len(parts) < 2 or not parts[1].isdigit():
         return False, f"GET {path}: not an HTTP answer"
     status = int(parts[1])
-    return 200 <= status < 300, f"GET {path} -> {status}"
+    healthy = 200 <= status < 300 if expected is None else status == expected
+    return healthy, f"GET {path} -> {status}"

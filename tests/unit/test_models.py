@@ -31,9 +31,10 @@ from sagellmd.models.download import (
 )
 from sagellmd.models.jobs import DownloadJobs, job_outcome
 from sagellmd.models.last_used import read_last_used, touch_model
-from sagellmd.models.resolve import engine_model, missing_model_reason
+from sagellmd.models.resolve import missing_model_reason
 from sagellmd.models.usage import engines_using
 from sagellmd.runtime.argv import build_argv
+from sagellmd.runtime.kinds import engine_model
 from sagellmd.spec import EngineSpec
 
 LLM = "acme/tiny-llm"

@@ -191,7 +191,7 @@ def test_is_valid_name(name, valid):
 
 def test_builtin_presets_parse():
     entries = catalogue(None)
-    assert set(entries) == {"minilm-cpu", "qwen-mini", "qwen-plus-embeddings"}
+    assert set(entries) == {"minilm-cpu", "qwen-cpu", "qwen-mini", "qwen-plus-embeddings"}
     for name, entry in entries.items():
         assert entry.source == "builtin"
         assert entry.preset.name == name
@@ -215,6 +215,10 @@ def test_builtin_preset_contents():
     mini = {spec.name: spec for spec in entries["qwen-mini"].preset.engines}
     assert set(mini) == {"chat", "embed"}
     assert mini["chat"].runtime == "vllm"
+
+    (cpu,) = entries["qwen-cpu"].preset.engines
+    assert (cpu.kind, cpu.runtime) == ("llm", "llama-cpp")
+    assert cpu.model == "Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"
 
 
 def test_valid_preset_parses():

@@ -1,0 +1,41 @@
+"""The runtime kinds by name, one line each; a runtime not listed is a plain `command`."""
+
+from __future__ import annotations
+
+from sagellmd.errors import SpecError
+from sagellmd.models.resolve import EngineModel
+from sagellmd.runtime.kinds.base import EngineSettings, RuntimeKind
+from sagellmd.runtime.kinds.command import CommandKind
+from sagellmd.runtime.kinds.embedding import EmbeddingKind
+from sagellmd.runtime.kinds.llamacpp import LlamaCppKind
+from sagellmd.runtime.kinds.vllm import VllmKind
+from sagellmd.spec import EngineSpec
+
+KINDS: dict[str, RuntimeKind] = {
+    "vllm": VllmKind(),
+    "embedding": EmbeddingKind(),
+    "llama-cpp": LlamaCppKind(),
+}
+COMMAND = CommandKind()
+
+
+def kind_for(runtime: str) -> RuntimeKind:
+    """The kind of a runtime name: a built-in one, else the config.yaml command template."""
+    return KINDS.get(runtime, COMMAND)
+
+
+def check_spec(spec: EngineSpec, where: str) -> None:
+    """Reject a spec its runtime kind cannot run (a llama-cpp model that names no GGUF file)."""
+    problems = kind_for(spec.runtime).spec_problems(spec)
+    if problems:
+        raise SpecError([f"{where}.{problem}" for problem in problems])
+
+
+def wants_gpu(spec: EngineSpec) -> bool:
+    """Whether the engine needs reserved GPUs, as its runtime kind says."""
+    return kind_for(spec.runtime).wants_gpu(spec)
+
+
+def engine_model(spec: EngineSpec, settings: EngineSettings) -> EngineModel:
+    """What the engine's `{model}` / `--model` get, as its runtime kind resolves it."""
+    return kind_for(spec.runtime).model(spec, settings)

@@ -1,0 +1,37 @@
+"""The `embedding` kind: sagellm's own embedding server (sagellmd.engines.embedding)."""
+
+from __future__ import annotations
+
+from sagellmd.models.resolve import EngineModel, local_copy_for
+from sagellmd.runtime.kinds.base import ENGINE_HOST, EngineSettings, GpuAssignment, RuntimeKind
+from sagellmd.spec import EngineSpec
+
+
+class EmbeddingKind(RuntimeKind):
+    name = "embedding"
+    default_command = ("python", "-m", "sagellmd.engines.embedding")
+    downloads_models = True
+
+    def model(self, spec: EngineSpec, settings: EngineSettings) -> EngineModel:
+        local = local_copy_for(spec, settings)
+        if local is None or local.source != "models.paths":
+            # The embedding engine serves under its --model and has no --served-model-name, so
+            # a path would break clients that send the id. It finds the hub cache and the
+            # packaged MiniLM by itself (offline too); only a models.paths directory needs it.
+            return EngineModel(spec.model)
+        return EngineModel(str(local.path))
+
+    def flags(
+        self, spec: EngineSpec, model: EngineModel, port: int, assignment: GpuAssignment | None
+    ) -> list[str]:
+        device = "cuda" if assignment is not None else "cpu"
+        return [
+            "--model",
+            model.argument,
+            "--host",
+            ENGINE_HOST,
+            "--port",
+            str(port),
+            "--device",
+            device,
+        ]

@@ -21,7 +21,7 @@ from sagellmd.gpu.estimate import EstimateSettings
 from sagellmd.models.catalog import Catalog, scan_catalog
 from sagellmd.models.delete import plan_delete
 from sagellmd.models.describe import directory_size
-from sagellmd.models.download import download_model, validate_model_id
+from sagellmd.models.download import download_model, split_file_reference, validate_model_id
 from sagellmd.models.jobs import job_outcome
 from sagellmd.models.resolve import hub_cache_for
 
@@ -196,9 +196,14 @@ def download(
         False, "--daemon", help="Let the daemon download into its cache; follow its events."
     ),
 ) -> None:
-    """Download a model into the Hugging Face cache (resumes an interrupted download)."""
+    """Download a model into the Hugging Face cache (resumes an interrupted download).
+
+    `REPO:FILE.gguf` or `REPO:QUANT` (e.g. `Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M`) fetches
+    that one file of a repo that holds many, as a llama-cpp engine names its model.
+    """
+    model_id, file_patterns = split_file_reference(model_id)
     validate_model_id(model_id)
-    patterns = split_patterns(allow_patterns)
+    patterns = (split_patterns(allow_patterns) or []) + (file_patterns or []) or None
     state = cli_context(ctx)
     if via_daemon:
         body = {"id": model_id, "revision": revision, "allow_patterns": patterns}

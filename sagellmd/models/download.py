@@ -54,6 +54,27 @@ def validate_model_id(model_id: Any) -> str:
     return model_id
 
 
+def split_file_reference(reference: str) -> tuple[str, list[str] | None]:
+    """`REPO:FILE.gguf` or `REPO:QUANT` (one file of a repo that holds many, as GGUF repos
+    do): the repo id and the patterns that fetch that file only. A plain id: itself, None.
+
+    A quantization matches in any case (`Q4_K_M` finds `...-q4_k_m.gguf`) and takes the
+    shards of a split model too (`...-q4_k_m-00001-of-00002.gguf`).
+    """
+    repo, colon, rest = reference.partition(":")
+    if not colon:
+        return reference, None
+    if not rest or "/" in rest or rest in (".", ".."):
+        raise BadInputError(
+            f"model id {reference!r}: after ':' comes one file of the repo (FILE.gguf) or a"
+            " quantization (e.g. Q4_K_M)"
+        )
+    if rest.lower().endswith(".gguf"):
+        return repo, [rest]
+    either_case = "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in rest)
+    return repo, [f"*{either_case}*.gguf"]
+
+
 def validate_patterns(patterns: Any) -> list[str] | None:
     if patterns is None:
         return None

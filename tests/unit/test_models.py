@@ -27,6 +27,7 @@ from sagellmd.models.download import (
     DownloadError,
     HubOfflineError,
     download_model,
+    split_file_reference,
     validate_model_id,
 )
 from sagellmd.models.jobs import DownloadJobs, job_outcome
@@ -474,3 +475,45 @@ def test_a_partial_snapshot_is_not_handed_to_an_engine(tmp_path):
         assert engine_model(_spec(model, cache), settings).argument == model
     # Listed all the same: they are on disk, and `model download` completes them.
     assert len(scan_catalog((), cache).models) >= 2
+
+
+# -- one file of a repo that holds many (GGUF) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reference", "repo", "patterns"),
+    [
+        ("acme/tiny-llm", "acme/tiny-llm", None),
+        ("acme/tiny-GGUF:tiny-q8_0.gguf", "acme/tiny-GGUF", ["tiny-q8_0.gguf"]),
+        ("acme/tiny-GGUF:Q4_K_M", "acme/tiny-GGUF", ["*[qQ]4_[kK]_[mM]*.gguf"]),
+    ],
+)
+def test_a_file_reference_names_the_repo_and_the_patterns_of_its_file(reference, repo, patterns):
+    assert split_file_reference(reference) == (repo, patterns)
+
+
+def test_a_file_reference_without_a_file_is_bad_input():
+    for bad in ("acme/x:", "acme/x:a/b.gguf", "acme/x:.."):
+        with pytest.raises(Exception, match="after ':' comes one file"):
+            split_file_reference(bad)
+
+
+def test_model_download_takes_one_quantization_of_a_gguf_repo(tmp_path):
+    cache = tmp_path / "hub"
+    files = {"tiny-q4_k_m.gguf": b"GGUF-q4", "tiny-q8_0.gguf": b"GGUF-q8", "README.md": b"#"}
+    snapshot = write_cached_model(cache, "acme/tiny-GGUF", files)
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "SAGELLM_HOME": str(tmp_path / "home"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sagellmd.cli.app", "model", "download", "acme/tiny-GGUF:Q4_K_M"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"acme/tiny-GGUF: {snapshot}" in result.stdout

@@ -67,7 +67,7 @@ FIELD_RULES = {
     "name": NAME_RULE,
     "kind": f"must be one of: {', '.join(KINDS)}",
     "model": "must be a non-empty string (a Hugging Face id or a local path)",
-    "runtime": "must be a runtime name (vllm, embedding or one from config runtimes)",
+    "runtime": "must be a runtime name (vllm, embedding, llama-cpp or one from config runtimes)",
     "tensor_parallel": "must be an integer >= 1",
     "pipeline_parallel": "must be an integer >= 1",
     "port": "must be an integer from 1 to 65535, or null for automatic",

@@ -6,7 +6,6 @@ named by SAGELLM_LLAMACPP_PYTHON; without one the tests skip and say why.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Daemon, free_port
+from tests.integration.openai_stream import stream_chat
 from tests.integration.test_llamacpp_server import TINY_GGUF, llamacpp_python
 
 READY_TIMEOUT = 60.0
@@ -52,26 +52,6 @@ def _chat(port: int) -> dict[str, Any]:
     return answer.json()
 
 
-def _stream(port: int) -> list[dict[str, Any]]:
-    chunks: list[dict[str, Any]] = []
-    with httpx.stream(
-        "POST",
-        f"http://127.0.0.1:{port}/v1/chat/completions",
-        json={**CHAT, "stream": True},
-        timeout=60,
-    ) as answer:
-        assert answer.status_code == 200
-        assert answer.headers["content-type"].startswith("text/event-stream")
-        for line in answer.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line.removeprefix("data: ")
-            if data == "[DONE]":
-                return chunks
-            chunks.append(json.loads(data))
-    raise AssertionError(f"the stream did not end with data: [DONE]: {chunks}")
-
-
 def test_a_daemon_runs_restarts_and_removes_a_llama_cpp_engine(
     llama_daemon: tuple[Daemon, Path],
 ):
@@ -100,7 +80,7 @@ def test_a_daemon_runs_restarts_and_removes_a_llama_cpp_engine(
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert 0 < body["usage"]["completion_tokens"] <= CHAT["max_tokens"]
-    chunks = _stream(port)
+    chunks = stream_chat(f"http://127.0.0.1:{port}", CHAT)
     assert chunks and all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"].get("role") == "assistant"
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")

@@ -6,7 +6,6 @@ docs/dev-llamacpp.md), named by SAGELLM_LLAMACPP_PYTHON; without it the tests sk
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import free_port
+from tests.integration.openai_stream import stream_chat
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_GGUF = REPO_ROOT / "tests" / "fixtures" / "tiny_gguf.py"
@@ -151,25 +151,7 @@ def test_chat_completion(llama_server: LlamaServer):
 
 
 def test_chat_completion_streams(llama_server: LlamaServer):
-    chunks: list[dict] = []
-    done = False
-    with httpx.stream(
-        "POST",
-        f"{llama_server.base_url}/v1/chat/completions",
-        json={**CHAT, "stream": True},
-        timeout=60,
-    ) as answer:
-        assert answer.status_code == 200
-        assert answer.headers["content-type"].startswith("text/event-stream")
-        for line in answer.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line.removeprefix("data: ")
-            if data == "[DONE]":
-                done = True
-                break
-            chunks.append(json.loads(data))
-    assert done, "the stream did not end with data: [DONE]"
+    chunks = stream_chat(llama_server.base_url, CHAT)
     assert chunks and all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"].get("role") == "assistant"
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")

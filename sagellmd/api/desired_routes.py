@@ -52,7 +52,7 @@ class ChangeOptions:
 def answer_change(ctx: ApiContext, result: ChangeResult, **extra: Any) -> dict[str, Any]:
     """The plan the change makes the loop carry out (a dry run: would carry out)."""
     if result.generation is None:
-        plan = ctx.reconciler.propose(result.desired)
+        plan = ctx.reconciler.plan_for(result.desired)
         generation = ctx.store.current_generation()
         return {"dry_run": True, "generation": generation, **extra, "plan": plan.to_list()}
     ctx.hub.notify()

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from sagellmd.api.body import read_json
 from sagellmd.api.context import ApiContext
 from sagellmd.api.desired_routes import ChangeOptions, answer_change, engine_put_change
-from sagellmd.api.read_routes import gpu_summary
+from sagellmd.api.read_routes import estimates_for, gpu_summary
 from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries
 from sagellmd.errors import BadInputError, SpecError
@@ -93,16 +93,13 @@ def _instance_entry(instance: Any) -> dict[str, Any]:
 async def status(request: Request) -> JSONResponse:
     """GET /v1/management/status: GPUs, engines (desired + observed) and instances."""
     ctx: ApiContext = request.app.state.ctx
-    snapshot = ctx.reconciler.snapshot()
-    instances = snapshot.instances
+    desired = ctx.store.desired()
+    instances = ctx.reconciler.world.instances
     return JSONResponse(
         {
-            "gpus": gpu_summary(snapshot),
+            "gpus": gpu_summary(ctx),
             "engines": engine_entries(
-                list(snapshot.desired),
-                instances,
-                dict(snapshot.estimates),
-                shows_secrets(request),
+                desired, instances, estimates_for(ctx, desired), shows_secrets(request)
             ),
             "instances": [_instance_entry(instances[key]) for key in sorted(instances)],
         }

@@ -16,8 +16,9 @@ from sagellmd.api.context import ApiContext
 from sagellmd.api.gpu_views import gpus_document
 from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries, engine_entry
+from sagellmd.desired import DesiredEngine
 from sagellmd.errors import NotFoundError
-from sagellmd.reconcile.snapshot import Snapshot
+from sagellmd.runtime.kinds import wants_gpu
 from sagellmd.runtime.logs import log_path, read_tail
 from sagellmd.store.repository import iso
 
@@ -26,8 +27,13 @@ def _ctx(request: Request) -> ApiContext:
     return request.app.state.ctx
 
 
-def gpu_summary(snapshot: Snapshot) -> dict[str, Any]:
-    return gpus_document(snapshot.inventory, snapshot.gpu_view, snapshot.instances)
+def gpu_summary(ctx: ApiContext) -> dict[str, Any]:
+    world = ctx.reconciler.world
+    return gpus_document(world.inventory, world.gpu_view, world.instances)
+
+
+def estimates_for(ctx: ApiContext, desired: list[DesiredEngine]) -> dict[str, Any]:
+    return {e.id: ctx.reconciler.estimates.get(e) for e in desired if wants_gpu(e.spec)}
 
 
 async def metrics(request: Request) -> Response:
@@ -47,15 +53,14 @@ async def healthz(request: Request) -> JSONResponse:
 async def status(request: Request) -> Response:
     ctx = _ctx(request)
     secrets = shows_secrets(request)
-    snapshot = ctx.reconciler.snapshot()
-    body = ctx.status_documents.get(
-        snapshot.version, secrets, lambda: status_document(ctx, snapshot, secrets)
-    )
+    state = (ctx.hub.version, ctx.reconciler.passes)
+    body = ctx.status_documents.get(state, secrets, lambda: status_document(ctx, secrets))
     return Response(body, media_type="application/json")
 
 
-def status_document(ctx: ApiContext, snapshot: Snapshot, secrets: bool) -> dict[str, Any]:
+def status_document(ctx: ApiContext, secrets: bool) -> dict[str, Any]:
     """`GET /v1/status`: generation, daemon, GPUs, presets and every engine."""
+    desired = ctx.store.desired()
     return {
         "generation": ctx.store.current_generation(),
         "daemon": {
@@ -64,33 +69,44 @@ def status_document(ctx: ApiContext, snapshot: Snapshot, secrets: bool) -> dict[
             "home": str(ctx.settings.home),
             "api": ctx.settings.api_url,
             "started_at": iso(ctx.started_at),
-            "reconcile_passes": snapshot.passes,
-            "last_pass_at": iso(snapshot.last_pass_at),
+            "reconcile_passes": ctx.reconciler.passes,
+            "last_pass_at": iso(ctx.reconciler.last_pass_at),
         },
-        "gpus": gpu_summary(snapshot),
+        "gpus": gpu_summary(ctx),
         "presets": [preset.name for preset in ctx.store.active_presets()],
-        "engines": _entries(snapshot, secrets),
+        "engines": engine_entries(
+            desired,
+            ctx.reconciler.world.instances,
+            estimates_for(ctx, desired),
+            secrets,
+        ),
     }
 
 
-def _entries(snapshot: Snapshot, secrets: bool) -> list[dict[str, Any]]:
-    return engine_entries(
-        list(snapshot.desired), snapshot.instances, dict(snapshot.estimates), secrets
+async def list_engines(request: Request) -> JSONResponse:
+    ctx = _ctx(request)
+    desired = ctx.store.desired()
+    return JSONResponse(
+        {
+            "engines": engine_entries(
+                desired,
+                ctx.reconciler.world.instances,
+                estimates_for(ctx, desired),
+                shows_secrets(request),
+            )
+        }
     )
 
 
-async def list_engines(request: Request) -> JSONResponse:
-    snapshot = _ctx(request).reconciler.snapshot()
-    return JSONResponse({"engines": _entries(snapshot, shows_secrets(request))})
-
-
 def find_engine(ctx: ApiContext, engine_id: str, secrets: bool = False) -> dict[str, object]:
-    snapshot = ctx.reconciler.snapshot()
-    desired = snapshot.desired_engine(engine_id)
-    instance = snapshot.instances.get(engine_id)
+    desired = ctx.store.desired_engine(engine_id)
+    instance = ctx.reconciler.world.instances.get(engine_id)
     if desired is None and instance is None:
         raise NotFoundError(f"no engine {engine_id!r}; `sagellm engine list` shows the engines")
-    return engine_entry(engine_id, desired, instance, snapshot.estimates.get(engine_id), secrets)
+    estimate = (
+        ctx.reconciler.estimates.get(desired) if desired and wants_gpu(desired.spec) else None
+    )
+    return engine_entry(engine_id, desired, instance, estimate, secrets)
 
 
 async def get_engine(request: Request) -> JSONResponse:

@@ -27,9 +27,7 @@ from sagellmd.reconcile.plan import plan_actions
 from sagellmd.reconcile.recovery import recover
 from sagellmd.reconcile.review import RolloutOutcome, next_deadline, review
 from sagellmd.reconcile.schedule import RestartSchedule
-from sagellmd.reconcile.snapshot import Snapshot, take_snapshot
 from sagellmd.reconcile.world import World
-from sagellmd.runtime.kinds import wants_gpu
 from sagellmd.runtime.process import ProcessWatcher
 from sagellmd.store.failures import is_storage_failure
 from sagellmd.store.repository import Store
@@ -74,7 +72,6 @@ class Reconciler:
         self._heartbeat: Callable[[], object] | None = None
         self._heartbeat_interval_s: float | None = None
         self.passes = 0
-        self._snapshot: Snapshot | None = None
         self._failed_passes = 0
         self.last_pass_at: float | None = None
 
@@ -122,32 +119,13 @@ class Reconciler:
             view,
         )
 
-    def snapshot(self) -> Snapshot:
-        """The published state; taken again once something was recorded or a pass ran."""
-        world = self.world
-        version = (world.hub.version, self.passes)
-        if self._snapshot is None or self._snapshot.version != version:
-            desired = world.store.desired()
-            estimates = {e.id: self.estimates.get(e) for e in desired if wants_gpu(e.spec)}
-            self._snapshot = take_snapshot(
-                version,
-                desired,
-                world.instances,
-                world.inventory,
-                world.gpu_view,
-                estimates,
-                self.last_pass_at,
-            )
-        return self._snapshot
-
-    def propose(self, desired: list[DesiredEngine]) -> Plan:
-        """A dry run: what a pass would do for this desired set (no inventory read: the
-        last one stands)."""
+    def plan_for(self, desired: list[DesiredEngine]) -> Plan:
+        """What a pass would do for this desired set (no inventory read: the last one stands)."""
         needs = gpu_needs(desired, self.estimates)
         return self._plan(desired, dataclasses.replace(self.world.gpu_view, needs=needs))
 
     def current_plan(self) -> Plan:
-        return self.propose(self.world.store.desired())
+        return self.plan_for(self.world.store.desired())
 
     def reconcile_once(self) -> Plan:
         """One pass; running it again with nothing changed does nothing more."""

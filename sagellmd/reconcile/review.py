@@ -81,9 +81,7 @@ def review(
         pending = []
         cause = f"rollback of {generation.id}: {verdict.reason}"
         undo = store.revert_generation(generation.id, cause)
-        reverted = store.generation(undo.generation or 0)
-        engines = tuple(change.engine_id for change in reverted.changes) if reverted else ()
-        outcomes.append(RolloutOutcome(generation.id, verdict, undo.generation, engines))
+        outcomes.append(RolloutOutcome(generation.id, verdict, undo.generation, undo.changed))
         # The revert changed the desired set: what is left open is judged against it.
         desired = {engine.id: engine for engine in undo.desired}
     store.settle(pending)

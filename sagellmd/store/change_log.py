@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +44,13 @@ class DesiredRows:
     presets: dict[str, PresetState]
 
 
-def read_rows(session: Session) -> DesiredRows:
-    engines = {
-        row.id: EngineState(row.preset, row.spec, row.spec_hash)
-        for row in session.scalars(select(DesiredEngineRow))
-    }
+def read_rows(
+    session: Session, engine_rows: Iterable[DesiredEngineRow] | None = None
+) -> DesiredRows:
+    """The desired rows now; `engine_rows` when the caller has just read them anyway."""
+    if engine_rows is None:
+        engine_rows = session.scalars(select(DesiredEngineRow))
+    engines = {row.id: EngineState(row.preset, row.spec, row.spec_hash) for row in engine_rows}
     presets = {
         row.name: PresetState(row.document, row.source)
         for row in session.scalars(select(ActivePresetRow))
@@ -69,18 +72,27 @@ def _preset_json(state: PresetState | None) -> str | None:
     )
 
 
-def record(session: Session, before: DesiredRows, after: DesiredRows, generation: int) -> int:
+@dataclass(frozen=True)
+class Recorded:
+    """What one generation changed: the engines, and how many of them await a verdict."""
+
+    engines: tuple[str, ...]
+    waiting: int
+
+
+def record(session: Session, before: DesiredRows, after: DesiredRows, generation: int) -> Recorded:
     """Write what `generation` changed; earlier changes of the same engines are superseded.
 
     A change whose engine needs a new process (new, or a new spec hash) is `pending` until
     the rollout judge decides; one that does not (removed, label or metadata only) is `none`.
-    Returns the number of changes that wait for a verdict.
     """
+    changed: list[str] = []
     waiting = 0
     for engine_id in sorted(set(before.engines) | set(after.engines)):
         old, new = before.engines.get(engine_id), after.engines.get(engine_id)
         if old == new:
             continue
+        changed.append(engine_id)
         session.execute(
             update(EngineChangeRow)
             .where(EngineChangeRow.engine_id == engine_id, EngineChangeRow.superseded_by.is_(None))
@@ -111,7 +123,7 @@ def record(session: Session, before: DesiredRows, after: DesiredRows, generation
         session.add(
             PresetChangeRow(generation=generation, name=name, before=_preset_json(old_preset))
         )
-    return waiting
+    return Recorded(tuple(changed), waiting)
 
 
 def _unjudged_reason(old: EngineState | None, new: EngineState | None) -> str:
@@ -122,8 +134,8 @@ def _unjudged_reason(old: EngineState | None, new: EngineState | None) -> str:
     return "label or metadata only; same process"
 
 
-def revert(session: Session, generation: int, now: float) -> list[str]:
-    """Put back what `generation` changed and nobody changed since; the engine ids restored.
+def revert(session: Session, generation: int, now: float) -> None:
+    """Put back what `generation` changed and nobody changed since.
 
     Presets first (an engine row refers to its preset), then engines; a preset whose
     document is not restored (changed again since) gets its engine list brought in line
@@ -146,7 +158,6 @@ def revert(session: Session, generation: int, now: float) -> list[str]:
             changes.set_preset_row(session, change.name, old["document"], old["source"], now)
             restored_presets.add(change.name)
     session.flush()
-    restored: list[str] = []
     touched_presets: set[str] = set()
     for change in engine_rows:
         row = session.get(DesiredEngineRow, change.engine_id)
@@ -155,7 +166,6 @@ def revert(session: Session, generation: int, now: float) -> list[str]:
         if change.before is None:
             if row is not None:
                 session.delete(row)
-            restored.append(change.engine_id)
             continue
         old = json.loads(change.before)
         if old["preset"] is not None and session.get(ActivePresetRow, old["preset"]) is None:
@@ -169,7 +179,6 @@ def revert(session: Session, generation: int, now: float) -> list[str]:
         )
         if old["preset"]:
             touched_presets.add(old["preset"])
-        restored.append(change.engine_id)
     session.flush()
     for change in preset_rows:
         if change.before is None:
@@ -180,7 +189,6 @@ def revert(session: Session, generation: int, now: float) -> list[str]:
     session.flush()
     for name in touched_presets | restored_presets:
         _align_document(session, name, now)
-    return restored
 
 
 def _preset_engines(session: Session, name: str) -> list[DesiredEngineRow]:

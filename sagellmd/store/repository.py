@@ -72,6 +72,7 @@ class ChangeResult:
     generation: int | None
     desired: list[DesiredEngine]
     created: bool = False
+    changed: tuple[str, ...] = ()  # the engines it added, changed or removed
 
 
 @dataclass(frozen=True)
@@ -252,19 +253,20 @@ class Store:
                 before = change_log.read_rows(session)
                 created = apply(session, now)
                 session.flush()
-                rows = session.scalars(select(DesiredEngineRow).order_by(DesiredEngineRow.id))
+                rows = session.scalars(select(DesiredEngineRow).order_by(DesiredEngineRow.id)).all()
                 desired = [_desired_from_row(row) for row in rows]
                 if dry_run:
                     transaction.rollback()
                     return ChangeResult(None, desired, created)
+                after = change_log.read_rows(session, rows)
                 generation = changes.new_generation(session, cause, now, auto_rollback, reverts)
-                after = change_log.read_rows(session)
-                if not change_log.record(session, before, after, generation):
+                recorded = change_log.record(session, before, after, generation)
+                if not recorded.waiting:
                     # Nothing to start: healthy now, in the same commit (a fsync saved).
                     row = session.get(GenerationRow, generation)
                     row.healthy, row.verdict = True, "nothing to start"
                 transaction.commit()
-                return ChangeResult(generation, desired, created)
+                return ChangeResult(generation, desired, created, recorded.engines)
             except BaseException:
                 if transaction.is_active:
                     transaction.rollback()

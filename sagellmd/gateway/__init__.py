@@ -1,1 +1,1 @@
-"""The OpenAI-compatible gateway: its own process in front of the engines (issue 13)."""
+"""The OpenAI-compatible request path: its own process, routing by the daemon's route table."""

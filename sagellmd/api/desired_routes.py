@@ -27,7 +27,8 @@ from sagellmd.spec import (
     parse_engine,
     parse_preset,
 )
-from sagellmd.store.repository import ChangeResult, iso
+from sagellmd.store.repository import ChangeResult
+from sagellmd.store.timestamps import iso
 
 
 def _ctx(request: Request) -> ApiContext:

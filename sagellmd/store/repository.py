@@ -62,7 +62,9 @@ class Store(DesiredStateReads, GenerationStore, ObservedStore):
                     transaction.rollback()
                     return ChangeResult(None, desired, created)
                 after = change_log.read_rows(session, rows)
-                generation = changes.new_generation(session, cause, now, auto_rollback, reverts)
+                generation = changes.new_generation(
+                    session, change_log.snapshot(after), cause, now, auto_rollback, reverts
+                )
                 recorded = change_log.record(session, before, after, generation)
                 if not recorded.waiting:
                     # Nothing to start: healthy now, in the same commit (a fsync saved).

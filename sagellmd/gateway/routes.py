@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from sagellmd.gateway.queueing import POLICIES
+
 DEFAULT_CAP = 256
 
 
@@ -59,7 +61,8 @@ class Route:
             endpoints=frozenset(entry.get("endpoints") or ()),
             cap=max(1, int(entry.get("max_concurrent_requests") or DEFAULT_CAP)),
             cost=float(cost) if isinstance(cost, int | float) else 0.0,
-            policy=str(policy) if isinstance(policy, str) else None,
+            # An unknown name would fail every request of the model: the global policy serves.
+            policy=policy if policy in POLICIES else None,
             slo_ttft_ms=float(slo) if isinstance(slo, int | float) else None,
             startup_timeout_s=float(entry.get("startup_timeout_s") or 0.0),
             message=str(entry.get("message") or ""),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 from sagellmd.gateway.queueing import POLICIES
 
 DEFAULT_CAP = 256
+UUID_SHAPE = re.compile(rb"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,6 +41,10 @@ class Route:
     def runtime_reports_kv(self) -> bool:
         """vLLM's /metrics has the queue and KV-cache gauges kv-aware balancing reads."""
         return self.runtime == "vllm"
+
+    def takes_request_id(self, request_id: bytes) -> bool:
+        """llama-cpp-python's server answers 400 to an X-Request-Id that is no UUID."""
+        return self.runtime != "llama-cpp" or UUID_SHAPE.fullmatch(request_id) is not None
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> Route:

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible request path: its own process, routing by the daemon's route table."""

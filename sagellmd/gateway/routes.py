@@ -1,0 +1,128 @@
+"""The route table as the gateway holds it: engines by id and the engines each name routes to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_CAP = 256
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    """One engine the daemon publishes, as requests are routed to it."""
+
+    id: str
+    state: str
+    ready: bool
+    origin: str
+    served_model: str
+    names: tuple[str, ...]
+    label: str | None
+    aliases: tuple[str, ...]
+    kind: str
+    endpoints: frozenset[str]
+    cap: int
+    cost: float
+    policy: str | None
+    slo_ttft_ms: float | None
+    startup_timeout_s: float
+    message: str
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> Route:
+        metadata = entry.get("metadata") or {}
+        cost = metadata.get("cost", 0.0)
+        slo = metadata.get("slo_ttft_ms")
+        policy = metadata.get("gateway_policy")
+        return cls(
+            id=str(entry["id"]),
+            state=str(entry.get("state", "absent")),
+            ready=bool(entry.get("ready")) and bool(entry.get("url")),
+            origin=str(entry.get("url") or "").rstrip("/"),
+            served_model=str(entry.get("served_model") or entry["id"]),
+            names=tuple(str(name) for name in entry.get("names") or (entry["id"],)),
+            label=entry.get("label"),
+            aliases=tuple(str(alias) for alias in entry.get("aliases") or ()),
+            kind=str(entry.get("kind", "llm")),
+            endpoints=frozenset(entry.get("endpoints") or ()),
+            cap=max(1, int(entry.get("max_concurrent_requests") or DEFAULT_CAP)),
+            cost=float(cost) if isinstance(cost, int | float) else 0.0,
+            policy=str(policy) if isinstance(policy, str) else None,
+            slo_ttft_ms=float(slo) if isinstance(slo, int | float) else None,
+            startup_timeout_s=float(entry.get("startup_timeout_s") or 0.0),
+            message=str(entry.get("message") or ""),
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class ModelGroup:
+    """The engines one name routes to: replicas of one model, served by one wait queue."""
+
+    key: tuple[str, ...]  # the sorted engine ids; two names with the same engines share it
+    engine_ids: tuple[str, ...]
+
+    def endpoints(self, table: RouteTable) -> frozenset[str]:
+        served: set[str] = set()
+        for engine_id in self.engine_ids:
+            served |= table.engines[engine_id].endpoints
+        return frozenset(served)
+
+
+@dataclass(slots=True)
+class RouteTable:
+    version: int = -1
+    engines: dict[str, Route] = field(default_factory=dict)
+    groups: dict[str, ModelGroup] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> RouteTable:
+        engines = {}
+        for entry in document.get("engines") or ():
+            route = Route.from_json(entry)
+            engines[route.id] = route
+        by_name: dict[str, list[str]] = {}
+        for route in engines.values():
+            for name in route.names:
+                ids = by_name.setdefault(name, [])
+                if route.id not in ids:
+                    ids.append(route.id)
+        groups = {}
+        for name, ids in by_name.items():
+            key = tuple(sorted(ids))
+            groups[name] = ModelGroup(key, key)
+        return cls(int(document.get("version", 0)), engines, groups)
+
+    @property
+    def loaded(self) -> bool:
+        return self.version >= 0
+
+    def resolve(self, name: str) -> ModelGroup | None:
+        return self.groups.get(name)
+
+    def routable_names(self) -> list[str]:
+        return sorted(self.groups)
+
+    def model_list(self) -> list[dict[str, Any]]:
+        """`/v1/models` entries: one per served model name and per alias, with their engines."""
+        listed: dict[str, dict[str, Any]] = {}
+        for route in self.engines.values():
+            for name in (route.served_model, *route.aliases):
+                group = self.groups.get(name)
+                if group is None or name in listed:
+                    continue
+                engines = [self.engines[engine_id] for engine_id in group.engine_ids]
+                listed[name] = {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "sagellm",
+                    "ready": any(engine.ready for engine in engines),
+                    "engines": [
+                        {"id": engine.id, "state": engine.state, "label": engine.label}
+                        for engine in engines
+                    ],
+                    "names": sorted({alias for engine in engines for alias in engine.names}),
+                }
+        return [listed[name] for name in sorted(listed)]

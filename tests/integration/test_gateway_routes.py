@@ -181,6 +181,7 @@ def test_an_activity_report_shows_in_status_and_the_gateway_section(daemon: Daem
     assert daemon.get("/v1/gateway").json()["totals"] == report["totals"]
     cli = daemon.cli("status")
     assert cli.returncode == 0 and "3/1" in cli.stdout, cli.stdout
+    assert "INFLIGHT/QUEUED" in cli.stdout and "gateway: disabled" in cli.stdout
     gateway = daemon.cli("gateway", "--json")
     assert gateway.returncode == 0, gateway.stderr
     assert '"requests": 120' in gateway.stdout

@@ -66,6 +66,11 @@ def test_the_gateway_is_spawned_probed_and_shown_apart_from_the_engines(make_dae
     # Its log is readable like an engine's.
     assert daemon.get("/v1/engines/gateway/logs").status_code == 200
     assert any(event["type"] == "ready" for event in daemon.events("gateway"))
+    shown = daemon.cli("status")
+    assert f"gateway: ready http://127.0.0.1:{port} (pid {section['pid']})" in shown.stdout
+    assert "INFLIGHT/QUEUED" not in shown.stdout  # no report from the gateway yet
+    printed = daemon.cli("gateway")
+    assert printed.returncode == 0 and f"http://127.0.0.1:{port}" in printed.stdout
 
 
 def test_a_sigkilled_gateway_is_back_within_a_second_and_the_exit_is_an_event(make_daemon):

@@ -79,6 +79,10 @@ class Settings:
     gateway_retries: int = 2
     gateway_max_waiting: int = 1024
     gateway_queue_timeout_s: float = 60.0
+    # The TTFT deadline of requests that name none (slo policy); None: no deadline.
+    gateway_slo_ttft_ms: float | None = None
+    # Waiting this long raises a request one priority class (priority, adaptive).
+    gateway_priority_aging_s: float = 10.0
     # Keys of gateway.api_keys and of gateway.api_keys_file, read once at load.
     gateway_api_keys: tuple[str, ...] = ()
     gateway_api_keys_file: Path | None = None
@@ -169,13 +173,18 @@ def _refuse_unknown(section: Mapping[str, Any], schema: Mapping[str, Any], where
 
 def _value(value: Any, where: str, schema: Mapping[str, Any]) -> Any:
     """One scalar setting, coerced as environment strings need, checked as its schema says."""
-    if schema["type"] == "boolean":
+    type_ = schema["type"]
+    if isinstance(type_, list):  # [kind, "null"]: null switches the setting off
+        if value is None:
+            return None
+        type_ = type_[0]
+    if type_ == "boolean":
         return _bool(value, where)
-    if schema["type"] == "string":
+    if type_ == "string":
         if "enum" in schema and str(value) not in schema["enum"]:
             raise ConfigError(f"{where}: must be one of {', '.join(schema['enum'])}, got {value!r}")
         return str(value)
-    kind = int if schema["type"] == "integer" else float
+    kind = int if type_ == "integer" else float
     return _number(value, where, kind, schema.get("minimum"), schema.get("maximum"))
 
 

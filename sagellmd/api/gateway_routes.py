@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from sagellmd.api.body import query_parameter, read_json
 from sagellmd.api.context import ApiContext
+from sagellmd.api.events_routes import client_gone
 from sagellmd.api.route_entries import route_entries
 from sagellmd.errors import BadInputError
 from sagellmd.schemas.requests import GATEWAY_ACTIVITY_BODY
@@ -33,11 +34,6 @@ def route_table(ctx: ApiContext) -> dict[str, Any]:
     return ctx.route_versions.table(entries)
 
 
-async def _client_gone(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def routes(request: Request) -> JSONResponse:
     """GET /v1/routes?after=V&wait=S: at once if the version is not V, else when it changes
     (every recorded transition and desired-state change notifies the hub) or after S."""
@@ -45,7 +41,8 @@ async def routes(request: Request) -> JSONResponse:
     after = query_parameter(request, "after", None)
     wait = float(query_parameter(request, "wait", 0) or 0)
     deadline = time.monotonic() + wait
-    gone = asyncio.ensure_future(_client_gone(request))
+    # A gateway that goes away (restarted) must not keep a handler until the deadline.
+    gone = asyncio.ensure_future(client_gone(request))
     try:
         while True:
             table = route_table(ctx)

@@ -25,6 +25,8 @@ def gateway_settings(settings: Settings) -> dict[str, Any]:
         "queue_timeout_s": settings.gateway_queue_timeout_s,
         "retries": settings.gateway_retries,
         "api_keys": list(settings.gateway_api_keys),
+        "slo_ttft_ms": settings.gateway_slo_ttft_ms,
+        "priority_aging_s": settings.gateway_priority_aging_s,
     }
 
 

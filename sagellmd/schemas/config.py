@@ -100,6 +100,11 @@ CONFIG_SCHEMA: dict[str, Any] = _section(
                 "policy": _setting("gateway_policy", "string", choices=GATEWAY_POLICIES),
                 "balance": _setting("gateway_balance", "string", choices=GATEWAY_BALANCES),
                 "retries": _setting("gateway_retries", "integer", 0, 10),
+                "slo_ttft_ms": {
+                    **_setting("gateway_slo_ttft_ms", "number", 1, 3_600_000),
+                    "type": ["number", "null"],
+                },
+                "priority_aging_s": _setting("gateway_priority_aging_s", "number", 0, 86400),
                 "queue": _section(
                     {
                         "max_waiting": _setting("gateway_max_waiting", "integer", 0, 1_000_000),

@@ -63,6 +63,10 @@ def test_the_gateway_is_spawned_probed_and_shown_apart_from_the_engines(make_dae
     assert daemon.get("/v1/engines").json()["engines"] == []
     assert daemon.get("/v1/engines/gateway").status_code == 404
     assert daemon.get("/v1/management/status").json()["engines"] == []
+    # No engine may take its port.
+    taken = daemon.put("/v1/engines/x", {"model": "fake/model-1B", "port": port})
+    assert taken.status_code == 409 and "gateway.port" in taken.json()["error"]["message"]
+    assert daemon.post("/v1/engines/gateway/restart").status_code == 404
     # Its log is readable like an engine's.
     assert daemon.get("/v1/engines/gateway/logs").status_code == 200
     assert any(event["type"] == "ready" for event in daemon.events("gateway"))

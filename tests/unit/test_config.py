@@ -358,6 +358,8 @@ def test_gateway_defaults(tmp_path):
     assert settings.gateway_retries == 2
     assert (settings.gateway_max_waiting, settings.gateway_queue_timeout_s) == (1024, 60.0)
     assert settings.gateway_api_keys == () and settings.gateway_api_keys_file is None
+    assert (settings.gateway_slo_ttft_ms, settings.gateway_priority_aging_s) == (None, 10.0)
+    assert load(tmp_path, "gateway: {slo_ttft_ms: null}\n").gateway_slo_ttft_ms is None
     assert settings.gateway_url == "http://127.0.0.1:8000"
 
 
@@ -375,6 +377,8 @@ gateway:
   balance: kv-aware
   retries: 0
   queue: {{max_waiting: 8, timeout_s: 2.5}}
+  slo_ttft_ms: 400
+  priority_aging_s: 3
   api_keys: [k1, k2]
   api_keys_file: {keys}
 """,
@@ -384,6 +388,7 @@ gateway:
     assert (settings.gateway_policy, settings.gateway_balance) == ("slo", "kv-aware")
     assert settings.gateway_retries == 0
     assert (settings.gateway_max_waiting, settings.gateway_queue_timeout_s) == (8, 2.5)
+    assert (settings.gateway_slo_ttft_ms, settings.gateway_priority_aging_s) == (400.0, 3.0)
     assert settings.gateway_api_keys == ("k1", "k2", "from-file")
     assert settings.gateway_api_keys_file == keys
 
@@ -411,6 +416,9 @@ def test_gateway_environment_overrides(tmp_path):
         ("gateway: {policy: lottery}", "gateway.policy: must be one of fifo, priority, slo"),
         ("gateway: {balance: random}", "gateway.balance: must be one of least-outstanding"),
         ("gateway: {retries: -1}", "gateway.retries: must be >= 0"),
+        ("gateway: {slo_ttft_ms: 0}", "gateway.slo_ttft_ms: must be >= 1"),
+        ("gateway: {slo_ttft_ms: soon}", "gateway.slo_ttft_ms: must be a number"),
+        ("gateway: {priority_aging_s: -2}", "gateway.priority_aging_s: must be >= 0"),
         ("gateway: {queue: {max_waiting: 1.5}}", "gateway.queue.max_waiting: must be an integer"),
         ("gateway: {queue: {timeout_s: -1}}", "gateway.queue.timeout_s: must be >= 0"),
         ("gateway: {queue: {size: 3}}", "gateway.queue: unknown key(s) size"),

@@ -55,6 +55,7 @@ def test_its_env_carries_the_markers_and_the_settings_json(tmp_path):
         gateway_max_waiting=5,
         gateway_queue_timeout_s=3.0,
         gateway_api_keys=("k1", "k2"),
+        gateway_slo_ttft_ms=500.0,
     )
     engine = gateway_engine(s)
     env = build_env(engine.spec, s, engine.id, 8000)
@@ -68,6 +69,8 @@ def test_its_env_carries_the_markers_and_the_settings_json(tmp_path):
         "max_waiting": 5,
         "queue_timeout_s": 3.0,
         "api_keys": ["k1", "k2"],
+        "slo_ttft_ms": 500.0,
+        "priority_aging_s": 10.0,
     }
 
 

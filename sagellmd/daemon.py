@@ -30,6 +30,7 @@ from sagellmd.notify import Notifier
 from sagellmd.preflight import already_running, check_home, check_presets
 from sagellmd.presets import find_preset
 from sagellmd.reconcile.loop import Reconciler
+from sagellmd.runtime.kinds import startup_timeout_for
 from sagellmd.store.db import prepare_database
 from sagellmd.store.repository import Store
 
@@ -89,7 +90,7 @@ def declare_presets(store: Store, settings: Settings, names: list[str]) -> None:
     """`--preset NAME`: the same as `sagellm preset set NAME` once the daemon is up."""
     active = {preset.name: preset.document for preset in store.active_presets()}
     for name in names:
-        entry = find_preset(name, settings.home)
+        entry = find_preset(name, settings.home, startup_timeout_for)
         if active.get(name) == entry.preset.to_dict():
             continue
         store.set_preset(entry.preset, entry.source, f"sagellmd --preset {name}")

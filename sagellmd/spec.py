@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -50,6 +50,9 @@ NAME_RULE = (
 DEFAULT_RUNTIME = {"llm": "vllm", "embedding": "embedding"}
 DEFAULT_STARTUP_TIMEOUT_S = {"llm": 900.0, "embedding": 180.0}
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256
+# (runtime, kind) -> the startup_timeout_s of a spec that sets none. Each runtime kind says its
+# own (runtime/kinds/, which imports this module); the daemon passes `startup_timeout_for`.
+StartupTimeouts = Callable[[str, str], float]
 
 # The fields whose change means a new process; label, metadata, restart policy and
 # timeouts are applied to the running one.
@@ -157,6 +160,11 @@ class Preset:
         }
 
 
+def timeout_by_kind(runtime: str, kind: str) -> float:
+    """The default without the runtime kinds: by the spec's kind alone."""
+    return DEFAULT_STARTUP_TIMEOUT_S[kind]
+
+
 def engine_id(preset: str | None, name: str) -> str:
     return f"{preset}.{name}" if preset else name
 
@@ -238,12 +246,12 @@ def _validate(data: Any, schema: dict[str, Any], prefix: str) -> None:
         raise SpecError(problems)
 
 
-def _build_engine(data: Mapping[str, Any]) -> EngineSpec:
+def _build_engine(data: Mapping[str, Any], startup_timeouts: StartupTimeouts) -> EngineSpec:
     kind = data.get("kind", "llm")
     values = dict(data)
     values["kind"] = kind
     values.setdefault("runtime", DEFAULT_RUNTIME[kind])
-    values.setdefault("startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S[kind])
+    values.setdefault("startup_timeout_s", startup_timeouts(values["runtime"], kind))
     values["startup_timeout_s"] = float(values["startup_timeout_s"])
     # JSON Schema counts 2.0 as an integer; the process wants 2.
     for key in ("tensor_parallel", "pipeline_parallel", "max_concurrent_requests"):
@@ -288,17 +296,19 @@ def _check_values(spec: EngineSpec, prefix: str) -> list[str]:
     return problems
 
 
-def parse_engine(data: Any, prefix: str = "") -> EngineSpec:
+def parse_engine(
+    data: Any, prefix: str = "", startup_timeouts: StartupTimeouts = timeout_by_kind
+) -> EngineSpec:
     """Validate one engine spec (a dict from JSON or YAML) and fill in its defaults."""
     _validate(data, ENGINE_SCHEMA, prefix)
-    spec = _build_engine(data)
+    spec = _build_engine(data, startup_timeouts)
     problems = _check_values(spec, prefix)
     if problems:
         raise SpecError(problems)
     return spec
 
 
-def parse_preset(data: Any) -> Preset:
+def parse_preset(data: Any, startup_timeouts: StartupTimeouts = timeout_by_kind) -> Preset:
     """Validate a preset document and return it with every engine's defaults filled in."""
     _validate(data, PRESET_SCHEMA, "")
     engines = []
@@ -307,7 +317,7 @@ def parse_preset(data: Any) -> Preset:
     ports: dict[int, int] = {}
     for index, raw in enumerate(data["engines"]):
         prefix = f"engines[{index}]"
-        spec = parse_engine(raw, prefix)
+        spec = parse_engine(raw, prefix, startup_timeouts)
         if spec.name in seen:
             problems.append(
                 f"{prefix}.name: {spec.name!r} is already used by engines[{seen[spec.name]}];"

@@ -15,7 +15,7 @@ from sagellmd.api.read_routes import find_engine
 from sagellmd.api.secrets import preset_for_reader, shows_secrets
 from sagellmd.errors import BadInputError, NotFoundError, SpecError
 from sagellmd.presets import catalogue, find_preset
-from sagellmd.runtime.kinds import check_spec
+from sagellmd.runtime.kinds import check_spec, startup_timeout_for
 from sagellmd.schemas.requests import OBJECT, ROLLBACK_BODY, plan_variants
 from sagellmd.schemas.validator import is_valid
 from sagellmd.spec import (
@@ -28,7 +28,8 @@ from sagellmd.spec import (
     parse_preset,
     reserved_engine_id_problem,
 )
-from sagellmd.store.repository import ChangeResult, iso
+from sagellmd.store.repository import ChangeResult
+from sagellmd.store.timestamps import iso
 
 
 def _ctx(request: Request) -> ApiContext:
@@ -80,7 +81,7 @@ def engine_put_change(
                 f" got {data['name']!r}; leave it out or make them match"
             ]
         )
-    spec = parse_engine({**data, "name": engine_id})
+    spec = parse_engine({**data, "name": engine_id}, startup_timeouts=startup_timeout_for)
     check_runtime_known(spec, ctx.settings.runtimes, engine_id)
     check_spec(spec, engine_id)
     _check_ports(ctx, {engine_id: spec})
@@ -162,7 +163,7 @@ async def list_presets(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     active = _active_documents(ctx)
     entries: dict[str, dict[str, Any]] = {}
-    for name, entry in catalogue(ctx.settings.home).items():
+    for name, entry in catalogue(ctx.settings.home, startup_timeout_for).items():
         entries[name] = {
             "name": name,
             "description": entry.preset.description,
@@ -190,7 +191,7 @@ async def get_preset(request: Request) -> JSONResponse:
         document, source = active[name]
         document = preset_for_reader(document, shows_secrets(request))
         return JSONResponse({"name": name, "source": source, "active": True, "document": document})
-    entry = find_preset(name, ctx.settings.home)
+    entry = find_preset(name, ctx.settings.home, startup_timeout_for)
     document = preset_for_reader(entry.preset.to_dict(), shows_secrets(request))
     return JSONResponse(
         {"name": name, "source": entry.source, "active": False, "document": document}
@@ -199,13 +200,13 @@ async def get_preset(request: Request) -> JSONResponse:
 
 def _preset_from_body(ctx: ApiContext, name: str, data: Any) -> tuple[Preset, str]:
     if data is NO_BODY:
-        entry = find_preset(name, ctx.settings.home)
+        entry = find_preset(name, ctx.settings.home, startup_timeout_for)
         return entry.preset, entry.source
     if not isinstance(data, dict):
         raise SpecError(
             [f"body: must be a preset document (a JSON object), got {type(data).__name__}"]
         )
-    preset = parse_preset(data)
+    preset = parse_preset(data, startup_timeout_for)
     if preset.name != name:
         raise SpecError(
             [f"name: must equal the preset name in the path ({name!r}), got {preset.name!r}"]

@@ -19,7 +19,7 @@ from sagellmd.errors import BadInputError
 from sagellmd.schemas.requests import GATEWAY_ACTIVITY_BODY
 from sagellmd.schemas.validator import Validator
 from sagellmd.spec import GATEWAY_ENGINE_ID
-from sagellmd.store.repository import iso
+from sagellmd.store.timestamps import iso
 
 ACTIVITY_VALIDATOR = Validator(GATEWAY_ACTIVITY_BODY)
 

@@ -18,7 +18,7 @@ from sagellmd.errors import BadInputError, SpecError
 from sagellmd.schemas.requests import SEED_FIELDS, TEXT, seed_start_body
 from sagellmd.schemas.validator import is_valid
 from sagellmd.spec import GATEWAY_ENGINE_ID, name_from_model
-from sagellmd.store.repository import iso
+from sagellmd.store.timestamps import iso
 
 START_BODY = seed_start_body()
 SPEC_TO_SEED = {spec: seed for seed, spec in SEED_FIELDS.items()}

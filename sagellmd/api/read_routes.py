@@ -23,7 +23,7 @@ from sagellmd.errors import NotFoundError
 from sagellmd.runtime.kinds import wants_gpu
 from sagellmd.runtime.logs import log_path, read_tail
 from sagellmd.spec import GATEWAY_ENGINE_ID
-from sagellmd.store.repository import iso
+from sagellmd.store.timestamps import iso
 
 
 def _ctx(request: Request) -> ApiContext:

@@ -11,7 +11,7 @@ from sagellmd.gpu.estimate import GIB, MemoryEstimate
 from sagellmd.instance import Instance, InstanceState
 from sagellmd.runtime.kinds import kind_for
 from sagellmd.spec import EngineSpec
-from sagellmd.store.repository import iso
+from sagellmd.store.timestamps import iso
 
 
 def _estimate(estimate: MemoryEstimate | str | None) -> dict[str, Any] | None:

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import itertools
+import os
+import time
 from typing import Any
 
 import orjson
 
+from sagellmd.gateway import errors
+from sagellmd.gateway.access_log import AccessLog
+from sagellmd.gateway.balance import prefix_key
+from sagellmd.gateway.daemon_link import DaemonLink
+from sagellmd.gateway.dispatch import Dispatcher, Ticket
+from sagellmd.gateway.errors import GatewayError
+from sagellmd.gateway.metrics import GatewayMetrics
+from sagellmd.gateway.proxy import DROPPED_REQUEST_HEADERS, forward
 from sagellmd.gateway.settings import GatewaySettings
+from sagellmd.gateway.upstream import UpstreamPool
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# The endpoints the runtime kinds list; other `POST /v1/*` paths pass through unchecked.
+CHECKED_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+UNKNOWN_MODEL = "(unknown)"  # the metrics label of names nobody declared: no label explosion
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the answer was complete."""
 
 
 class GatewayApp:
@@ -16,27 +38,348 @@ class GatewayApp:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
+        self.dispatcher = Dispatcher(
+            settings.policy,
+            settings.balance,
+            settings.max_waiting,
+            settings.queue_timeout_s,
+            settings.suspect_s,
+            settings.priority_aging_s,
+        )
+        self.metrics = GatewayMetrics(
+            self.dispatcher.queue_lengths, lambda: dict(self.dispatcher.inflight)
+        )
+        self.access_log = AccessLog()
+        self.link = DaemonLink(
+            settings, self.dispatcher, lambda: dict(self.metrics.totals), self.access_log.flush
+        )
+        self.upstream: UpstreamPool | None = None
+        self._keys = tuple(key.encode() for key in settings.api_keys)
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex()
+        self._scraper: Any = None
+        self._scraper_session: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
+        if scope["type"] == "http":
+            path = scope["path"]
+            method = scope["method"]
+            if method == "POST" and path.startswith("/v1/"):
+                await self._proxy(scope, receive, send)
+            elif method == "GET":
+                await self._get(scope, path, send)
+            else:
+                await _error(send, _not_here(method, path))
+        elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        path = scope["path"]
+
+    # -- the gateway's own answers ---------------------------------------------------------
+
+    async def _get(self, scope: dict[str, Any], path: str, send: Any) -> None:
         if path == "/health":
-            await _answer(send, 200, orjson.dumps({"status": "ok"}))
+            await _answer(send, 200, b'{"status":"ok"}')
             return
-        await _answer(send, 404, b'{"error": {"message": "not here yet", "code": "not_found"}}')
+        if self._keys and not self._authorized(scope["headers"]):
+            await _error(send, errors.unauthorized())
+            return
+        if path == "/metrics":
+            headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+            await _answer(send, 200, self.metrics.exposition(), headers)
+        elif path == "/v1/models":
+            data = self.dispatcher.table.model_list()
+            await _answer(send, 200, orjson.dumps({"object": "list", "data": data}))
+        elif path.startswith("/v1/models/"):
+            name = path[len("/v1/models/") :]
+            for entry in self.dispatcher.table.model_list():
+                if entry["id"] == name or name in entry["names"]:
+                    await _answer(send, 200, orjson.dumps(entry))
+                    return
+            await _error(send, errors.model_not_found(name, self.dispatcher.table.routable_names()))
+        else:
+            await _error(send, _not_here("GET", path))
+
+    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        for name, value in headers:
+            if name == b"authorization":
+                scheme, _, key = value.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return False
+                # Every key is compared, so the time taken says nothing about which matched.
+                matched = False
+                for known in self._keys:
+                    matched |= hmac.compare_digest(key.strip(), known)
+                return matched
+        return False
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.upstream = UpstreamPool()
+                self.link.start()
+                if self.settings.balance == "kv-aware":
+                    self._start_scraper()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._scraper is not None:
+                    await self._scraper.stop()
+                    await self._scraper_session.close()
+                await self.link.stop()
+                if self.upstream is not None:
+                    self.upstream.close()
+                self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _start_scraper(self) -> None:
+        from sagellmd.gateway.engine_metrics import KvScraper
+
+        assert self.upstream is not None
+
+        def origins() -> dict[str, str]:
+            return {
+                engine_id: route.origin
+                for engine_id, route in self.dispatcher.table.engines.items()
+                if route.ready and route.runtime_reports_kv
+            }
+
+        import aiohttp
+
+        self._scraper_session = aiohttp.ClientSession()
+        self._scraper = KvScraper(origins, self._scraper_session)
+        self.dispatcher.kv_loads = self._scraper.loads
+        self._scraper.start()
+
+    # -- the proxy ---------------------------------------------------------------------------
+
+    async def _proxy(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        arrived = time.monotonic()
+        request_id = b""
+        priority_header = slo_header = None
+        authorization = b""
+        lines = []
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value
+            elif name == b"authorization":
+                authorization = value
+                if not self._keys:
+                    lines.append(b"authorization: " + value + b"\r\n")
+            elif name == b"x-priority":
+                priority_header = value
+            elif name == b"x-slo-ttft-ms":
+                slo_header = value
+            elif name not in DROPPED_REQUEST_HEADERS:
+                lines.append(name + b": " + value + b"\r\n")
+        if not request_id:
+            request_id = f"{self._id_prefix}-{next(self._ids)}".encode()
+        lines.append(b"x-request-id: " + request_id + b"\r\n")
+        forwarded = b"".join(lines)
+        model_label = UNKNOWN_MODEL
+        try:
+            if self._keys and not self._authorized(
+                [(b"authorization", authorization)] if authorization else []
+            ):
+                raise errors.unauthorized()
+            body = await _read_body(receive)
+            request = _parse(body)
+            name = request["model"]
+            table = self.dispatcher.table
+            if not table.loaded:
+                raise GatewayError(
+                    503,
+                    "routes_unavailable",
+                    "The gateway has not received its route table from the daemon yet",
+                    type="server_error",
+                    retry_after_s=1.0,
+                )
+            group = table.resolve(name)
+            if group is None:
+                raise errors.model_not_found(name, table.routable_names())
+            model_label = name
+            path = scope["path"]
+            if path in CHECKED_ENDPOINTS:
+                served = group.endpoints(table)
+                if served and path not in served:
+                    raise errors.endpoint_not_served(name, path, sorted(served))
+            ticket = Ticket(
+                arrived,
+                _priority(priority_header, request),
+                self._deadline(slo_header, arrived, group),
+                authorization.decode("latin-1"),
+            )
+            await self._serve(
+                scope, receive, send, request, body, name, group, ticket, forwarded, request_id
+            )
+        except GatewayError as error:
+            self.metrics.rejected(model_label, error.code)
+            await _error(send, error, request_id)
+            self.access_log.write(request_id, model_label, "-", error.status, arrived)
+        except ClientGone:
+            self.access_log.write(request_id, model_label, "-", 499, arrived)
+
+    def _deadline(self, header: bytes | None, arrived: float, group: Any) -> float | None:
+        milliseconds: float | None = None
+        if header is not None:
+            try:
+                milliseconds = float(header)
+            except ValueError:
+                raise errors.bad_body(
+                    f"X-SLO-TTFT-Ms must be a number of milliseconds, got {header!r}"
+                ) from None
+        else:
+            milliseconds = self.dispatcher.slo_default_ms(group) or self.settings.slo_ttft_ms
+        return None if milliseconds is None else arrived + milliseconds / 1000
+
+    async def _serve(
+        self,
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        request: dict[str, Any],
+        body: bytes,
+        name: str,
+        group: Any,
+        ticket: Ticket,
+        headers: bytes,
+        request_id: bytes,
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None and self.upstream is not None
+        gone = False
+
+        async def watch_disconnect() -> None:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not finished:
+                gone = True
+                task.cancel()
+
+        finished = False
+        watcher = asyncio.create_task(watch_disconnect())
+        stream = request.get("stream") is True
+        key = prefix_key(request) if self.settings.balance == "prefix" else None
+        query = scope.get("query_string") or b""
+        target = scope["raw_path"] or scope["path"].encode()
+        if query:
+            target += b"?" + query
+        failures: list[str] = []
+        try:
+            for attempt_number in range(self.settings.retries + 1):
+                route = await self.dispatcher.acquire(group, name, ticket, key)
+                payload = body
+                if route.served_model != name:
+                    request["model"] = route.served_model
+                    payload = orjson.dumps(request)
+                try:
+                    attempt = await forward(
+                        self.upstream,
+                        route.address,
+                        target,
+                        headers,
+                        payload,
+                        stream,
+                        request_id,
+                        send,
+                        attempt_number == self.settings.retries,
+                    )
+                finally:
+                    self.dispatcher.release(route.id)
+                if attempt.sent:
+                    finished = True
+                    done = time.monotonic()
+                    self.dispatcher.observe_first_byte(
+                        group, attempt.first_byte_at - ticket.arrived - ticket.queued_s
+                    )
+                    self.metrics.answered(
+                        name,
+                        route.id,
+                        attempt.status,
+                        ticket.queued_s,
+                        attempt.first_byte_at - ticket.arrived,
+                        done - ticket.arrived,
+                    )
+                    self.access_log.write(
+                        request_id,
+                        name,
+                        route.id,
+                        attempt.status,
+                        ticket.arrived,
+                        ticket.queued_s,
+                        attempt.first_byte_at,
+                    )
+                    return
+                self.dispatcher.mark_suspect(route.id)
+                failures.append(f"{route.id}: {attempt.retryable_detail}")
+                if attempt_number < self.settings.retries:
+                    self.metrics.retried(name, route.id)
+            finished = True
+            raise errors.engine_unavailable(name, "; ".join(failures))
+        except asyncio.CancelledError:
+            if gone:
+                task.uncancel()
+                raise ClientGone() from None
+            raise
+        finally:
+            finished = True
+            watcher.cancel()
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise errors.bad_body(f"The request body is not JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise errors.bad_body("The request body must be a JSON object with a 'model' field")
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise errors.bad_body(
+            "The request must name its 'model' (a string: a model name, engine id, label or"
+            " alias; GET /v1/models lists them)",
+            param="model",
+        )
+    return request
+
+
+def _priority(header: bytes | None, request: dict[str, Any]) -> int:
+    value: Any = request.get("priority", 0) if header is None else header
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise errors.bad_body(
+            f"priority (field or X-Priority header) must be an integer, lower first; got {value!r}",
+            param="priority",
+        ) from None
+
+
+async def _read_body(receive: Any) -> bytes:
+    parts = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise GatewayError(
+                413, "request_too_large", f"The request body is over {MAX_BODY_BYTES} bytes"
+            )
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _not_here(method: str, path: str) -> GatewayError:
+    return GatewayError(
+        404,
+        "not_found",
+        f"{method} {path} is not served here: the gateway serves GET /v1/models and"
+        " POST /v1/* requests that name a model (chat/completions, completions, embeddings, ...)",
+    )
 
 
 async def _answer(send: Any, status: int, body: bytes, headers: list | None = None) -> None:
@@ -44,3 +387,12 @@ async def _answer(send: Any, status: int, body: bytes, headers: list | None = No
         {"type": "http.response.start", "status": status, "headers": headers or JSON_HEADERS}
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _error(send: Any, error: GatewayError, request_id: bytes = b"") -> None:
+    headers = list(JSON_HEADERS)
+    if error.retry_after_s is not None:
+        headers.append((b"retry-after", str(max(1, round(error.retry_after_s))).encode()))
+    if request_id:
+        headers.append((b"x-request-id", request_id))
+    await _answer(send, error.status, error.body(), headers)

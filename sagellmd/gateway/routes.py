@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_CAP = 256
 
@@ -17,11 +18,13 @@ class Route:
     state: str
     ready: bool
     origin: str
+    address: tuple[str, int]
     served_model: str
     names: tuple[str, ...]
     label: str | None
     aliases: tuple[str, ...]
     kind: str
+    runtime: str
     endpoints: frozenset[str]
     cap: int
     cost: float
@@ -29,6 +32,11 @@ class Route:
     slo_ttft_ms: float | None
     startup_timeout_s: float
     message: str
+
+    @property
+    def runtime_reports_kv(self) -> bool:
+        """vLLM's /metrics has the queue and KV-cache gauges kv-aware balancing reads."""
+        return self.runtime == "vllm"
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> Route:
@@ -41,11 +49,13 @@ class Route:
             state=str(entry.get("state", "absent")),
             ready=bool(entry.get("ready")) and bool(entry.get("url")),
             origin=str(entry.get("url") or "").rstrip("/"),
+            address=_address(str(entry.get("url") or "")),
             served_model=str(entry.get("served_model") or entry["id"]),
             names=tuple(str(name) for name in entry.get("names") or (entry["id"],)),
             label=entry.get("label"),
             aliases=tuple(str(alias) for alias in entry.get("aliases") or ()),
             kind=str(entry.get("kind", "llm")),
+            runtime=str(entry.get("runtime", "")),
             endpoints=frozenset(entry.get("endpoints") or ()),
             cap=max(1, int(entry.get("max_concurrent_requests") or DEFAULT_CAP)),
             cost=float(cost) if isinstance(cost, int | float) else 0.0,
@@ -54,6 +64,11 @@ class Route:
             startup_timeout_s=float(entry.get("startup_timeout_s") or 0.0),
             message=str(entry.get("message") or ""),
         )
+
+
+def _address(url: str) -> tuple[str, int]:
+    parsed = urlsplit(url)
+    return (parsed.hostname or "127.0.0.1", parsed.port or 80)
 
 
 @dataclass(slots=True, frozen=True)

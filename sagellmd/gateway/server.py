@@ -21,7 +21,9 @@ def _config(app: GatewayApp, settings: GatewaySettings) -> uvicorn.Config:
         loop="uvloop",
         http="httptools",
         lifespan="on",
-        access_log=False,  # the gateway writes its own access line per request
+        access_log=False,
+        server_header=False,  # the engine's own Server and Date headers pass through
+        date_header=False,  # the gateway writes its own access line per request
         log_level="warning",
         backlog=4096,
         timeout_keep_alive=30,

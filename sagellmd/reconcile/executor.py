@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import memory_fraction
@@ -22,7 +23,7 @@ from sagellmd.instance import (
     spawned,
 )
 from sagellmd.models.download import hub_endpoint
-from sagellmd.models.hub_reach import HubReachability
+from sagellmd.models.hub_reach import HubAnswer, HubReachability
 from sagellmd.models.last_used import touch_model
 from sagellmd.models.resolve import needs_hub, spec_environ
 from sagellmd.reconcile.actions import (
@@ -40,11 +41,21 @@ from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
 from sagellmd.runtime.kinds import kind_for
+from sagellmd.runtime.kinds.base import RuntimeKind
 from sagellmd.runtime.logs import log_path
 from sagellmd.runtime.ports import pick_port, port_is_free
 from sagellmd.runtime.process import RUN_MARKER, Markers, new_run_marker, spawn
+from sagellmd.spec import EngineSpec
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HubCheck:
+    """The hub an engine would download its model from, and its answer (None: awaited)."""
+
+    endpoint: str
+    answer: HubAnswer | None
 
 
 def _describe(exc: Exception) -> str:
@@ -140,26 +151,52 @@ class Executor:
         )
 
     def _start(self, engine: DesiredEngine, generation: int, action: Start) -> None:
-        world, settings, spec = self._world, self._world.settings, engine.spec
-        current = world.instances.get(engine.id)
+        """What can be checked without a process, the intent on disk, the model, the process."""
         surge = action.kind is StartKind.SURGE
+        port = self._start_port(engine, generation, surge)
+        if port is None or not self._runtime_configured(engine, generation):
+            return
+        kind = kind_for(engine.spec.runtime)
+        hub = self._hub_check(engine, generation, kind, surge)
+        if hub is not None and hub.answer is None:
+            return  # the answer wakes the loop
+        starting = self._begin_start(engine, generation, action, port)
+        if not self._model_available(starting, engine.spec, kind, hub):
+            return
+        self._spawn(engine, starting, port, self._assignment(action), kind)
+
+    def _start_port(self, engine: DesiredEngine, generation: int, surge: bool) -> int | None:
+        """The port to start on; None (and the engine pending or replaced) when there is none."""
         port, why = self._choose_port(engine, surge)
         if port is None and surge:
             self._stop(engine.id, StopIntent.DELIBERATE, f"replacing (no room for both: {why})")
-            return
-        if port is None:
+        elif port is None:
             self._pend(engine, generation, why)
-            return
-        if spec.runtime not in settings.runtimes:
-            known = ", ".join(sorted(settings.runtimes))
-            self._pend(engine, generation, f"runtime {spec.runtime!r} is not configured ({known})")
-            return
-        kind = kind_for(spec.runtime)
-        endpoint = None
-        if settings.hub_check and kind.downloads_models and needs_hub(spec, settings, [kind.name]):
-            endpoint = hub_endpoint(spec_environ(spec))
-        hub = self._hub.answer(endpoint) if endpoint is not None else None
-        if endpoint is not None and hub is None:
+        return port
+
+    def _runtime_configured(self, engine: DesiredEngine, generation: int) -> bool:
+        runtimes = self._world.settings.runtimes
+        if engine.spec.runtime in runtimes:
+            return True
+        known = ", ".join(sorted(runtimes))
+        self._pend(
+            engine, generation, f"runtime {engine.spec.runtime!r} is not configured ({known})"
+        )
+        return False
+
+    def _hub_check(
+        self, engine: DesiredEngine, generation: int, kind: RuntimeKind, surge: bool
+    ) -> HubCheck | None:
+        """Whether the hub answers, for an engine that would download its model; None when
+        there is nothing to check."""
+        settings, spec = self._world.settings, engine.spec
+        if not (settings.hub_check and kind.downloads_models):
+            return None
+        if not needs_hub(spec, settings, [kind.name]):
+            return None
+        endpoint = hub_endpoint(spec_environ(spec))
+        answer = self._hub.answer(endpoint)
+        if answer is None:
             # Being checked (seconds at most); its answer wakes the loop.
             if not surge:
                 self._pend(
@@ -168,55 +205,86 @@ class Executor:
                     f"checking that the Hugging Face hub at {endpoint} answers, to download"
                     f" {spec.model} (it is not on this machine)",
                 )
-            return
-        if surge and current is not None:
-            transition = begin_surge(
-                current,
-                spec.spec_hash,
+        return HubCheck(endpoint, answer)
+
+    def _begin_start(
+        self, engine: DesiredEngine, generation: int, action: Start, port: int
+    ) -> Instance:
+        """Record the start: the intent is on disk before anything is done (a full disk
+        raises here)."""
+        world, spec = self._world, engine.spec
+        current = world.instances.get(engine.id)
+        if action.kind is StartKind.SURGE and current is not None:
+            starting = world.record(
+                begin_surge(
+                    current,
+                    spec.spec_hash,
+                    generation,
+                    port,
+                    world.clock(),
+                    action.gpus,
+                    action.gpu_bytes,
+                ),
                 generation,
-                port,
-                world.clock(),
-                action.gpus,
-                action.gpu_bytes,
+                intent=True,
             )
-        else:
-            transition = begin_start(
-                current,
-                engine.id,
-                spec.spec_hash,
-                generation,
-                port,
-                world.clock(),
-                action.kind is StartKind.RESTART,
-                action.gpus,
-                action.gpu_bytes,
-            )
-        # The intent is on disk before anything is done (a full disk raises here).
-        starting = world.record(transition, generation, intent=True)
-        if surge and current is not None:
             # The running process keeps serving under another key until the new is ready.
             self._prober.cancel(engine.id)
             world.watcher.rekey(engine.id, retiring_key(engine.id))
-        missing = kind.missing_model(spec, settings)
+            return starting
+        transition = begin_start(
+            current,
+            engine.id,
+            spec.spec_hash,
+            generation,
+            port,
+            world.clock(),
+            action.kind is StartKind.RESTART,
+            action.gpus,
+            action.gpu_bytes,
+        )
+        return world.record(transition, generation, intent=True)
+
+    def _model_available(
+        self, starting: Instance, spec: EngineSpec, kind: RuntimeKind, hub: HubCheck | None
+    ) -> bool:
+        """Whether the engine can get its model; if not, the start has failed, and said why."""
+        world = self._world
+        missing = kind.missing_model(spec, world.settings)
         if missing is not None:
             # Not a crash worth retrying: nothing changes until the model is on disk.
             world.record(spawn_failed(starting, missing, world.clock(), InstanceState.FAILED))
-            return
-        if hub is not None and not hub.reachable:
+            return False
+        if hub is not None and hub.answer is not None and not hub.answer.reachable:
             # vLLM and huggingface_hub would retry for over a minute before saying so.
             self._spawn_failed(
                 starting,
                 spec.restart,
                 f"model {spec.model!r} is not on this machine and the Hugging Face hub at"
-                f" {endpoint} is not reachable ({hub.detail}); run `sagellm model download"
-                f" {spec.model}` where the hub is reachable (or put it in a models.paths"
-                " directory), then restart the engine",
+                f" {hub.endpoint} is not reachable ({hub.answer.detail}); run `sagellm model"
+                f" download {spec.model}` where the hub is reachable (or put it in a"
+                " models.paths directory), then restart the engine",
             )
-            return
-        assignment = None
-        if action.gpus:
-            capacities = [gpu for gpu in world.gpu_view.gpus if gpu.index in action.gpus]
-            assignment = GpuAssignment(action.gpus, memory_fraction(action.gpu_bytes, capacities))
+            return False
+        return True
+
+    def _assignment(self, action: Start) -> GpuAssignment | None:
+        """The reserved GPUs and the share of each the engine may use; None without GPUs."""
+        if not action.gpus:
+            return None
+        capacities = [gpu for gpu in self._world.gpu_view.gpus if gpu.index in action.gpus]
+        return GpuAssignment(action.gpus, memory_fraction(action.gpu_bytes, capacities))
+
+    def _spawn(
+        self,
+        engine: DesiredEngine,
+        starting: Instance,
+        port: int,
+        assignment: GpuAssignment | None,
+        kind: RuntimeKind,
+    ) -> None:
+        """Start the process and watch it; any failure becomes a crash the policy handles."""
+        world, settings, spec = self._world, self._world.settings, engine.spec
         command = "the engine"
         try:
             argv = build_argv(spec, settings, engine.id, port, assignment)

@@ -19,7 +19,7 @@ from sagellmd.reconcile.actions import (
     Stop,
     Wait,
 )
-from sagellmd.reconcile.placing import place_starts
+from sagellmd.reconcile.gpus_for_starts import place_starts
 
 
 def _restart_requested(engine: DesiredEngine, instance: Instance) -> bool:

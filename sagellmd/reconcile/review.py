@@ -10,7 +10,8 @@ from sagellmd.desired import DesiredEngine
 from sagellmd.engine_change import FAILED, HEALTHY
 from sagellmd.instance import Instance
 from sagellmd.reconcile.rollout import Verdict, judge_change, judge_generation
-from sagellmd.store.repository import Settlement, Store
+from sagellmd.store.generations import Settlement
+from sagellmd.store.repository import Store
 
 
 @dataclass(frozen=True)

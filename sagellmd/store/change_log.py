@@ -58,6 +58,18 @@ def read_rows(
     return DesiredRows(engines, presets)
 
 
+def snapshot(rows: DesiredRows) -> dict[str, Any]:
+    """The whole desired set, as a generation records it."""
+    return {
+        "presets": {name: json.loads(state.document) for name, state in rows.presets.items()},
+        "sources": {name: state.source for name, state in rows.presets.items()},
+        "engines": [
+            {"id": engine_id, "preset": state.preset, "spec": json.loads(state.spec)}
+            for engine_id, state in sorted(rows.engines.items())
+        ],
+    }
+
+
 def _engine_json(state: EngineState | None) -> str | None:
     if state is None:
         return None

@@ -1,8 +1,9 @@
-"""Desired-state changes on an open session: checks, row edits and generation snapshots."""
+"""Desired-state changes on an open session: checks, row edits and the generation row."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -35,25 +36,16 @@ def check_ports(
             )
 
 
-def snapshot(session: Session) -> dict[str, Any]:
-    """The whole desired set, as a generation records it."""
-    presets = session.scalars(select(ActivePresetRow).order_by(ActivePresetRow.name)).all()
-    engines = session.scalars(select(DesiredEngineRow).order_by(DesiredEngineRow.id)).all()
-    return {
-        "presets": {row.name: json.loads(row.document) for row in presets},
-        "sources": {row.name: row.source for row in presets},
-        "engines": [
-            {"id": row.id, "preset": row.preset, "spec": json.loads(row.spec)} for row in engines
-        ],
-    }
-
-
 def new_generation(
-    session: Session, cause: str, now: float, auto_rollback: bool, reverts: int | None = None
+    session: Session,
+    snapshot: Mapping[str, Any],
+    cause: str,
+    now: float,
+    auto_rollback: bool,
+    reverts: int | None = None,
 ) -> int:
-    """Snapshot the desired set as a new generation (and its event); its id."""
-    session.flush()
-    encoded = json.dumps(snapshot(session), sort_keys=True)
+    """Record `snapshot` (the whole desired set) as a new generation, and its event; its id."""
+    encoded = json.dumps(snapshot, sort_keys=True)
     generation = GenerationRow(
         ts=now, cause=cause, snapshot=encoded, auto_rollback=auto_rollback, reverts=reverts
     )

@@ -234,6 +234,32 @@ def test_startup_timeout_counts_as_a_failure(daemon: Daemon):
     assert "startup_timeout_s=0.5" in messages
 
 
+def test_a_spec_without_startup_timeout_gets_its_runtime_kinds(daemon: Daemon, tmp_path: Path):
+    # The GGUF file is not there: the llama-cpp engines fail to start without a process.
+    gguf = str(tmp_path / "absent.gguf")
+    answer = daemon.put("/v1/engines/cpu?rollback=false", {"model": gguf, "runtime": "llama-cpp"})
+    assert answer.status_code == 201, answer.text
+    preset = fake_preset(
+        "p",
+        {"name": "chat"},
+        {"name": "embed", "kind": "embedding", "runtime": "vllm"},
+        {"name": "own", "runtime": "llama-cpp", "model": gguf, "startup_timeout_s": 42},
+    )
+    answer = daemon.put("/v1/presets/p?rollback=false", preset)
+    assert answer.status_code == 200, answer.text
+    # The engine views are the loop's snapshot: wait until it has taken in the preset.
+    engines = daemon.wait_for(
+        lambda: len(found := daemon.get("/v1/engines").json()["engines"]) == 4 and found,
+        10,
+        "the four engines",
+    )
+    timeouts = {e["id"]: daemon.engine(e["id"])["spec"]["startup_timeout_s"] for e in engines}
+    # vllm keeps the figures every spec had (by kind); the CPU runtime says 300.
+    assert timeouts == {"cpu": 300.0, "p.chat": 900.0, "p.embed": 180.0, "p.own": 42.0}
+    stored = daemon.get("/v1/generations/2").json()["engines"]
+    assert {e["id"]: e["spec"]["startup_timeout_s"] for e in stored}["cpu"] == 300.0
+
+
 def test_engine_logs_are_kept_in_a_file(daemon: Daemon):
     daemon.put("/v1/engines/solo", {"model": "fake/solo-1B"})
     daemon.wait_state("solo", "ready")

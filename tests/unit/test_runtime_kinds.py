@@ -7,16 +7,25 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sagellmd.config import DEFAULT_RUNTIMES, Settings
 from sagellmd.errors import SpecError
 from sagellmd.instance import InstanceState, became_ready, begin_start, exited, spawned
 from sagellmd.presets import catalogue
 from sagellmd.runtime.argv import build_argv, build_env
-from sagellmd.runtime.kinds import COMMAND, KINDS, check_spec, kind_for, wants_gpu
+from sagellmd.runtime.kinds import (
+    COMMAND,
+    KINDS,
+    check_spec,
+    kind_for,
+    startup_timeout_for,
+    wants_gpu,
+)
 from sagellmd.runtime.kinds.base import CHAT_ENDPOINTS, EMBEDDING_ENDPOINTS, GpuAssignment
 from sagellmd.runtime.kinds.llamacpp import LlamaCppKind, parse_gguf_reference
-from sagellmd.spec import EngineSpec, parse_engine
+from sagellmd.schemas.engine import KINDS as SPEC_KINDS
+from sagellmd.spec import DEFAULT_STARTUP_TIMEOUT_S, EngineSpec, parse_engine, parse_preset
 
 REPO = "Qwen/Qwen2.5-0.5B-Instruct-GGUF"
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -72,6 +81,49 @@ def test_the_registry_names_each_built_in_kind_and_its_default_command():
 def test_a_runtime_not_built_in_is_a_command():
     assert kind_for("my-server") is COMMAND
     assert kind_for("vllm") is KINDS["vllm"]
+
+
+def test_each_kind_says_its_default_startup_timeout_for_every_spec_kind():
+    for kind in [*KINDS.values(), COMMAND]:
+        assert set(kind.startup_timeout_s) == set(SPEC_KINDS), kind.name
+    # What every spec got before the kinds said it: vllm, embedding and commands keep it.
+    for name in ("vllm", "embedding", "my-server"):
+        assert dict(kind_for(name).startup_timeout_s) == DEFAULT_STARTUP_TIMEOUT_S
+    assert startup_timeout_for("llama-cpp", "llm") == 300.0
+    assert startup_timeout_for("llama-cpp", "embedding") == 180.0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"kind": "embedding"},
+        {"kind": "embedding", "runtime": "vllm"},
+        {"kind": "llm", "runtime": "embedding"},
+        {"runtime": "my-server"},
+        {"runtime": "llama-cpp", "model": "/m.gguf", "startup_timeout_s": 900},
+    ],
+)
+def test_parsing_with_the_kinds_changes_no_spec_that_parsed_before(fields):
+    data = {"name": "e", "model": "org/m", **fields}
+    with_kinds = parse_engine(data, startup_timeouts=startup_timeout_for)
+    assert with_kinds == parse_engine(data)
+    assert with_kinds.spec_hash == parse_engine(data).spec_hash
+
+
+def test_a_llama_cpp_spec_without_a_timeout_gets_the_kinds(tmp_path):
+    data = {"name": "e", "model": "/m.gguf", "runtime": "llama-cpp"}
+    assert parse_engine(data, startup_timeouts=startup_timeout_for).startup_timeout_s == 300.0
+    preset = {"version": 1, "name": "p", "engines": [data]}
+    (engine,) = parse_preset(preset, startup_timeout_for).engines
+    assert engine.startup_timeout_s == 300.0
+    # The timeout is applied to the running process: the hash is the by-kind spec's.
+    assert engine.spec_hash == parse_engine(data).spec_hash
+    presets = tmp_path / "home" / "presets"
+    presets.mkdir(parents=True)
+    (presets / "p.yaml").write_text(yaml.safe_dump(preset))
+    entry = catalogue(tmp_path / "home", startup_timeout_for)["p"]
+    assert entry.preset.engines[0].startup_timeout_s == 300.0
 
 
 def test_health_probes_per_kind():

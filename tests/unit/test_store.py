@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,6 +175,43 @@ def test_snapshot_holds_every_engine_not_only_the_presets(store):
     store.set_preset(preset(), "file", "preset set tiny")
     snap = store.generations()[0].snapshot
     assert [engine["id"] for engine in snap["engines"]] == ["solo", "tiny.chat", "tiny.embed"]
+
+
+def _tables_as_a_snapshot(database: Engine) -> dict:
+    """The desired tables as they are, in the shape a generation records (read with SQL)."""
+    with database.connect() as connection:
+        presets = connection.exec_driver_sql(
+            "SELECT name, document, source FROM active_presets"
+        ).all()
+        engines = connection.exec_driver_sql(
+            "SELECT id, preset, spec FROM desired_engines ORDER BY id"
+        ).all()
+    return {
+        "presets": {name: json.loads(document) for name, document, _ in presets},
+        "sources": {name: source for name, _, source in presets},
+        "engines": [
+            {"id": id_, "preset": preset_, "spec": json.loads(spec)}
+            for id_, preset_, spec in engines
+        ],
+    }
+
+
+def test_each_generation_records_the_desired_tables_as_its_change_left_them(database, store):
+    changes = [
+        lambda: store.put_engine("zz", parse_engine({"name": "zz", "model": "m"}), "add zz"),
+        lambda: store.set_preset(preset(), "builtin", "set tiny"),
+        lambda: store.set_preset(preset("b", {"name": "x", "model": "m"}), "file", "set b"),
+        lambda: store.set_preset(preset("tiny", {"name": "chat", "model": "n"}), "api", "edit"),
+        lambda: store.delete_engine("zz", "delete zz"),
+        lambda: store.unset_preset("b", "unset b"),
+        lambda: store.revert_generation(4, "revert 4"),
+        lambda: store.restore_generation(2, "restore 2"),
+    ]
+    for number, change in enumerate(changes, start=1):
+        change()
+        assert store.current_generation() == number
+        text = sql(database, f"SELECT snapshot FROM generations WHERE id = {number}")
+        assert text == json.dumps(_tables_as_a_snapshot(database), sort_keys=True), number
 
 
 def test_setting_a_preset_again_with_fewer_engines_removes_the_stale_one(store):

@@ -26,6 +26,11 @@ def kind_for(runtime: str) -> RuntimeKind:
     return KINDS.get(runtime, COMMAND)
 
 
+def startup_timeout_for(runtime: str, kind: str) -> float:
+    """The startup_timeout_s of a spec that sets none, as its runtime kind says."""
+    return kind_for(runtime).startup_timeout_s[kind]
+
+
 def check_spec(spec: EngineSpec, where: str) -> None:
     """Reject a spec its runtime kind cannot run (a llama-cpp model that names no GGUF file)."""
     problems = kind_for(spec.runtime).spec_problems(spec)

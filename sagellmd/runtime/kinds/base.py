@@ -16,7 +16,7 @@ from sagellmd.models.resolve import (
     missing_model_reason,
     model_is_local,
 )
-from sagellmd.spec import EngineSpec
+from sagellmd.spec import DEFAULT_STARTUP_TIMEOUT_S, EngineSpec
 
 ENGINE_HOST = "127.0.0.1"
 
@@ -72,6 +72,9 @@ class RuntimeKind:
     # Whether the daemon checks that the hub answers before starting an engine whose model
     # is not on disk (the engine would download it itself and retry for minutes).
     downloads_models: ClassVar[bool] = False
+    # The startup_timeout_s of a spec that sets none, by the spec's kind (llm, embedding).
+    # A custom command could be anything, so it gets what every spec had before kinds.
+    startup_timeout_s: ClassVar[Mapping[str, float]] = DEFAULT_STARTUP_TIMEOUT_S
 
     def spec_problems(self, spec: EngineSpec) -> list[str]:
         """What this kind cannot run in a valid spec, each as `field: rule, got ...`."""

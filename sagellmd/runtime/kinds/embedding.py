@@ -11,6 +11,9 @@ class EmbeddingKind(RuntimeKind):
     name = "embedding"
     default_command = ("python", "-m", "sagellmd.engines.embedding")
     downloads_models = True
+    # A sentence-transformers model loads in seconds to a minute or two. `kind: llm` on this
+    # runtime is a mistake the spec allows; it keeps the llm figure it has always had.
+    startup_timeout_s = {"embedding": 180.0, "llm": 900.0}
 
     def model(self, spec: EngineSpec, settings: EngineSettings) -> EngineModel:
         local = local_copy_for(spec, settings)

@@ -134,6 +134,10 @@ class LlamaCppKind(RuntimeKind):
     health_status = 200
     # uvicorn re-raises SIGTERM after its graceful shutdown: exit "killed by SIGTERM".
     clean_exit_signals = frozenset({int(signal.SIGTERM)})
+    # The model is one memory-mapped GGUF file and nothing compiles: a CPU server answers in
+    # seconds to a minute. 300 s leaves room for a multi-GiB file read from a slow disk while
+    # catching a stuck start 10 minutes sooner than the GPU figure; embedding models are small.
+    startup_timeout_s = {"llm": 300.0, "embedding": 180.0}
 
     def spec_problems(self, spec: EngineSpec) -> list[str]:
         try:

@@ -11,6 +11,9 @@ class VllmKind(RuntimeKind):
     name = "vllm"
     default_command = ("python", "-m", "vllm.entrypoints.openai.api_server")
     downloads_models = True
+    # vLLM loads the weights, profiles memory and captures CUDA graphs: minutes for a large
+    # LLM; an embedding model (--task embed) is small.
+    startup_timeout_s = {"llm": 900.0, "embedding": 180.0}
 
     def model(self, spec: EngineSpec, settings: EngineSettings) -> EngineModel:
         local = local_copy_for(spec, settings)

@@ -1,4 +1,4 @@
-"""Owns the tests of sagellmd/reconcile/placing.py, driven through `plan_actions(..., gpus=)`."""
+"""Owns the tests of sagellmd/reconcile/gpus_for_starts.py, through `plan_actions(..., gpus=)`."""
 
 from __future__ import annotations
 

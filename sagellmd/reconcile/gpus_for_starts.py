@@ -1,4 +1,4 @@
-"""GPU placement inside a plan: starts get GPUs, or wait with the numbers. Pure."""
+"""The GPUs each start of a plan gets (as gpu/placement.py places), or a wait saying why. Pure."""
 
 from __future__ import annotations
 

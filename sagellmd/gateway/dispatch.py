@@ -1,0 +1,270 @@
+"""Admission and queueing: at most an engine's cap in flight, the rest wait in order by policy."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sagellmd.gateway import errors
+from sagellmd.gateway.admission import DrainRate, slo_rejection
+from sagellmd.gateway.balance import KvLoad, Replica, choose
+from sagellmd.gateway.queueing import QueueFull, Waiter, WaitQueue
+from sagellmd.gateway.routes import ModelGroup, Route, RouteTable
+
+FIRST_BYTE_SMOOTHING = 0.2
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What a request holds while it waits or runs: its place and the engines it tried."""
+
+    arrived: float
+    priority: int = 0
+    deadline: float | None = None
+    client: str = ""
+    tried: set[str] = field(default_factory=set)
+    queued_s: float = 0.0
+
+
+@dataclass(slots=True)
+class GroupQueue:
+    group: ModelGroup
+    name: str
+    queue: WaitQueue
+    policy: str
+    drain: DrainRate = field(default_factory=DrainRate)
+    # Dispatch to first byte, smoothed: the part of a TTFT deadline the engine itself takes.
+    first_byte_s: float = 0.0
+
+
+class Dispatcher:
+    """Hands requests to engines; `release` of a slot dispatches the next waiter at once."""
+
+    def __init__(
+        self,
+        policy: str,
+        balance: str,
+        max_waiting: int,
+        timeout_s: float,
+        suspect_s: float,
+        aging_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.policy = policy
+        self.balance = balance
+        self.max_waiting = max_waiting
+        self.timeout_s = timeout_s
+        self.suspect_s = suspect_s
+        self.aging_s = aging_s
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.table = RouteTable()
+        self.inflight: dict[str, int] = {}
+        self.requests: dict[str, int] = {}
+        self.last_request_at: dict[str, float] = {}
+        self.suspect_until: dict[str, float] = {}
+        self.kv_loads: dict[str, KvLoad] = {}
+        self.queues: dict[tuple[str, ...], GroupQueue] = {}
+        self._queues_of_engine: dict[str, list[GroupQueue]] = {}
+        # Called when a request waits for a model none of whose engines is ready (demand).
+        self.on_demand: Callable[[str], None] = lambda name: None
+        self.changes = 0
+
+    # -- the route table -------------------------------------------------------------
+
+    def set_table(self, table: RouteTable) -> None:
+        previous = self.table.engines
+        for engine_id, route in table.engines.items():
+            if previous.get(engine_id) != route:
+                # The daemon has news of it (a restart, a probe): its word beats suspicion.
+                self.suspect_until.pop(engine_id, None)
+        self.table = table
+        self._queues_of_engine = {}
+        for queue in self.queues.values():
+            for engine_id in queue.group.engine_ids:
+                self._queues_of_engine.setdefault(engine_id, []).append(queue)
+        self.changes += 1
+        for queue in list(self.queues.values()):
+            self._dispatch(queue)
+
+    def mark_suspect(self, engine_id: str) -> None:
+        self.suspect_until[engine_id] = self.clock() + self.suspect_s
+
+    # -- choosing ----------------------------------------------------------------------
+
+    def _replicas(self, group: ModelGroup, tried: set[str] | None) -> list[Replica]:
+        engines, now = self.table.engines, self.clock()
+        ready, trusted = [], []
+        for engine_id in group.engine_ids:
+            route = engines.get(engine_id)
+            if route is None or not route.ready:
+                continue
+            if tried and engine_id in tried:
+                continue
+            replica = Replica(
+                engine_id,
+                self.inflight.get(engine_id, 0),
+                route.cap,
+                route.cost,
+                self.kv_loads.get(engine_id),
+            )
+            ready.append(replica)
+            until = self.suspect_until.get(engine_id)
+            if until is None or until <= now:
+                trusted.append(replica)
+        # When every ready engine is suspect, suspicion would only turn requests away.
+        return trusted or ready
+
+    def _take(self, group: ModelGroup, ticket: Ticket, key: bytes | None) -> Route | None:
+        replicas = self._replicas(group, ticket.tried)
+        if not replicas:
+            return None
+        chosen = choose(self.balance, replicas, self.clock(), key, self.rng)
+        if chosen is None:
+            return None
+        engine_id = chosen.engine_id
+        self.inflight[engine_id] = self.inflight.get(engine_id, 0) + 1
+        self.requests[engine_id] = self.requests.get(engine_id, 0) + 1
+        self.last_request_at[engine_id] = time.time()
+        self.changes += 1
+        ticket.tried.add(engine_id)
+        return self.table.engines[engine_id]
+
+    def _queue_for(self, group: ModelGroup, name: str) -> GroupQueue:
+        queue = self.queues.get(group.key)
+        if queue is None:
+            policy = self._policy_of(group)
+            queue = GroupQueue(
+                group, name, WaitQueue(policy, self.max_waiting, self.aging_s), policy
+            )
+            self.queues[group.key] = queue
+            for engine_id in group.engine_ids:
+                self._queues_of_engine.setdefault(engine_id, []).append(queue)
+        return queue
+
+    def _policy_of(self, group: ModelGroup) -> str:
+        for engine_id in group.engine_ids:
+            route = self.table.engines.get(engine_id)
+            if route is not None and route.policy:
+                return route.policy
+        return self.policy
+
+    def slo_default_ms(self, group: ModelGroup) -> float | None:
+        for engine_id in group.engine_ids:
+            route = self.table.engines.get(engine_id)
+            if route is not None and route.slo_ttft_ms is not None:
+                return route.slo_ttft_ms
+        return None
+
+    def any_ready(self, group: ModelGroup) -> bool:
+        engines = self.table.engines
+        return any(
+            engines[engine_id].ready for engine_id in group.engine_ids if engine_id in engines
+        )
+
+    # -- acquiring and releasing -------------------------------------------------------
+
+    async def acquire(
+        self, group: ModelGroup, name: str, ticket: Ticket, key: bytes | None = None
+    ) -> Route:
+        """An engine with a free slot for this request, waiting in the queue when none has."""
+        queue = self.queues.get(group.key) or self._queue_for(group, name)
+        if not len(queue.queue):
+            route = self._take(group, ticket, key)
+            if route is not None:
+                queue.drain.record(self.clock())
+                return route
+        now = self.clock()
+        if ticket.deadline is not None:
+            # Every slot is busy: the one to free first is ahead of this request too.
+            reason = slo_rejection(
+                ticket.deadline - queue.first_byte_s,
+                now,
+                len(queue.queue) + 1,
+                queue.drain.per_second(now),
+                0,
+            )
+            if reason is not None:
+                raise errors.slo_unreachable(reason)
+        future: asyncio.Future[Route] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(
+            ticket.arrived, ticket.priority, ticket.deadline, ticket.client, (future, ticket, key)
+        )
+        try:
+            queue.queue.push(waiter)
+        except QueueFull:
+            raise errors.queue_full(name, self.max_waiting) from None
+        self.changes += 1
+        if not self.any_ready(group):
+            self.on_demand(name)
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            raise errors.queue_timeout(name, self.timeout_s, self._why_waiting(group)) from None
+        finally:
+            ticket.queued_s = self.clock() - now
+            if not future.done() or future.cancelled():
+                queue.queue.remove(waiter)
+                self.changes += 1
+            elif future.exception() is None and asyncio.current_task().cancelling():
+                # Cancelled (the client left) just as it was handed a slot: give it back.
+                self.release(future.result().id)
+
+    def _why_waiting(self, group: ModelGroup) -> str:
+        states = []
+        for engine_id in group.engine_ids:
+            route = self.table.engines.get(engine_id)
+            if route is None:
+                continue
+            if route.ready:
+                states.append(f"{engine_id} busy ({self.inflight.get(engine_id, 0)}/{route.cap})")
+            else:
+                detail = f": {route.message}" if route.message else ""
+                states.append(f"{engine_id} {route.state}{detail}")
+        return "; ".join(states) or "no engine"
+
+    def observe_first_byte(self, group: ModelGroup, seconds: float) -> None:
+        queue = self.queues.get(group.key)
+        if queue is not None:
+            queue.first_byte_s += (seconds - queue.first_byte_s) * FIRST_BYTE_SMOOTHING
+
+    def release(self, engine_id: str) -> None:
+        count = self.inflight.get(engine_id, 0) - 1
+        self.inflight[engine_id] = max(0, count)
+        self.changes += 1
+        for queue in self._queues_of_engine.get(engine_id, ()):
+            if len(queue.queue):
+                self._dispatch(queue)
+
+    def _dispatch(self, queue: GroupQueue) -> None:
+        while len(queue.queue):
+            if not any(r.inflight < r.cap for r in self._replicas(queue.group, None)):
+                return
+            waiter = queue.queue.pop(self.clock())
+            if waiter is None:
+                return
+            future, ticket, key = waiter.handle
+            if future.done():
+                continue
+            route = self._take(queue.group, ticket, key)
+            if route is None:
+                # Every free engine was tried by this request already: let it try them again.
+                ticket.tried.clear()
+                route = self._take(queue.group, ticket, key)
+            if route is None:
+                queue.queue.push(waiter)
+                return
+            queue.drain.record(self.clock())
+            future.set_result(route)
+
+    # -- what the daemon and /metrics are told -----------------------------------------
+
+    def queued_for(self, engine_id: str) -> int:
+        return sum(len(queue.queue) for queue in self._queues_of_engine.get(engine_id, ()))
+
+    def queue_lengths(self) -> dict[str, int]:
+        return {queue.name: len(queue.queue) for queue in self.queues.values()}

@@ -1,0 +1,134 @@
+"""Forwards one request to one engine and relays its answer: whole, or chunk by chunk."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sagellmd.gateway.errors import GatewayError
+from sagellmd.gateway.upstream import UpstreamError, UpstreamPool
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and the ones the relay sets itself.
+DROPPED_ANSWER_HEADERS = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade"}
+)
+DROPPED_REQUEST_HEADERS = frozenset(
+    {
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"content-length",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"x-request-id",
+        b"expect",
+    }
+)
+EVENT_STREAM = b"text/event-stream"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """How forwarding to one engine went: answered (some bytes sent), or retryable."""
+
+    sent: bool
+    status: int = 0
+    retryable_detail: str = ""
+    first_byte_at: float = 0.0
+
+
+def answer_headers(raw: list[tuple[bytes, bytes]], request_id: bytes) -> list:
+    headers = [(name, value) for name, value in raw if name.lower() not in DROPPED_ANSWER_HEADERS]
+    headers.append((b"x-request-id", request_id))
+    return headers
+
+
+async def forward(
+    pool: UpstreamPool,
+    address: tuple[str, int],
+    target: bytes,
+    headers: bytes,
+    body: bytes,
+    stream: bool,
+    request_id: bytes,
+    send: Send,
+    last_attempt: bool,
+) -> Attempt:
+    """Send the request; an engine that fails before any byte went out is retryable."""
+    try:
+        answer = await pool.post(address, target, headers, body)
+    except UpstreamError as exc:
+        return Attempt(False, retryable_detail=str(exc))
+    finished = False
+    try:
+        if answer.status >= 500 and not last_attempt:
+            try:
+                await answer.read()
+                finished = True
+            except UpstreamError:
+                pass
+            return Attempt(False, answer.status, f"HTTP {answer.status}")
+        if stream or answer.header(b"content-type").startswith(EVENT_STREAM):
+            attempt = await _relay(answer, request_id, send)
+        else:
+            try:
+                data = await answer.read()
+            except UpstreamError as exc:
+                return Attempt(False, answer.status, str(exc))
+            headers_out = answer_headers(answer.headers, request_id)
+            headers_out.append((b"content-length", str(len(data)).encode()))
+            await send(
+                {"type": "http.response.start", "status": answer.status, "headers": headers_out}
+            )
+            attempt = Attempt(True, answer.status, first_byte_at=time.monotonic())
+            await send({"type": "http.response.body", "body": data})
+        finished = True
+        return attempt
+    finally:
+        if finished:
+            answer.release()
+        else:
+            # Cancelled (the client left) or broken: closing the socket tells the engine to
+            # stop generating (vLLM aborts the sequence when its client goes away).
+            answer.close()
+
+
+async def _relay(answer: Any, request_id: bytes, send: Send) -> Attempt:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": answer.status,
+            "headers": answer_headers(answer.headers, request_id),
+        }
+    )
+    attempt = Attempt(True, answer.status, first_byte_at=time.monotonic())
+    done = False
+    event_stream = answer.header(b"content-type").startswith(EVENT_STREAM)
+    try:
+        async for chunk in answer.chunks():
+            if not done and b"[DONE]" in chunk:
+                done = True
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except UpstreamError:
+        pass
+    if event_stream and not done and answer.status < 400:
+        # The engine went away mid-stream: say so in the stream rather than end it as if
+        # the answer were complete.
+        error = GatewayError(
+            502,
+            "engine_failed_mid_stream",
+            "The engine stopped before the answer was complete; retry the request",
+            type="server_error",
+        )
+        await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+        attempt.status = 502
+    await send({"type": "http.response.body", "body": b""})
+    return attempt

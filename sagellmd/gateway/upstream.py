@@ -254,8 +254,14 @@ class UpstreamPool:
         self, origin: tuple[str, int], target: bytes, headers: bytes, body: bytes
     ) -> UpstreamAnswer:
         """Send `POST target` with these header lines; a stale kept connection is redialled."""
+        return await self.request(b"POST", origin, target, headers, body)
+
+    async def request(
+        self, method: bytes, origin: tuple[str, int], target: bytes, headers: bytes, body: bytes
+    ) -> UpstreamAnswer:
         head = (
-            b"POST "
+            method
+            + b" "
             + target
             + b" HTTP/1.1\r\nhost: "
             + f"{origin[0]}:{origin[1]}".encode()

@@ -37,6 +37,7 @@ class Engine:
     """A tiny OpenAI-ish engine: answers JSON naming what it got, or SSE when asked to."""
 
     status: int = 200
+    cut_stream: bool = False  # die after the first event, like a crashed engine
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     server: asyncio.AbstractServer | None = None
@@ -70,6 +71,9 @@ class Engine:
                     )
                     for event in (b'data: {"n":1}\n\n', b'data: {"n":2}\n\n', b"data: [DONE]\n\n"):
                         writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                        if self.cut_stream:
+                            await writer.drain()
+                            return
                     writer.write(b"0\r\n\r\n")
                 else:
                     answer = orjson.dumps({"model": request.get("model"), "port": self.port})
@@ -368,8 +372,9 @@ def test_models_lists_every_served_name_and_alias_with_engines():
             chat = document["data"][0]
             assert [engine["id"] for engine in chat["engines"]] == ["e0", "e1"]
             assert chat["ready"] is True
-            one = await _call(app, "GET", "/v1/models/fast")
-            assert one.status == 200 and one.json()["id"] == "Org/Chat"
+            for name in ("fast", "Org/Chat"):
+                one = await _call(app, "GET", f"/v1/models/{name}")
+                assert one.status == 200 and one.json()["id"] == "Org/Chat"
             missing = await _call(app, "GET", "/v1/models/nope")
             assert missing.status == 404
             assert _error_of(missing)["code"] == "model_not_found"
@@ -419,6 +424,34 @@ def test_a_stream_is_relayed_event_by_event():
             assert b"transfer-encoding" not in answer.headers  # the server frames it anew
             assert answer.body == b'data: {"n":1}\n\ndata: {"n":2}\n\ndata: [DONE]\n\n'
             assert answer.pieces[-1] == b""
+
+    _run(main())
+
+
+def test_an_engine_dying_mid_stream_ends_the_stream_with_an_error_event():
+    async def main() -> None:
+        async with _gateway() as (app, (engine,)):
+            engine.cut_stream = True
+            answer = await _call(app, "POST", "/v1/chat/completions", _chat(stream=True))
+            assert answer.status == 200  # the head had gone out: the stream itself says it
+            first, rest = answer.body.split(b"\n\n", 1)
+            assert first == b'data: {"n":1}'
+            error = orjson.loads(rest.split(b"\n\n")[0].removeprefix(b"data: "))
+            assert error["error"]["code"] == "engine_failed_mid_stream"
+            assert rest.endswith(b"data: [DONE]\n\n")
+            assert app.dispatcher.inflight == {"e0": 0}
+
+    _run(main())
+
+
+def test_a_bad_slo_header_is_400():
+    async def main() -> None:
+        async with _gateway() as (app, (engine,)):
+            headers = [(b"x-slo-ttft-ms", b"soon")]
+            answer = await _call(app, "POST", "/v1/chat/completions", _chat(), headers)
+            assert answer.status == 400
+            assert "X-SLO-TTFT-Ms" in _error_of(answer)["message"]
+            assert engine.seen == []
 
     _run(main())
 

@@ -138,8 +138,12 @@ class Dispatcher:
         queue = self.queues.get(group.key)
         if queue is None:
             policy = self._policy_of(group)
+            # Named for the model its engines serve, not for whichever name came first (an
+            # alias, an engine id): the activity report and /metrics count queues per model.
+            first = self.table.engines.get(group.engine_ids[0]) if group.engine_ids else None
+            model = first.served_model if first is not None else name
             queue = GroupQueue(
-                group, name, WaitQueue(policy, self.max_waiting, self.aging_s), policy
+                group, model, WaitQueue(policy, self.max_waiting, self.aging_s), policy
             )
             self.queues[group.key] = queue
             for engine_id in group.engine_ids:
@@ -284,4 +288,8 @@ class Dispatcher:
         return sum(len(queue.queue) for queue in self._queues_of_engine.get(engine_id, ()))
 
     def queue_lengths(self) -> dict[str, int]:
-        return {queue.name: len(queue.queue) for queue in self.queues.values()}
+        lengths: dict[str, int] = {}
+        for queue in self.queues.values():
+            # An engine id of one replica has its own queue: it waits for the same model.
+            lengths[queue.name] = lengths.get(queue.name, 0) + len(queue.queue)
+        return lengths

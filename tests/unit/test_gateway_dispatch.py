@@ -448,7 +448,7 @@ def test_an_engine_releases_to_the_queues_of_every_name_it_serves():
         await _acquire(dispatcher, clock)
         by_id = asyncio.create_task(_acquire(dispatcher, clock, name="a"))
         await _settle()
-        assert dispatcher.queue_lengths() == {"M": 0, "a": 1}
+        assert dispatcher.queue_lengths() == {"M": 1}  # the queue of "a" waits for M too
         assert dispatcher.queued_for("a") == 1
         assert dispatcher.queued_for("b") == 0
         dispatcher.release("b")
@@ -506,5 +506,26 @@ def test_every_change_of_counts_moves_the_change_counter():
         moved()
         assert dispatcher.requests == {"a": 2}
         assert dispatcher.last_request_at["a"] > 0
+
+    _run(main())
+
+
+def test_queues_are_counted_per_served_model_whatever_name_came_first():
+    async def main() -> None:
+        dispatcher, clock = _dispatcher(
+            _entry("a", names=("Org/M", "fast")), _entry("b", names=("Org/M",))
+        )
+        await _acquire(dispatcher, clock, name="fast")  # a's label: a alone
+        await _acquire(dispatcher, clock, name="Org/M")
+        waiters = [
+            asyncio.create_task(_acquire(dispatcher, clock, name=name))
+            for name in ("fast", "a", "Org/M")
+        ]
+        await _settle()
+        assert dispatcher.queue_lengths() == {"Org/M": 3}
+        assert dispatcher.queued_for("a") == 3
+        assert dispatcher.queued_for("b") == 1
+        for waiter in waiters:
+            waiter.cancel()
 
     _run(main())

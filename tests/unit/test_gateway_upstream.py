@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sagellmd.gateway.upstream import UpstreamAnswer, UpstreamError, UpstreamPool
+from sagellmd.gateway.upstream import PAUSE_AT_BYTES, UpstreamAnswer, UpstreamError, UpstreamPool
 
 
 @dataclass
@@ -417,6 +417,34 @@ def test_close_aborts_the_connection_and_the_engine_sees_its_client_go(closer):
             if closer == "pool":
                 with pytest.raises(UpstreamError):
                     await asyncio.wait_for(anext(chunks), 2)
+            pool.close()
+
+    _run(main())
+
+
+def test_an_answer_released_unread_while_reading_was_paused_leaves_no_stuck_connection():
+    # A body over PAUSE_AT_BYTES stops the reading until the client catches up; released
+    # unread, the connection must not go back to the pool with its reading still stopped.
+    big = b"x" * (PAUSE_AT_BYTES + 10)
+
+    async def answer_big(request: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(_answer(big if request.body == b"big" else b"small"))
+        await writer.drain()
+        return True
+
+    async def main() -> None:
+        async with TinyEngine(answer_big) as engine:
+            pool = UpstreamPool()
+            answer = await _post(pool, engine.origin, b"big")
+            connection = answer._connection
+            for _ in range(500):  # until the whole answer is in (it may stay partial: fine)
+                if connection.complete:
+                    break
+                await asyncio.sleep(0.001)
+            answer.release()
+            answer = await asyncio.wait_for(_post(pool, engine.origin, b"small"), 2)
+            assert await asyncio.wait_for(answer.read(), 2) == b"small"
+            answer.release()
             pool.close()
 
     _run(main())

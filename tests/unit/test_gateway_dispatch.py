@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -363,6 +364,24 @@ def test_a_waiter_cancelled_as_it_is_handed_a_slot_does_not_lose_the_count():
         holding = 0 if waiter.cancelled() else 1
         assert dispatcher.inflight["a"] == holding
         assert dispatcher.queued_for("a") == 0
+
+    _run(main())
+
+
+def test_a_slot_handed_over_as_the_queue_timeout_fires_is_not_lost():
+    # The release and the timeout fall due in one pass of the loop, the release first: on
+    # Python 3.12+ wait_for then raises TimeoutError though the future holds a slot. The
+    # loop is blocked (a short real sleep) so that both are due at once.
+    async def main() -> None:
+        dispatcher, clock = _dispatcher(_entry("a", cap=1), timeout_s=0.05)
+        held = await _acquire(dispatcher, clock)
+        waiter = asyncio.create_task(_acquire(dispatcher, clock))
+        await _settle()
+        asyncio.get_running_loop().call_later(0.01, dispatcher.release, held.id)
+        time.sleep(0.1)
+        await asyncio.gather(waiter, return_exceptions=True)
+        holding = 1 if waiter.exception() is None else 0
+        assert dispatcher.inflight["a"] == holding
 
     _run(main())
 

@@ -524,3 +524,39 @@ def test_a_client_that_leaves_while_queued_frees_its_place():
             assert "engine=- status=499" in _logged(app)
 
     _run(main())
+
+
+def test_x_priority_orders_the_waiting_requests():
+    async def main() -> None:
+        async with _gateway(policy="priority") as (app, (engine,)):
+            table = app.dispatcher.table
+            group = table.resolve("Org/Chat")
+            assert group is not None
+            held = [
+                await app.dispatcher.acquire(group, "Org/Chat", Ticket(0.0))
+                for _ in range(table.engines["e0"].cap)
+            ]
+            normal = asyncio.create_task(
+                _call(app, "POST", "/v1/chat/completions", _chat(), [(b"x-request-id", b"n")])
+            )
+            while app.dispatcher.queued_for("e0") < 1:
+                await asyncio.sleep(0.001)
+            urgent = asyncio.create_task(
+                _call(
+                    app,
+                    "POST",
+                    "/v1/chat/completions",
+                    _chat(),
+                    [(b"x-request-id", b"u"), (b"x-priority", b"-10")],
+                )
+            )
+            while app.dispatcher.queued_for("e0") < 2:
+                await asyncio.sleep(0.001)
+            app.dispatcher.release(held[0].id)  # one slot: the urgent request takes it
+            assert (await asyncio.wait_for(urgent, 2)).status == 200
+            for route in held[1:]:
+                app.dispatcher.release(route.id)
+            assert (await asyncio.wait_for(normal, 2)).status == 200
+            assert [seen.headers["x-request-id"] for seen in engine.seen] == ["u", "n"]
+
+    _run(main())

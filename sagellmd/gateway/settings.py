@@ -61,9 +61,9 @@ def is_loopback(host: str) -> bool:
 
 
 def _number(document: dict[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = document.get(key, default)
-    if value is None:
-        return None
+    value = document.get(key)
+    if value is None:  # null is unset, as for slo_ttft_ms: a null cap would break every queue
+        return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise GatewaySettingsError(f"{SETTINGS_ENV}: {key} must be a number, got {value!r}")
     return kind(value)

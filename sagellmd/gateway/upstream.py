@@ -196,7 +196,14 @@ class UpstreamAnswer:
             return
         self._released = True
         connection = self._connection
-        if connection.complete and not connection.closed and connection.keep_alive:
+        # A connection whose reading is paused (a big body left unread) would hang its next
+        # request: close it instead.
+        if (
+            connection.complete
+            and not connection.closed
+            and connection.keep_alive
+            and not connection._paused
+        ):
             self._connection.pool.keep(connection)
         else:
             connection.close()

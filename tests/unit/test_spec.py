@@ -241,7 +241,7 @@ MALFORMED = [
     ("unknown-top-level", parse_preset, preset_doc(colour="red"),
      "(document): unknown field 'colour'; allowed fields: description, engines, name, version"),
     ("unknown-engine-field", parse_preset, with_engine(gpus=2),
-     "engines[1]: unknown field 'gpus'; allowed fields: env,"),
+     "engines[1]: unknown field 'gpus'; allowed fields: aliases, env,"),
     ("unknown-field-bare-engine", parse_engine, {**GOOD_ENGINE, "replicas": 2},
      "(document): unknown field 'replicas'"),
     # missing required fields

@@ -288,6 +288,9 @@ class GatewayApp:
                 if attempt.sent:
                     finished = True
                     done = time.monotonic()
+                    self.dispatcher.observe_first_byte(
+                        group, attempt.first_byte_at - ticket.arrived - ticket.queued_s
+                    )
                     self.metrics.answered(
                         name,
                         route.id,

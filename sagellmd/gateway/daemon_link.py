@@ -76,10 +76,11 @@ class DaemonLink:
     async def _poll_routes(self) -> None:
         assert self._session is not None
         delay = RETRY_BASE_S
+        failed_before = False
         while True:
-            url = (
-                f"{self.settings.daemon_url}/v1/routes"
-                f"?after={self.dispatcher.table.version}&wait={POLL_WAIT_S}"
+            version = self.dispatcher.table.version
+            url = f"{self.settings.daemon_url}/v1/routes" + (
+                f"?after={version}&wait={POLL_WAIT_S}" if version >= 0 else ""
             )
             try:
                 async with self._session.get(
@@ -94,9 +95,10 @@ class DaemonLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: keep the last table, retry
-                if self.connected:
+                if self.connected or not failed_before:
                     log.warning("route table: daemon unreachable (%s); serving the last table", exc)
                 self.connected = False
+                failed_before = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue

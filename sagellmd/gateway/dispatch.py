@@ -14,6 +14,8 @@ from sagellmd.gateway.balance import KvLoad, Replica, choose
 from sagellmd.gateway.queueing import QueueFull, Waiter, WaitQueue
 from sagellmd.gateway.routes import ModelGroup, Route, RouteTable
 
+FIRST_BYTE_SMOOTHING = 0.2
+
 
 @dataclass(slots=True)
 class Ticket:
@@ -34,6 +36,8 @@ class GroupQueue:
     queue: WaitQueue
     policy: str
     drain: DrainRate = field(default_factory=DrainRate)
+    # Dispatch to first byte, smoothed: the part of a TTFT deadline the engine itself takes.
+    first_byte_s: float = 0.0
 
 
 class Dispatcher:
@@ -168,18 +172,21 @@ class Dispatcher:
         self, group: ModelGroup, name: str, ticket: Ticket, key: bytes | None = None
     ) -> Route:
         """An engine with a free slot for this request, waiting in the queue when none has."""
-        queue = self.queues.get(group.key)
-        if queue is None or not len(queue.queue):
+        queue = self.queues.get(group.key) or self._queue_for(group, name)
+        if not len(queue.queue):
             route = self._take(group, ticket, key)
             if route is not None:
-                if queue is not None:
-                    queue.drain.record(self.clock())
+                queue.drain.record(self.clock())
                 return route
-        queue = self._queue_for(group, name)
         now = self.clock()
         if ticket.deadline is not None:
+            # Every slot is busy: the one to free first is ahead of this request too.
             reason = slo_rejection(
-                ticket.deadline, now, len(queue.queue), queue.drain.per_second(now), 0
+                ticket.deadline - queue.first_byte_s,
+                now,
+                len(queue.queue) + 1,
+                queue.drain.per_second(now),
+                0,
             )
             if reason is not None:
                 raise errors.slo_unreachable(reason)
@@ -219,6 +226,11 @@ class Dispatcher:
                 detail = f": {route.message}" if route.message else ""
                 states.append(f"{engine_id} {route.state}{detail}")
         return "; ".join(states) or "no engine"
+
+    def observe_first_byte(self, group: ModelGroup, seconds: float) -> None:
+        queue = self.queues.get(group.key)
+        if queue is not None:
+            queue.first_byte_s += (seconds - queue.first_byte_s) * FIRST_BYTE_SMOOTHING
 
     def release(self, engine_id: str) -> None:
         count = self.inflight.get(engine_id, 0) - 1

@@ -338,7 +338,9 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_engine_request(make_da
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            b"x-request-id: leaving\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n"
+            b"x-request-id: leaving\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
             + body
         )
         received = b""
@@ -388,6 +390,7 @@ def test_api_keys_are_required_when_set(make_daemon):
     keyed = httpx.Client(
         base_url=gateway.url, timeout=30, headers={"Authorization": "Bearer sk-two"}
     )
+
     def listed() -> bool:
         try:
             return any(e["id"] == MODEL for e in keyed.get("/v1/models").json()["data"])
@@ -420,3 +423,65 @@ def test_the_gateway_refuses_a_non_loopback_bind_without_keys(tmp_path, host):
     )
     assert result.returncode == 2
     assert "gateway.api_keys" in result.stderr and host in result.stderr
+
+
+def test_a_preset_change_that_replaces_an_engine_fails_no_request(make_daemon):
+    preset = fake_preset("p", {"name": "chat", "env": {"FAKE_VLLM_LATENCY_MS": "20"}})
+    daemon, gateway = gateway_daemon(make_daemon, preset)
+    gateway.wait_routable(MODEL)
+    before = daemon.engine("p.chat")
+    stop = threading.Event()
+    failures: list[str] = []
+    done = [0]
+
+    def load(i: int) -> None:
+        while not stop.is_set():
+            answer = gateway.chat(MODEL, f"q{i}")
+            done[0] += 1
+            if answer.status_code != 200:
+                failures.append(answer.text)
+
+    with ThreadPoolExecutor(6) as pool:
+        for i in range(6):
+            pool.submit(load, i)
+        time.sleep(0.5)
+        changed = fake_preset("p", {"name": "chat", "env": {"FAKE_VLLM_LATENCY_MS": "21"}})
+        assert daemon.put("/v1/presets/p", changed).status_code == 200
+        daemon.wait_for(
+            lambda: (
+                daemon.engine("p.chat")["pid"] not in (None, before["pid"])
+                and daemon.engine("p.chat")["state"] == "ready"
+            ),
+            30,
+            "the replacement",
+        )
+        time.sleep(1.0)
+        stop.set()
+    assert failures == [], failures[:3]
+    assert done[0] > 30
+
+
+def test_an_engine_that_dies_mid_stream_ends_the_stream_with_an_error_event(make_daemon):
+    preset = fake_preset(
+        "p",
+        {
+            "name": "chat",
+            "env": {"FAKE_VLLM_STREAM_TOKENS": "500", "FAKE_VLLM_TOKEN_INTERVAL_MS": "20"},
+        },
+    )
+    daemon, gateway = gateway_daemon(make_daemon, preset)
+    gateway.wait_routable(MODEL)
+    pid = daemon.engine("p.chat")["pid"]
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "go"}]}
+    lines = []
+    started = time.monotonic()
+    with gateway.client.stream("POST", "/v1/chat/completions", json=body) as answer:
+        assert answer.status_code == 200
+        for line in answer.iter_lines():
+            lines.append(line)
+            if len(lines) == 6:
+                os.kill(pid, signal.SIGKILL)
+    assert time.monotonic() - started < 10  # ended, never hung
+    events = [line for line in lines if line.startswith("data: ")]
+    assert '"engine_failed_mid_stream"' in events[-2], events[-3:]
+    assert events[-1] == "data: [DONE]"

@@ -36,7 +36,8 @@ def as_cli_error(exc: ClientError) -> SagellmError:
     """The CLI's exit codes: 3 unreachable, 2 refused input (4xx, unknown model), else 1."""
     if exc.unreachable:
         return DaemonUnreachableError(exc.message)
-    refused = exc.status is not None and 400 <= exc.status < 500
+    # 429 (queue full, SLO unreachable) is load, not the user's input: a failure, like 503.
+    refused = exc.status is not None and 400 <= exc.status < 500 and exc.status != 429
     if refused or exc.code == INVALID_INPUT:
         return BadInputError(exc.message)
     return SagellmError(exc.message)

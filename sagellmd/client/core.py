@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -42,8 +43,8 @@ class Client:
             self.url,
             name="sagellm daemon",
             unreachable_code=DAEMON_UNREACHABLE,
-            start_hint="start it with `sagellmd` (or `systemctl start sagellmd`), or pass"
-            " Client(url=...) / set SAGELLM_URL to where it listens",
+            start_hint="start it with `sagellmd` (or `systemctl start sagellmd`), or point"
+            " SAGELLM_URL (Client(url=...), `sagellm --url`) at where it listens",
             bearer=bearer,
             timeout=timeout,
         )
@@ -52,6 +53,7 @@ class Client:
         )
         self._api_key = gateway_key(api_key)
         self._gateway: Endpoint | None = None
+        self._gateway_lock = threading.Lock()
         self._management = Management(self._daemon)
         self._inference = Inference(self._gateway_endpoint)
 
@@ -155,18 +157,20 @@ class Client:
     # -- internals
 
     def _gateway_endpoint(self) -> Endpoint:
-        if self._gateway is None:
-            url = self._gateway_url or self._gateway_from_daemon()
-            self._gateway = Endpoint(
-                url,
-                name="sagellm gateway",
-                unreachable_code=GATEWAY_UNREACHABLE,
-                start_hint="the daemon runs it (`gateway.enabled` in config.yaml);"
-                " `sagellm gateway` shows its state",
-                bearer=self._api_key,
-                timeout=self.timeout,
-            )
-        return self._gateway
+        # Locked: threads sharing a Client must not each open a pool to the gateway.
+        with self._gateway_lock:
+            if self._gateway is None:
+                url = self._gateway_url or self._gateway_from_daemon()
+                self._gateway = Endpoint(
+                    url,
+                    name="sagellm gateway",
+                    unreachable_code=GATEWAY_UNREACHABLE,
+                    start_hint="the daemon runs it (`gateway.enabled` in config.yaml);"
+                    " `sagellm gateway` shows its state",
+                    bearer=self._api_key,
+                    timeout=self.timeout,
+                )
+            return self._gateway
 
     def _await_routes(self, engine_ids: list[str]) -> None:
         """Give the gateway a moment to route to engines the daemon just called ready.

@@ -3,6 +3,8 @@ engines: inference through the gateway, management through the API, one error ty
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import httpx
@@ -198,3 +200,27 @@ def test_gateway_keys_are_sent_from_the_environment(
     monkeypatch.setenv("SAGELLM_API_KEY", "k1")
     with client_of(daemon) as client:
         assert client.chat("hi", model=MODEL)["text"] == "fake completion of 2 chars"
+
+
+def test_a_stream_left_early_is_cancelled_and_a_broken_one_raises(gateway_daemon: Daemon):
+    slow = {"FAKE_VLLM_STREAM_TOKENS": "400", "FAKE_VLLM_TOKEN_INTERVAL_MS": "25"}
+    daemon = gateway_daemon
+    with client_of(daemon) as client:
+        client.apply_preset(fake_preset("p", {"name": "chat", "env": slow}))
+        engine = client.engine("p.chat")
+        stats = f"http://127.0.0.1:{engine['port']}/fake/stats"
+        for count, _ in enumerate(client.stream_chat("hello"), 1):
+            if count == 3:
+                break
+        # Leaving the loop closed the stream: the gateway cancelled the engine's request.
+        daemon.wait_for(
+            lambda: httpx.get(stats, timeout=5).json()["cancelled"], 10, "the cancellation"
+        )
+        pieces = client.stream_chat("hello")
+        assert next(pieces) and next(pieces)
+        os.kill(engine["pid"], signal.SIGKILL)
+        with pytest.raises(ClientError) as caught:
+            for _ in pieces:
+                pass
+        assert caught.value.code == "engine_failed_mid_stream", caught.value
+        assert "ended the stream" in caught.value.message

@@ -102,8 +102,9 @@ def test_cli_exit_codes_of_client_errors():
     )
     assert isinstance(as_cli_error(ClientError("x", 404, "model_not_found")), BadInputError)
     assert isinstance(as_cli_error(ClientError("x", None, "invalid_input")), BadInputError)
-    failed = as_cli_error(ClientError("x", 502, "engine_unavailable"))
-    assert type(failed) is SagellmError and failed.exit_code == 1
+    for status, code in ((502, "engine_unavailable"), (429, "queue_full"), (None, "timeout")):
+        failed = as_cli_error(ClientError("x", status, code))
+        assert type(failed) is SagellmError and failed.exit_code == 1
 
 
 def test_importing_the_client_loads_nothing_of_the_daemon():

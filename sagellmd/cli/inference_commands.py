@@ -93,6 +93,12 @@ def interactive(client: Client, model: str, history: list[dict[str, Any]], optio
             # The answer stops (the gateway cancels the engine's request); the turn is dropped.
             typer.echo("\n[answer interrupted]")
             continue
+        except ClientError as exc:
+            if exc.unreachable:
+                raise
+            # One failed answer (an engine that died, a full queue) need not end the session.
+            typer.echo(f"\nerror: {exc.message}", err=True)
+            continue
         history[:] = [*turn, {"role": "assistant", "content": answer}]
 
 

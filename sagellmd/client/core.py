@@ -38,7 +38,7 @@ class Client:
     ) -> None:
         self.url = daemon_url(url)
         self.timeout = timeout
-        bearer, self._token_origin = daemon_token(token)
+        bearer, token_origin = daemon_token(token)
         self._daemon = Endpoint(
             self.url,
             name="sagellm daemon",
@@ -47,6 +47,8 @@ class Client:
             " SAGELLM_URL (Client(url=...), `sagellm --url`) at where it listens",
             bearer=bearer,
             timeout=timeout,
+            auth_hint=f"the client sent {token_origin}; pass Client(token=...), or set"
+            " SAGELLM_TOKEN to the daemon's token or SAGELLM_HOME to the daemon's home",
         )
         self._gateway_url = (
             checked_url(gateway_url, "gateway", "Client(gateway_url=...)") if gateway_url else None
@@ -169,6 +171,10 @@ class Client:
                     " `sagellm gateway` shows its state",
                     bearer=self._api_key,
                     timeout=self.timeout,
+                    auth_hint="pass the gateway's key as Client(api_key=...) or SAGELLM_API_KEY"
+                    if self._api_key is None
+                    else "the key given (Client(api_key=...) or SAGELLM_API_KEY) is not one of"
+                    " the gateway's gateway.api_keys",
                 )
             return self._gateway
 

@@ -27,8 +27,11 @@ class Endpoint:
         start_hint: str,
         bearer: str | None,
         timeout: float,
+        auth_hint: str = "",
     ) -> None:
         self.base_url = base_url
+        # Appended to a 401's message: where the credentials came from and how to fix them.
+        self._auth_hint = auth_hint
         self.where = f"the {name} at {base_url}"
         self._unreachable_code = unreachable_code
         self._start_hint = start_hint
@@ -64,7 +67,7 @@ class Endpoint:
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         if response.status_code >= 400:
-            raise from_response(response, self.where)
+            raise self._refused(response)
         if not response.content:
             return None
         try:
@@ -82,7 +85,7 @@ class Endpoint:
             with self._http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise from_response(response, self.where)
+                    raise self._refused(response)
                 for line in response.iter_lines():
                     # Blank lines end events; `:` lines are comments (keep-alives while an
                     # engine loads); only data lines carry anything.
@@ -92,6 +95,12 @@ class Endpoint:
                     if data == "[DONE]":
                         return
                     yield self._event(data)
+
+    def _refused(self, response: httpx.Response) -> ClientError:
+        error = from_response(response, self.where)
+        if response.status_code == 401 and self._auth_hint:
+            error = ClientError(f"{error.message}; {self._auth_hint}", error.status, error.code)
+        return error
 
     def _event(self, data: str) -> dict[str, Any]:
         try:

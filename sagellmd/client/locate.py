@@ -46,7 +46,7 @@ def daemon_url(url: str | None) -> str:
 def daemon_token(token: str | None) -> tuple[str | None, str]:
     """The management token and, in words, where it came from (for a 401's message)."""
     if token:
-        return token, "the token given to Client(token=...)"
+        return token, "the token given as Client(token=...)"
     if os.environ.get("SAGELLM_TOKEN", "").strip():
         return os.environ["SAGELLM_TOKEN"].strip(), "the token from SAGELLM_TOKEN"
     path = daemon_home() / "token"
@@ -54,7 +54,8 @@ def daemon_token(token: str | None) -> tuple[str | None, str]:
         found = path.read_text().strip()
     except OSError as exc:
         # A system daemon's home is usually not readable by the user.
-        return None, f"no token (SAGELLM_TOKEN is not set and {path} cannot be read: {exc})"
+        reason = exc.strerror or type(exc).__name__
+        return None, f"no token (SAGELLM_TOKEN is not set and {path} cannot be read: {reason})"
     if not found:
         return None, f"no token (SAGELLM_TOKEN is not set and {path} is empty)"
     return found, f"the token from {path}"

@@ -4,6 +4,8 @@ an interactive conversation on a pseudo-terminal, piped and one-shot use, exit c
 from __future__ import annotations
 
 import json
+import os
+import signal
 from typing import Any
 
 import httpx
@@ -78,6 +80,14 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(make_daemon: Any):
 
         # The engine's request was cancelled, not left generating.
         daemon.wait_for(cancelled, 10, "the engine to see its request cancelled")
+        # An engine dying mid-answer ends that answer with the error, not the session.
+        shown = chat.text().count("fake")
+        chat.type(b"more\r")
+        wait_until(lambda: chat.text().count("fake") > shown + 2, 20, "streaming", chat.text)
+        os.kill(daemon.engine("p.chat")["pid"], signal.SIGKILL)
+        wait_until(lambda: prompts(chat.text()) == 3, 20, "the prompt after the error", chat.text)
+        assert "error: the sagellm gateway at http://127.0.0.1:" in chat.text()
+        assert "ended the stream" in chat.text()
         chat.type(b"/bye\r")
         assert chat.finish(20) == 0, chat.text()
     finally:

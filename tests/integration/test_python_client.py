@@ -187,16 +187,22 @@ def test_unreachable_daemon_and_gateway_say_where_and_how_to_start(make_daemon: 
         assert caught.value.code == "gateway_unreachable" and str(port) in caught.value.message
 
 
-def test_gateway_keys_are_sent_from_the_environment(
+def test_a_refused_token_or_key_says_where_it_came_from_and_keys_come_from_the_environment(
     make_daemon: Any, monkeypatch: pytest.MonkeyPatch
 ):
     daemon = make_daemon(gateway={"enabled": True, "port": free_port(), "api_keys": ["k1"]})
+    with Client(url=daemon.url, token="wrong") as client:
+        with pytest.raises(ClientError) as caught:
+            client.apply_preset("p", wait=False)
+        assert caught.value.status == 401 and caught.value.code == "unauthorized"
+        assert "the client sent the token given as Client(token=...)" in caught.value.message
     with client_of(daemon) as client:
         client.apply_preset(fake_preset("p", {"name": "chat"}), wait=False)
         client.wait_ready("p.chat", timeout=30)
         with pytest.raises(ClientError) as caught:
             client.chat("hi", model=MODEL)
         assert caught.value.status == 401 and caught.value.code == "invalid_api_key"
+        assert "Client(api_key=...) or SAGELLM_API_KEY" in caught.value.message
     monkeypatch.setenv("SAGELLM_API_KEY", "k1")
     with client_of(daemon) as client:
         assert client.chat("hi", model=MODEL)["text"] == "fake completion of 2 chars"

@@ -230,3 +230,20 @@ def test_a_stream_left_early_is_cancelled_and_a_broken_one_raises(gateway_daemon
                 pass
         assert caught.value.code == "engine_failed_mid_stream", caught.value
         assert "ended the stream" in caught.value.message
+
+
+def test_wait_ready_ends_with_the_engines_failure(gateway_daemon: Daemon):
+    # The stand-in exits 2 at once on a flag it does not know, as vLLM does.
+    dies = {"name": "dies", "restart": "never", "extra_args": ["--no-such-flag"]}
+    slow = {"name": "slow", "env": {"FAKE_VLLM_STARTUP_DELAY": "60"}}
+    with client_of(gateway_daemon) as client:
+        client.apply_preset(fake_preset("p", dies, slow), wait=False, rollback=False)
+        with pytest.raises(ClientError) as caught:
+            client.wait_ready("p.dies", timeout=30)
+        assert caught.value.code == "engine_failed"
+        assert caught.value.message.startswith("engine p.dies failed: ")
+        assert "sagellm engine logs p.dies" in caught.value.message
+        with pytest.raises(ClientError) as caught:
+            client.wait_ready("p.slow", timeout=1)
+        assert caught.value.code == "timeout"
+        assert "p.slow was not ready within 1 s: it is starting" in caught.value.message

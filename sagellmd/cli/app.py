@@ -15,6 +15,7 @@ from sagellmd.cli.gateway_commands import gateway
 from sagellmd.cli.generation_commands import history, rollback
 from sagellmd.cli.gpu_commands import gpu
 from sagellmd.cli.help_format import SagellmGroup
+from sagellmd.cli.inference_commands import chat, embed
 from sagellmd.cli.interrupt import take_sigint
 from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
@@ -120,6 +121,8 @@ app.command("history")(history)
 app.command("rollback")(rollback)
 app.command("gpu")(gpu)
 app.command("gateway")(gateway)
+app.command("chat")(chat)
+app.command("embed")(embed)
 
 
 def main() -> None:

@@ -137,12 +137,16 @@ class RouteTable:
                 if group is None or name in listed:
                     continue
                 engines = [self.engines[engine_id] for engine_id in group.engine_ids]
+                kinds = {engine.kind for engine in engines}
                 listed[name] = {
                     "id": name,
                     "object": "model",
                     "created": 0,
                     "owned_by": "sagellm",
                     "ready": any(engine.ready for engine in engines),
+                    # llm or embedding, so a client can pick a model for the call it makes;
+                    # null when engines of both kinds answer the name.
+                    "kind": kinds.pop() if len(kinds) == 1 else None,
                     "engines": [
                         {"id": engine.id, "state": engine.state, "label": engine.label}
                         for engine in engines

@@ -1,4 +1,4 @@
-"""Owns the tests of sagellmd/gpu/eviction.py: who is evicted to make room, and where it goes."""
+"""Owns the tests of sagellmd/gpu/eviction.py and eviction_search.py: who goes, where it goes."""
 
 from __future__ import annotations
 

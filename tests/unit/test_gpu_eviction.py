@@ -124,6 +124,16 @@ def test_only_busy_or_always_on_holders_means_no_room_with_their_names():
     )
 
 
+def test_a_long_list_of_holders_is_cut_after_eight_names():
+    reservations = [held(f"e{i:02}", (0,), 8) for i in range(10)]
+    candidates = [EvictionCandidate(r.engine_id, False, False, 0.0) for r in reservations]
+
+    outcome = choose_evictions(1, 20 * GIB, view(80), reservations, candidates)
+
+    assert isinstance(outcome, NotPlaced)
+    assert outcome.message.endswith("e06 (always-on), e07 (always-on) and 2 more")
+
+
 def test_holders_that_are_not_candidates_are_never_evicted():
     reservations = [held("gone#retiring", (0,), 60), held("a", (0,), 10)]
 

@@ -226,6 +226,11 @@ def test_adopt_of_a_dead_pid_is_none(tmp_path: Path, loop) -> None:
 def test_identity_is_pid_and_create_time(tmp_path: Path, started) -> None:
     popen = spawn(python("import time; time.sleep(60)"), env_of(tmp_path), tmp_path / "a.log")
     started.append(popen.pid)
+    # Until the child has exec'd, /proc shows the forked daemon's environment, not its own.
+    deadline = time.monotonic() + 10.0
+    while "time.sleep(60)" not in " ".join(psutil.Process(popen.pid).cmdline()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     create_time = process_create_time(popen.pid)
     assert create_time is not None
     assert identity_matches(popen.pid, create_time)

@@ -2,28 +2,35 @@
 
 Run from the checkout's root (the daemon and its gateway are this checkout's code):
     PYTHONPATH=$PWD .venv/bin/python bench/gateway.py [--seconds 4] [--nginx] [--litellm]
-    PYTHONPATH=$PWD .venv/bin/python bench/gateway.py --quick        # a smoke run, ~30 s
+    PYTHONPATH=$PWD .venv/bin/python bench/gateway.py --quick        # a smoke run, ~1 min
 
 Two stand-in engines (bench/fast_engine.py: raw ASGI on uvicorn + uvloop + httptools, one
-worker): `bench-fast` answers at once; `bench-real` waits 20 ms before its answer and
-streams 64 tokens 20 ms apart (both stream 64 tokens). With the gateway, a real sagellmd in
-a temp home runs them as the custom runtime `fast` and runs its gateway (`gateway: {enabled:
-true, port: N}`); without one in this checkout (or with `--gateway off`) the engines run
-directly and only the comparisons are measured. For each engine, non-streaming and
-streaming chat completions, and each concurrency (1, 16, 64, 256), every target is measured
-in turn (interleaved, so a change of machine load hits them all): `direct` (the engine's own
-port), `gateway`, and with `--nginx` nginx as a plain reverse proxy (one worker, upstream
-keep-alive, no buffering), with `--litellm` LiteLLM's proxy (one process, from the throwaway
-venv /tmp/litellm-venv; see gateway_procs.py).
+worker), both streaming 64 tokens: `bench-fast` answers at once; `bench-real` waits 20 ms
+before its answer and streams its tokens 20 ms apart. The gateway is the real process
+(`python -m sagellmd.gateway`): with `--gateway daemon` a real sagellmd in a temp home runs
+the engines as the custom runtime `fast` and runs the gateway (`gateway: {enabled: true,
+port: N}`); with `--gateway standalone` the bench runs the engines and the gateway itself and
+serves the gateway a fixed route table (gateway_standalone.py); `auto` (the default) tries
+the daemon, then standalone, then measures no gateway when this checkout has none. For each
+engine, non-streaming and streaming chat completions, and each concurrency (1, 16, 64,
+256), every target is measured in turn (interleaved, so a change of machine load hits them
+all): `direct` (the engine's own port), `gateway`, with `--nginx` nginx as a plain reverse
+proxy (one worker, upstream keep-alive, no buffering), with `--litellm` LiteLLM's proxy
+(one process, from the throwaway venv /tmp/litellm-venv; see gateway_procs.py).
 
-Per point: `wrk` for `--seconds` gives req/s and p50/p99 latency (to the end of the answer);
-then the asyncio probe of gateway_load.py at the same concurrency for `--ttfb-seconds`
-gives p50/p99 time to the first body byte (its own rate is in the `probe/s` column: where it
-is far below wrk's, the probe was the limit and its TTFB is at that lower load). CPU is the
-proxy's (gateway, nginx master + worker, LiteLLM) and the engine's, in % of one core over
-the wrk run. Everything shares this machine's CPUs (printed at the top) with wrk and the
-probe, so figures are for this machine; ratios between targets of one run are what to read.
-The default run takes about 3.5 minutes, 7 with --nginx --litellm.
+Per point: `wrk` for `--seconds` (req/s and p50/p99 latency to the end of the answer), then
+the asyncio probe of gateway_load.py at the same concurrency for `--ttfb-seconds` (p50/p99
+time to the first body byte; its rate counts every answer it started, drained after its
+deadline). Plain answers take req/s and latency from wrk (the probe, in Python, tops out
+below a fast engine: compare `probe/s` with `wrk/s`). Streams take them from the probe:
+wrk counts only the answers that end inside its window, so with 1.3 s streams its rate
+jumps by a third with one more or fewer per connection. CPU is the proxy's (gateway, nginx
+master + worker, LiteLLM) and the engine's, in % of one core over the wrk run. Everything
+shares this machine's CPUs (printed at the top) with wrk and the probe, so figures are for
+this machine; ratios between targets of one run are what to read. On a busy machine
+`--rounds 3` measures each point's targets three times in turn and keeps each one's median
+(by req/s). The default run takes about 4 minutes, about 9 with --nginx --litellm (LiteLLM's
+queue drains slowly).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_load import WrkResult, lua_script, run_wrk, ttfb  # noqa: E402
+from gateway_load import Samples, WrkResult, lua_script, run_wrk, ttfb  # noqa: E402
 from gateway_procs import (  # noqa: E402
     HOST,
     Proc,
@@ -77,33 +84,56 @@ class Row:
     concurrency: int
     target: str
     wrk: WrkResult
-    ttfb_p50: float
-    ttfb_p99: float
-    ttfb_n: int
-    probe_rate: float
-    probe_errors: int
+    probe: Samples
     proxy_cpu: float | None
     engine_cpu: float
 
+    @property
+    def rate(self) -> float:
+        """wrk's rate for plain answers; the probe's for streams (see the module doc)."""
+        return self.probe.rate if self.stream else self.wrk.rate
+
+    def latency_ms(self, q: float) -> float:
+        if self.stream:
+            return self.probe.percentile_ms(q, total=True)
+        return self.wrk.p50_ms if q == 0.5 else self.wrk.p99_ms
+
     def line(self, direct: Row | None) -> str:
-        ratio = (
-            f"{self.wrk.rate / direct.wrk.rate:5.2f}x" if direct and direct.wrk.rate else "    -"
-        )
-        cpu = "     -" if self.proxy_cpu is None else f"{self.proxy_cpu:5.0f}%"
+        ratio = ratio_text(self.rate, direct.rate) if direct else "-"
+        cpu = "-" if self.proxy_cpu is None else f"{self.proxy_cpu:.0f}%"
         mode = "stream" if self.stream else "plain"
         return (
             f"{self.profile:10s} {mode:6s} {self.concurrency:4d} {self.target:8s}"
-            f" {self.wrk.rate:9.1f} {ratio} {self.wrk.p50_ms:8.2f} {self.wrk.p99_ms:8.2f}"
-            f" {self.ttfb_p50:8.2f} {self.ttfb_p99:8.2f} {self.ttfb_n:6d} {self.probe_rate:8.1f}"
-            f" {cpu} {self.engine_cpu:5.0f}% {self.wrk.errors + self.probe_errors:5d}"
+            f" {self.rate:9.1f} {ratio:>7s}"
+            f" {self.latency_ms(0.5):8.2f} {self.latency_ms(0.99):8.2f}"
+            f" {self.probe.percentile_ms(0.5):8.2f} {self.probe.percentile_ms(0.99):8.2f}"
+            f" {self.wrk.rate:9.1f} {self.probe.rate:8.1f} {len(self.probe.ttfb_s):6d}"
+            f" {cpu:>6s} {self.engine_cpu:5.0f}% {self.wrk.errors + self.probe.errors:5d}"
         )
 
 
 HEADER = (
-    f"{'engine':10s} {'mode':6s} {'c':>4s} {'target':8s} {'req/s':>9s} {'/direct':>6s}"
-    f" {'p50 ms':>8s} {'p99 ms':>8s} {'ttfb p50':>8s} {'ttfb p99':>8s} {'ttfb n':>6s}"
-    f" {'probe/s':>8s} {'proxy':>6s} {'engine':>6s} {'errs':>5s}"
+    f"{'engine':10s} {'mode':6s} {'c':>4s} {'target':8s} {'req/s':>9s} {'/direct':>7s}"
+    f" {'p50 ms':>8s} {'p99 ms':>8s} {'ttfb p50':>8s} {'ttfb p99':>8s} {'wrk/s':>9s}"
+    f" {'probe/s':>8s} {'n':>6s} {'proxy':>6s} {'engine':>6s} {'errs':>5s}"
 )
+HEADER_NOTE = (
+    "req/s and p50/p99: wrk's for plain answers, the probe's for streams (wrk drops the\n"
+    "answers still streaming when its window ends); ttfb: the probe's, to the first body\n"
+    "byte, n answers; proxy and engine: CPU in % of one core over the wrk run."
+)
+
+
+def median_row(rows: list[Row]) -> Row:
+    """Of one target's rounds at one point, the one with the median rate."""
+    return sorted(rows, key=lambda row: row.rate)[(len(rows) - 1) // 2]
+
+
+def ratio_text(value: float, base: float) -> str:
+    if not base:
+        return "-"
+    ratio = value / base
+    return f"{ratio:.3f}x" if ratio < 0.1 else f"{ratio:.2f}x"
 
 
 def body(model: str, stream: bool) -> bytes:
@@ -137,33 +167,37 @@ def measure(
     port = int(base.rsplit(":", 1)[1])
     samples = ttfb(HOST, port, PATH, payload, target.headers, concurrency, args.ttfb_seconds)
     return Row(
-        profile.name, stream, concurrency, target.name, result,
-        samples.percentile_ms(0.5), samples.percentile_ms(0.99), len(samples.ttfb_s),
-        samples.rate, samples.errors, proxy_cpu, engine_cpu,
-    )  # fmt: skip
+        profile.name, stream, concurrency, target.name, result, samples, proxy_cpu, engine_cpu
+    )
 
 
 def summary(rows: list[Row]) -> list[str]:
-    """The issue's targets, read off the rows: ratios and added latency against direct."""
+    """Per point: each target against direct, the gateway against LiteLLM, what it adds."""
     lines: list[str] = []
     index = {(r.profile, r.stream, r.concurrency, r.target): r for r in rows}
-    for (profile, stream, c, target), row in index.items():
-        if target == "direct":
-            continue
+    points = dict.fromkeys((r.profile, r.stream, r.concurrency) for r in rows)
+    for profile, stream, c in points:
         direct = index.get((profile, stream, c, "direct"))
-        if direct is None or not direct.wrk.rate:
+        if direct is None:
             continue
+        parts: list[str] = []
+        for target in ("gateway", "nginx", "litellm"):
+            row = index.get((profile, stream, c, target))
+            if row is None:
+                continue
+            part = f"{target} {ratio_text(row.rate, direct.rate)}"
+            if target == "gateway":
+                added = row.latency_ms(0.5) - direct.latency_ms(0.5)
+                added_ttfb = row.probe.percentile_ms(0.5) - direct.probe.percentile_ms(0.5)
+                part += f" (p50 {added:+.2f} ms, ttfb p50 {added_ttfb:+.2f} ms"
+                litellm = index.get((profile, stream, c, "litellm"))
+                if litellm is not None and litellm.rate:
+                    part += f", {row.rate / litellm.rate:.1f}x LiteLLM"
+                part += ")"
+            parts.append(part)
         mode = "stream" if stream else "plain"
-        added_p50 = row.wrk.p50_ms - direct.wrk.p50_ms
-        added_ttfb = row.ttfb_p50 - direct.ttfb_p50
-        line = (
-            f"{target:8s} {profile} {mode:6s} c={c:<3d}: {row.wrk.rate / direct.wrk.rate:5.2f}x"
-            f" direct, p50 {added_p50:+.2f} ms, ttfb p50 {added_ttfb:+.2f} ms"
-        )
-        litellm = index.get((profile, stream, c, "litellm"))
-        if target == "gateway" and litellm is not None and litellm.wrk.rate:
-            line += f", {row.wrk.rate / litellm.wrk.rate:.1f}x LiteLLM"
-        lines.append(line)
+        if parts:
+            lines.append(f"{profile} {mode:6s} c={c:<3d}: " + "; ".join(parts))
     return lines
 
 
@@ -172,6 +206,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=4.0, help="wrk run per point")
     parser.add_argument("--ttfb-seconds", type=float, default=2.0, help="TTFB probe per point")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure each point's targets this many times in turn; print each one's median",
+    )  # fmt: skip
     parser.add_argument("--engine", choices=[p.name for p in PROFILES], nargs="+")
     parser.add_argument("--mode", choices=["plain", "stream"], nargs="+")
     parser.add_argument("--nginx", action="store_true", help="also through nginx")
@@ -186,8 +224,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.ttfb_seconds, args.concurrency = 2.0, 1.5, [1, 16]
-    if args.seconds < 1 or args.ttfb_seconds <= 0 or min(args.concurrency) < 1:
-        parser.error("--seconds must be >= 1 (wrk counts whole seconds), the rest > 0")
+    if args.seconds < 1 or args.ttfb_seconds <= 0 or min(args.concurrency) < 1 or args.rounds < 1:
+        parser.error("--seconds must be >= 1 (wrk counts whole seconds), the rest above 0")
     return args
 
 
@@ -200,24 +238,28 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[Proc] = []
     try:
         targets, engine_pids = start_targets(work, profiles, args, procs)
+        print(HEADER_NOTE)
         print(HEADER)
         rows: list[Row] = []
         for profile in profiles:
             for stream in modes:
                 for concurrency in args.concurrency:
-                    direct: Row | None = None
-                    for target in targets:
-                        row = measure(
+                    point = [
+                        measure(
                             work, target, profile, stream, concurrency,
                             engine_pids[profile.name], args,
-                        )  # fmt: skip
-                        direct = row if target.name == "direct" else direct
-                        rows.append(row)
-                        print(row.line(direct), flush=True)
-        print("\nagainst direct, same run:")
+                        )
+                        for _ in range(args.rounds)
+                        for target in targets
+                    ]  # fmt: skip
+                    chosen = [median_row([r for r in point if r.target == t.name]) for t in targets]
+                    for row in chosen:
+                        print(row.line(chosen[0]), flush=True)
+                    rows.extend(chosen)
+        print("\nagainst direct, same run (req/s ratios; what the gateway adds):")
         for line in summary(rows):
             print("  " + line)
-        bad = [r for r in rows if r.wrk.errors or r.probe_errors or math.isnan(r.wrk.p50_ms)]
+        bad = [r for r in rows if r.wrk.errors or r.probe.errors or math.isnan(r.latency_ms(0.5))]
         if bad:
             print(f"{len(bad)} points had errors (see the errs column); logs in {work}")
             args.keep = True

@@ -111,8 +111,9 @@ class Samples:
     errors: int = 0
     wall_s: float = 0.0
 
-    def percentile_ms(self, q: float) -> float:
-        ordered = sorted(self.ttfb_s)
+    def percentile_ms(self, q: float, total: bool = False) -> float:
+        """Of the times to first byte, or with `total` of the whole answers."""
+        ordered = sorted(self.total_s if total else self.ttfb_s)
         if not ordered:
             return float("nan")
         return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import sys
@@ -69,6 +70,22 @@ class Settings:
     # Before starting a vllm/embedding engine whose model is not on disk, check that the
     # hub answers (off the loop, 5 s at most) and fail at once with a hint if it does not.
     hub_check: bool = True
+    # The OpenAI-compatible gateway process the daemon supervises (docs/gateway.md).
+    gateway_enabled: bool = True
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    gateway_policy: str = "adaptive"
+    gateway_balance: str = "least-outstanding"
+    gateway_retries: int = 2
+    gateway_max_waiting: int = 1024
+    gateway_queue_timeout_s: float = 60.0
+    # The TTFT deadline of requests that name none (slo policy); None: no deadline.
+    gateway_slo_ttft_ms: float | None = None
+    # Waiting this long raises a request one priority class (priority, adaptive).
+    gateway_priority_aging_s: float = 10.0
+    # Keys of gateway.api_keys and of gateway.api_keys_file, read once at load.
+    gateway_api_keys: tuple[str, ...] = ()
+    gateway_api_keys_file: Path | None = None
 
     @property
     def db_path(self) -> Path:
@@ -90,6 +107,11 @@ class Settings:
     def api_url(self) -> str:
         host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
         return f"http://{host}:{self.api_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        host = f"[{self.gateway_host}]" if ":" in self.gateway_host else self.gateway_host
+        return f"http://{host}:{self.gateway_port}"
 
     def runtime_command(self, runtime: str) -> list[str]:
         """The argv template of a runtime; a bare `python` means this daemon's interpreter."""
@@ -151,30 +173,130 @@ def _refuse_unknown(section: Mapping[str, Any], schema: Mapping[str, Any], where
 
 def _value(value: Any, where: str, schema: Mapping[str, Any]) -> Any:
     """One scalar setting, coerced as environment strings need, checked as its schema says."""
-    if schema["type"] == "boolean":
+    type_ = schema["type"]
+    if isinstance(type_, list):  # [kind, "null"]: null switches the setting off
+        if value is None:
+            return None
+        type_ = type_[0]
+    if type_ == "boolean":
         return _bool(value, where)
-    if schema["type"] == "string":
+    if type_ == "string":
+        if "enum" in schema and str(value) not in schema["enum"]:
+            raise ConfigError(f"{where}: must be one of {', '.join(schema['enum'])}, got {value!r}")
         return str(value)
-    kind = int if schema["type"] == "integer" else float
+    kind = int if type_ == "integer" else float
     return _number(value, where, kind, schema.get("minimum"), schema.get("maximum"))
 
 
-def _scalars(data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Every `x-setting` of CONFIG_SCHEMA the document gives, by Settings field."""
+def _scalars(
+    data: Mapping[str, Any], where: str, schema: Mapping[str, Any] = CONFIG_SCHEMA, path: str = ""
+) -> dict[str, Any]:
+    """Every `x-setting` of the schema the document gives, by Settings field (sections nest:
+    gateway.queue.max_waiting)."""
     changes: dict[str, Any] = {}
-    for key, schema in CONFIG_SCHEMA["properties"].items():
-        if "x-setting" in schema:
+    for key, leaf in schema["properties"].items():
+        name = f"{path}{key}"
+        if "x-setting" in leaf:
             if key in data:
-                changes[schema["x-setting"]] = _value(data[key], f"{where}: {key}", schema)
+                changes[leaf["x-setting"]] = _value(data[key], f"{where}: {name}", leaf)
             continue
-        if "properties" not in schema:
+        if "properties" not in leaf:
             continue
-        section = _mapping(data.get(key), f"{where}: {key}")
-        _refuse_unknown(section, schema, f"{where}: {key}: ")
-        for name, leaf in schema["properties"].items():
-            if "x-setting" in leaf and name in section:
-                changes[leaf["x-setting"]] = _value(section[name], f"{where}: {key}.{name}", leaf)
+        section = _mapping(data.get(key), f"{where}: {name}")
+        _refuse_unknown(section, leaf, f"{where}: {name}: ")
+        changes.update(_scalars(section, where, leaf, f"{name}."))
     return changes
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: only this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _api_key_problem(key: Any) -> str | None:
+    if not isinstance(key, str) or not key:
+        return f"must be a non-empty string, got {key!r}"
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in key):
+        return "must not contain whitespace or control characters"
+    return None
+
+
+def _gateway_keys(
+    section: Mapping[str, Any], where: str
+) -> tuple[tuple[str, ...] | None, Path | None]:
+    """`gateway.api_keys` (a list) and `gateway.api_keys_file` (one key a line, # comments)."""
+    keys: tuple[str, ...] | None = None
+    file: Path | None = None
+    if section.get("api_keys") is not None:
+        listed = section["api_keys"]
+        if not isinstance(listed, list):
+            raise ConfigError(
+                f"{where}: gateway.api_keys: must be a list of strings, got {listed!r:.80}"
+            )
+        for index, key in enumerate(listed):
+            problem = _api_key_problem(key)
+            if problem:
+                raise ConfigError(f"{where}: gateway.api_keys[{index}]: {problem}")
+        keys = tuple(listed)
+    if section.get("api_keys_file") is not None:
+        raw = section["api_keys_file"]
+        if not isinstance(raw, str) or not raw.strip():
+            raise ConfigError(f"{where}: gateway.api_keys_file: must be a file path, got {raw!r}")
+        file = Path(raw).expanduser()
+        if not file.is_absolute():
+            raise ConfigError(
+                f"{where}: gateway.api_keys_file: must be an absolute path (or start with ~),"
+                f" got {raw!r}"
+            )
+    return keys, file
+
+
+def _read_keys_file(path: Path) -> tuple[str, ...]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"gateway.api_keys_file: cannot read {path} ({exc.strerror});"
+            " write one key a line there or remove the setting"
+        ) from None
+    keys = []
+    for number, line in enumerate(text.splitlines(), 1):
+        key = line.strip()
+        if not key or key.startswith("#"):
+            continue
+        problem = _api_key_problem(key)
+        if problem:
+            raise ConfigError(f"gateway.api_keys_file: {path} line {number}: key {problem}")
+        keys.append(key)
+    return tuple(keys)
+
+
+def _check_gateway(settings: Settings) -> Settings:
+    """Read the keys file, and refuse a gateway that would serve the network unauthenticated."""
+    keys = settings.gateway_api_keys
+    if settings.gateway_api_keys_file is not None:
+        keys = tuple(dict.fromkeys(keys + _read_keys_file(settings.gateway_api_keys_file)))
+    settings = replace(settings, gateway_api_keys=keys)
+    if not settings.gateway_enabled:
+        return settings
+    if not keys and not is_loopback_host(settings.gateway_host):
+        raise ConfigError(
+            f"gateway.host is {settings.gateway_host!r}, not a loopback address, and"
+            " gateway.api_keys is empty: anyone on the network could use the engines."
+            " Set gateway.api_keys (or gateway.api_keys_file) in config.yaml, or bind"
+            " gateway.host to 127.0.0.1"
+        )
+    if settings.gateway_port == settings.api_port:
+        raise ConfigError(
+            f"gateway.port {settings.gateway_port} is the daemon's own API port (api.port);"
+            " choose another gateway.port"
+        )
+    return settings
 
 
 def _model_paths(value: Any, where: str) -> tuple[Path, ...]:
@@ -210,6 +332,11 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
             raise ConfigError(f"{where}: {exc.message}") from None
     if "models" in data:
         changes["model_paths"] = _model_paths(data["models"], where)
+    keys, keys_file = _gateway_keys(_mapping(data.get("gateway"), f"{where}: gateway"), where)
+    if keys is not None:
+        changes["gateway_api_keys"] = keys
+    if keys_file is not None:
+        changes["gateway_api_keys_file"] = keys_file
     runtimes = _mapping(data.get("runtimes"), f"{where}: runtimes")
     if runtimes:
         merged = dict(settings.runtimes)
@@ -229,6 +356,16 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
     return replace(settings, **changes)
 
 
+# SAGELLM_GATEWAY_* -> gateway.<key>
+GATEWAY_ENVIRONMENT = {
+    "SAGELLM_GATEWAY_ENABLED": "enabled",
+    "SAGELLM_GATEWAY_HOST": "host",
+    "SAGELLM_GATEWAY_PORT": "port",
+    "SAGELLM_GATEWAY_POLICY": "policy",
+    "SAGELLM_GATEWAY_BALANCE": "balance",
+}
+
+
 def _from_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
     document: dict[str, Any] = {}
     if "SAGELLM_API_HOST" in environ:
@@ -242,6 +379,9 @@ def _from_environment(settings: Settings, environ: Mapping[str, str]) -> Setting
         document["ports"] = {"start": start, "end": end or start}
     if "SAGELLM_STOP_ENGINES_ON_EXIT" in environ:
         document["stop_engines_on_exit"] = environ["SAGELLM_STOP_ENGINES_ON_EXIT"]
+    for variable, key in GATEWAY_ENVIRONMENT.items():
+        if variable in environ:
+            document.setdefault("gateway", {})[key] = environ[variable]
     return _from_document(settings, document, "environment")
 
 
@@ -277,4 +417,4 @@ def load_settings(
         raise ConfigError(
             f"ports: end ({settings.port_end}) must be >= start ({settings.port_start})"
         )
-    return settings
+    return _check_gateway(settings)

@@ -17,6 +17,7 @@ from sagellmd.cron import CronError, parse_cron
 from sagellmd.errors import SpecError
 from sagellmd.json_values import json_value_problems
 from sagellmd.schemas.engine import (
+    ALIAS_PATTERN,
     ENGINE_SCHEMA,
     KINDS,
     NAME_PATTERN,
@@ -32,7 +33,11 @@ CONTROL_RULES = {
     TEXT_PATTERN: (
         "must not contain control characters other than tab and line breaks (NUL, ESC, ...)"
     ),
+    ALIAS_PATTERN: "must be one word: no spaces or control characters",
 }
+# The daemon's own gateway process runs as engine `gateway` with runtime kind `gateway`.
+GATEWAY_ENGINE_ID = "gateway"
+GATEWAY_RUNTIME = "gateway"
 
 CRON_RULE = (
     "must be a cron expression or null: minute (0-59) hour (0-23) day (1-31) month (1-12 or"
@@ -75,6 +80,7 @@ FIELD_RULES = {
     "pipeline_parallel": "must be an integer >= 1",
     "port": "must be an integer from 1 to 65535, or null for automatic",
     "label": "must be a string or null",
+    "aliases": "must be a list of distinct names (one word each) clients may send as `model`",
     "max_concurrent_requests": "must be an integer >= 1",
     "use_gpu": "must be true, false or null",
     "gpu_memory_gb": "must be a number > 0 (GiB per GPU) or null for an estimate",
@@ -102,6 +108,8 @@ class EngineSpec:
     pipeline_parallel: int = 1
     port: int | None = None
     label: str | None = None
+    # Further names the gateway routes to this engine; not a process field.
+    aliases: tuple[str, ...] = ()
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
     use_gpu: bool | None = None
     gpu_memory_gb: float | None = None
@@ -115,6 +123,7 @@ class EngineSpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["extra_args"] = list(self.extra_args)
+        data["aliases"] = list(self.aliases)
         data["env"] = dict(self.env)
         data["metadata"] = dict(self.metadata)
         return data
@@ -253,6 +262,7 @@ def _build_engine(data: Mapping[str, Any], startup_timeouts: StartupTimeouts) ->
     if values.get("gpu_memory_gb") is not None:
         values["gpu_memory_gb"] = float(values["gpu_memory_gb"])
     values["extra_args"] = tuple(values.get("extra_args", ()))
+    values["aliases"] = tuple(values.get("aliases", ()))
     values["env"] = dict(values.get("env", {}))
     values["metadata"] = dict(values.get("metadata", {}))
     return EngineSpec(**values)
@@ -265,6 +275,12 @@ def _field(prefix: str, name: str) -> str:
 def _check_values(spec: EngineSpec, prefix: str) -> list[str]:
     """What JSON Schema cannot say: no NaN or infinite numbers, a cron expression that parses."""
     problems = []
+    if spec.runtime == GATEWAY_RUNTIME:
+        problems.append(
+            f"{_field(prefix, 'runtime')}: {GATEWAY_RUNTIME!r} is reserved for sagellm's own"
+            " gateway process (gateway: in config.yaml); choose vllm, embedding, llama-cpp or"
+            " a runtime of config runtimes"
+        )
     for name in ("startup_timeout_s", "gpu_memory_gb"):
         value = getattr(spec, name)
         if value is not None and not math.isfinite(value):
@@ -325,8 +341,18 @@ def parse_preset(data: Any, startup_timeouts: StartupTimeouts = timeout_by_kind)
 def check_runtime_known(spec: EngineSpec, runtimes: Mapping[str, Any], where: str) -> None:
     """Reject a spec whose runtime is not configured, naming the ones that are."""
     if spec.runtime not in runtimes:
-        known = ", ".join(sorted(runtimes))
+        known = ", ".join(sorted(name for name in runtimes if name != GATEWAY_RUNTIME))
         raise SpecError([f"{where}.runtime: unknown runtime {spec.runtime!r}; configured: {known}"])
+
+
+def reserved_engine_id_problem(engine_id: str) -> str | None:
+    """Why a user engine may not have this id (the gateway's own), or None."""
+    if engine_id != GATEWAY_ENGINE_ID:
+        return None
+    return (
+        f"engine id {engine_id!r} is reserved for sagellm's own gateway process"
+        " (configure it with gateway: in config.yaml); choose another name"
+    )
 
 
 def is_valid_name(name: str) -> bool:

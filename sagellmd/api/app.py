@@ -20,6 +20,7 @@ from sagellmd.api.errors import error_response, sagellm_error_handler
 from sagellmd.api.openapi import openapi_document
 from sagellmd.api.route_table import ENDPOINTS, Handler
 from sagellmd.errors import SagellmError
+from sagellmd.spec import GATEWAY_RUNTIME
 from sagellmd.store.failures import is_storage_failure, storage_error
 
 
@@ -42,6 +43,8 @@ def _routes() -> list[Route]:
 
 
 ROUTES = _routes()
+# Reads that need the token on any bind (fixed paths, no parameters).
+TOKEN_READS = frozenset(e.path for e in ENDPOINTS if e.doc.token and not e.mutating)
 
 
 def _route_template(request: Request) -> str:
@@ -64,7 +67,9 @@ class AuthMiddleware(BaseHTTPMiddleware):
         response: Response | None = None
         try:
             if request.url.path != "/healthz":
-                require_token(request, ctx.token, ctx.settings.api_host)
+                require_token(
+                    request, ctx.token, ctx.settings.api_host, request.url.path in TOKEN_READS
+                )
             check_query_not_repeated(request)
         except SagellmError as exc:
             response = error_response(exc.http_status, exc.code, exc.message, exc.details)
@@ -114,5 +119,7 @@ def create_app(ctx: ApiContext) -> Starlette:
         },
     )
     app.state.ctx = ctx
-    app.state.openapi = openapi_document(sorted(ctx.settings.runtimes))
+    # The gateway runtime is the daemon's own: no user spec may name it.
+    runtimes = sorted(name for name in ctx.settings.runtimes if name != GATEWAY_RUNTIME)
+    app.state.openapi = openapi_document(runtimes)
     return app

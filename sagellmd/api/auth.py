@@ -104,9 +104,12 @@ def presents_token(request: Request, token: TokenFile) -> bool:
     )
 
 
-def require_token(request: Request, token: TokenFile, bound_host: str) -> None:
-    """Raise UnauthorizedError unless this request may go through."""
-    if request.method not in MUTATING_METHODS and is_loopback(bound_host):
+def require_token(
+    request: Request, token: TokenFile, bound_host: str, always: bool = False
+) -> None:
+    """Raise UnauthorizedError unless this request may go through (`always`: a read that
+    needs the token on loopback too)."""
+    if not always and request.method not in MUTATING_METHODS and is_loopback(bound_host):
         return
     expected = token.current()
     header = request.headers.get("authorization", "")

@@ -26,6 +26,7 @@ from sagellmd.spec import (
     is_valid_name,
     parse_engine,
     parse_preset,
+    reserved_engine_id_problem,
 )
 from sagellmd.store.repository import ChangeResult
 from sagellmd.store.timestamps import iso
@@ -66,6 +67,9 @@ def engine_put_change(
     ctx: ApiContext, engine_id: str, data: Any, options: ChangeOptions
 ) -> ChangeResult:
     _check_name(engine_id, "engine id")
+    reserved = reserved_engine_id_problem(engine_id)
+    if reserved:
+        raise BadInputError(reserved, {"field": "engine_id"})
     if not isinstance(data, dict):
         raise SpecError(
             [f"body: must be a JSON object (an engine spec), got {type(data).__name__}"]
@@ -111,6 +115,7 @@ def _check_ports(ctx: ApiContext, specs: dict[str, EngineSpec], preset: str | No
         ctx.reconciler.world.instances,
         {engine.id for engine in desired if engine.spec.port is None},
         leaving,
+        ctx.settings.gateway_port if ctx.settings.gateway_enabled else None,
     )
 
 

@@ -15,7 +15,7 @@ from sagellmd.api.secrets import generation_for_reader, shows_secrets
 from sagellmd.errors import NotFoundError
 
 
-async def _client_gone(request: Request) -> None:
+async def client_gone(request: Request) -> None:
     """Returns once the client has closed its connection (the body is read through)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -30,7 +30,7 @@ async def events(request: Request) -> JSONResponse:
     deadline = time.monotonic() + wait
     # A client that goes away must not keep its handler (and a connection slot) until
     # the deadline; nothing else would tell the handler.
-    gone = asyncio.ensure_future(_client_gone(request))
+    gone = asyncio.ensure_future(client_gone(request))
     try:
         while True:
             found = ctx.store.events(int(after) if after is not None else None, limit, engine)

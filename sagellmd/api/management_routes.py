@@ -17,7 +17,7 @@ from sagellmd.api.views import engine_entries
 from sagellmd.errors import BadInputError, SpecError
 from sagellmd.schemas.requests import SEED_FIELDS, TEXT, seed_start_body
 from sagellmd.schemas.validator import is_valid
-from sagellmd.spec import name_from_model
+from sagellmd.spec import GATEWAY_ENGINE_ID, name_from_model
 from sagellmd.store.timestamps import iso
 
 START_BODY = seed_start_body()
@@ -33,6 +33,7 @@ def _seed_names(message: str) -> str:
 def _unique_id(ctx: ApiContext, model: str) -> str:
     base = name_from_model(model)[:58].strip("-") or "engine"
     taken = {engine.id for engine in ctx.store.desired()} | set(ctx.reconciler.world.instances)
+    taken.add(GATEWAY_ENGINE_ID)
     if base not in taken:
         return base
     number = 2
@@ -94,7 +95,7 @@ async def status(request: Request) -> JSONResponse:
     """GET /v1/management/status: GPUs, engines (desired + observed) and instances."""
     ctx: ApiContext = request.app.state.ctx
     desired = ctx.store.desired()
-    instances = ctx.reconciler.world.instances
+    instances = ctx.engine_instances()
     return JSONResponse(
         {
             "gpus": gpu_summary(ctx),

@@ -42,7 +42,7 @@ QUERY_DESCRIPTIONS = {
     "dry_run": "Compute the plan; change nothing.",
     "rollback": "Roll a failed rollout back (default true).",
     "tail": "Lines",
-    "after": "Events after this id",
+    "after": "Events after this id (/v1/events); the route table version held (/v1/routes)",
     "wait": "Long-poll seconds",
     "limit": "Max",
     "engine": "Only this engine",
@@ -68,11 +68,14 @@ def _content(media_type: str, schema_name: str) -> dict[str, Any]:
 
 def _operation(endpoint: Endpoint) -> dict[str, Any]:
     doc = endpoint.doc
+    # An answer without a schema name has no body (204).
     responses: dict[str, Any] = {
         status: {"description": "OK", "content": _content(doc.media_type, name)}
+        if name
+        else {"description": "No content"}
         for status, name in doc.answers.items()
     }
-    errors = (*doc.errors, 401) if endpoint.mutating else doc.errors
+    errors = (*doc.errors, 401) if endpoint.needs_token else doc.errors
     for code in errors:
         responses[str(code)] = {
             "description": "Error",
@@ -86,7 +89,7 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
             "required": doc.body_required,
             "content": _content("application/json", doc.body),
         }
-    if endpoint.mutating:
+    if endpoint.needs_token:
         operation["security"] = [{"bearer": []}]
     return operation
 

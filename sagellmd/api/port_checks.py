@@ -32,6 +32,7 @@ def check_fixed_ports(
     instances: Mapping[str, Instance],
     automatic: Collection[str],
     leaving: Collection[str] = (),
+    gateway_port: int | None = None,
 ) -> None:
     """Raise ConflictError (409) for a fixed port someone else holds, naming the holder.
 
@@ -52,6 +53,12 @@ def check_fixed_ports(
                 f"{engine_id}.port: port {spec.port} is the daemon's own API port;"
                 " choose another port or leave it out for automatic",
                 {"field": "port", "port": spec.port, "holder": "api"},
+            )
+        if spec.port == gateway_port:
+            raise ConflictError(
+                f"{engine_id}.port: port {spec.port} is the gateway's port (gateway.port in"
+                " config.yaml); choose another port or leave it out for automatic",
+                {"field": "port", "port": spec.port, "holder": "gateway"},
             )
         holder = holders.get(spec.port)
         if holder is not None and holder != engine_id:

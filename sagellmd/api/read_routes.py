@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -13,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from sagellmd import __version__
 from sagellmd.api.body import query_parameter
 from sagellmd.api.context import ApiContext
+from sagellmd.api.gateway_routes import gateway_section
 from sagellmd.api.gpu_views import gpus_document
 from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries, engine_entry
@@ -20,6 +22,7 @@ from sagellmd.desired import DesiredEngine
 from sagellmd.errors import NotFoundError
 from sagellmd.runtime.kinds import wants_gpu
 from sagellmd.runtime.logs import log_path, read_tail
+from sagellmd.spec import GATEWAY_ENGINE_ID
 from sagellmd.store.timestamps import iso
 
 
@@ -53,7 +56,8 @@ async def healthz(request: Request) -> JSONResponse:
 async def status(request: Request) -> Response:
     ctx = _ctx(request)
     secrets = shows_secrets(request)
-    state = (ctx.hub.version, ctx.reconciler.passes)
+    # A gateway report changes the inflight/queued columns without any event.
+    state = (ctx.hub.version, ctx.reconciler.passes, ctx.gateway_activity.version)
     body = ctx.status_documents.get(state, secrets, lambda: status_document(ctx, secrets))
     return Response(body, media_type="application/json")
 
@@ -74,13 +78,24 @@ def status_document(ctx: ApiContext, secrets: bool) -> dict[str, Any]:
         },
         "gpus": gpu_summary(ctx),
         "presets": [preset.name for preset in ctx.store.active_presets()],
-        "engines": engine_entries(
-            desired,
-            ctx.reconciler.world.instances,
-            estimates_for(ctx, desired),
-            secrets,
+        "engines": with_load(
+            engine_entries(desired, ctx.engine_instances(), estimates_for(ctx, desired), secrets),
+            ctx.gateway_activity.load(),
         ),
+        "gateway": gateway_section(ctx),
     }
+
+
+def with_load(
+    entries: list[dict[str, Any]], load: Mapping[str, Mapping[str, int]] | None
+) -> list[dict[str, Any]]:
+    """Each engine's inflight and queued from a fresh gateway report (null without one; an
+    engine the report does not name has nothing in flight)."""
+    for entry in entries:
+        counts = load.get(entry["id"], {}) if load is not None else None
+        entry["inflight"] = counts.get("inflight", 0) if counts is not None else None
+        entry["queued"] = counts.get("queued", 0) if counts is not None else None
+    return entries
 
 
 async def list_engines(request: Request) -> JSONResponse:
@@ -90,7 +105,7 @@ async def list_engines(request: Request) -> JSONResponse:
         {
             "engines": engine_entries(
                 desired,
-                ctx.reconciler.world.instances,
+                ctx.engine_instances(),
                 estimates_for(ctx, desired),
                 shows_secrets(request),
             )
@@ -100,7 +115,7 @@ async def list_engines(request: Request) -> JSONResponse:
 
 def find_engine(ctx: ApiContext, engine_id: str, secrets: bool = False) -> dict[str, object]:
     desired = ctx.store.desired_engine(engine_id)
-    instance = ctx.reconciler.world.instances.get(engine_id)
+    instance = ctx.engine_instances().get(engine_id)
     if desired is None and instance is None:
         raise NotFoundError(f"no engine {engine_id!r}; `sagellm engine list` shows the engines")
     estimate = (
@@ -117,7 +132,8 @@ async def get_engine(request: Request) -> JSONResponse:
 async def engine_logs(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     engine_id = request.path_params["engine_id"]
-    find_engine(ctx, engine_id)
+    if engine_id != GATEWAY_ENGINE_ID:  # the gateway has a log too, though it is no engine
+        find_engine(ctx, engine_id)
     tail = int(query_parameter(request, "tail", 100) or 0)
     path = log_path(ctx.settings.logs_dir, engine_id)
     # A thread, not the event loop: a log is as big as the engine made it, and the loop

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from sagellmd.api import (
     desired_routes,
     events_routes,
+    gateway_routes,
     management_routes,
     models_routes,
     read_routes,
@@ -32,6 +33,8 @@ class RouteDoc:
     body: str | None = None
     body_required: bool = True
     media_type: str = "application/json"
+    # A read that needs the token even on a loopback bind (what only the gateway reads).
+    token: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,10 @@ class Endpoint:
     def mutating(self) -> bool:
         """Every method but GET changes something and needs the token."""
         return self.method != "GET"
+
+    @property
+    def needs_token(self) -> bool:
+        return self.mutating or self.doc.token
 
 
 ENDPOINTS: list[Endpoint] = [
@@ -207,6 +214,36 @@ ENDPOINTS: list[Endpoint] = [
             "RollbackBody",
             body_required=False,
         ),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/routes",
+        gateway_routes.routes,
+        RouteDoc(
+            "The gateway's route table, long-polled (needs the token even though a GET: it"
+            " names every engine's port)",
+            {"200": "RouteTable"},
+            (400,),
+            ("after", "wait"),
+            token=True,
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/gateway/activity",
+        gateway_routes.activity,
+        RouteDoc(
+            "The gateway's activity report (in-flight, queued, totals)",
+            {"204": ""},
+            (400, 413),
+            body="GatewayActivity",
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/gateway",
+        gateway_routes.gateway,
+        RouteDoc("The gateway's state, URL, pid and totals", {"200": "GatewayStatus"}),
     ),
     Endpoint(
         "GET",

@@ -11,13 +11,15 @@ from sagellmd import __version__
 from sagellmd.cli.context import CliContext, cli_context
 from sagellmd.cli.engine_commands import engine_app
 from sagellmd.cli.event_commands import events
+from sagellmd.cli.gateway_commands import gateway
 from sagellmd.cli.generation_commands import history, rollback
 from sagellmd.cli.gpu_commands import gpu
 from sagellmd.cli.help_format import SagellmGroup
+from sagellmd.cli.inference_commands import chat, embed
 from sagellmd.cli.interrupt import take_sigint
 from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
-from sagellmd.cli.render import engines_table, gpus_line, print_json, print_table
+from sagellmd.cli.render import engines_table, gateway_line, gpus_line, print_json, print_table
 from sagellmd.cli.watch import watch_status
 from sagellmd.errors import SagellmError, SpecError
 
@@ -104,6 +106,8 @@ def status(
     presets = answer.get("presets")
     if isinstance(presets, list):
         typer.echo(f"presets: {', '.join(map(str, presets)) or 'none'}")
+    if isinstance(answer.get("gateway"), dict):
+        typer.echo(gateway_line(answer["gateway"]))
     engines = answer.get("engines") or []
     if not engines:
         typer.echo("no engines (start some with `sagellm preset set NAME`)")
@@ -116,6 +120,9 @@ app.command("events")(events)
 app.command("history")(history)
 app.command("rollback")(rollback)
 app.command("gpu")(gpu)
+app.command("gateway")(gateway)
+app.command("chat")(chat)
+app.command("embed")(embed)
 
 
 def main() -> None:

@@ -70,9 +70,21 @@ ENGINE_COLUMNS = (
 )
 
 
+# Shown after PORT when the gateway reports its load (status answers carry it).
+LOAD_COLUMN = Column("INFLIGHT/QUEUED", 2, justify="right")
+
+
+def load_text(engine: Mapping[str, Any]) -> Text:
+    inflight, queued = engine.get("inflight"), engine.get("queued")
+    return cell(None if inflight is None else f"{inflight}/{queued if queued is not None else 0}")
+
+
 def engines_table(engines: Iterable[Mapping[str, Any]]) -> FittedTable:
-    rows = [
-        [
+    engines = list(engines)
+    with_load = any(engine.get("inflight") is not None for engine in engines)
+    rows = []
+    for engine in engines:
+        row = [
             cell(engine.get("id")),
             cell(engine.get("kind")),
             cell(engine.get("model")),
@@ -83,9 +95,22 @@ def engines_table(engines: Iterable[Mapping[str, Any]]) -> FittedTable:
             one_line_text(engine.get("label")),
             one_line_text(engine.get("message")),
         ]
-        for engine in engines
-    ]
-    return FittedTable(ENGINE_COLUMNS, rows)
+        if with_load:
+            row.insert(6, load_text(engine))
+        rows.append(row)
+    columns = list(ENGINE_COLUMNS)
+    if with_load:
+        columns.insert(6, LOAD_COLUMN)
+    return FittedTable(columns, rows)
+
+
+def gateway_line(gateway: Mapping[str, Any]) -> str:
+    """`gateway: ready http://127.0.0.1:8000 (pid 4242)`, or why there is none."""
+    state = str(gateway.get("state") or "?")
+    if not gateway.get("enabled"):
+        return "gateway: disabled (gateway.enabled in config.yaml)"
+    pid = gateway.get("pid")
+    return f"gateway: {state} {gateway.get('url', '?')}" + (f" (pid {pid})" if pid else "")
 
 
 def print_table(table: FittedTable) -> None:

@@ -56,7 +56,10 @@ class GatewayApp:
         self.upstream: UpstreamPool | None = None
         self._keys = tuple(key.encode() for key in settings.api_keys)
         self._ids = itertools.count(1)
-        self._id_prefix = os.urandom(4).hex()
+        # Made-up request ids are UUID-shaped: some engines (llama-cpp-python's server)
+        # answer 400 to an X-Request-Id that is not a UUID.
+        prefix = os.urandom(10).hex()
+        self._id_prefix = f"{prefix[:8]}-{prefix[8:12]}-{prefix[12:16]}-{prefix[16:20]}-"
         self._scraper: Any = None
         self._scraper_session: Any = None
 
@@ -172,8 +175,7 @@ class GatewayApp:
             elif name not in DROPPED_REQUEST_HEADERS:
                 lines.append(name + b": " + value + b"\r\n")
         if not request_id:
-            request_id = f"{self._id_prefix}-{next(self._ids)}".encode()
-        lines.append(b"x-request-id: " + request_id + b"\r\n")
+            request_id = f"{self._id_prefix}{next(self._ids):012x}".encode()
         forwarded = b"".join(lines)
         model_label = UNKNOWN_MODEL
         try:
@@ -268,6 +270,9 @@ class GatewayApp:
             for attempt_number in range(self.settings.retries + 1):
                 route = await self.dispatcher.acquire(group, name, ticket, key)
                 payload = body
+                sent_headers = headers
+                if route.takes_request_id(request_id):
+                    sent_headers += b"x-request-id: " + request_id + b"\r\n"
                 if route.served_model != name:
                     request["model"] = route.served_model
                     payload = orjson.dumps(request)
@@ -276,7 +281,7 @@ class GatewayApp:
                         self.upstream,
                         route.address,
                         target,
-                        headers,
+                        sent_headers,
                         payload,
                         stream,
                         request_id,

@@ -138,8 +138,12 @@ class Dispatcher:
         queue = self.queues.get(group.key)
         if queue is None:
             policy = self._policy_of(group)
+            # Named for the model its engines serve, not for whichever name came first (an
+            # alias, an engine id): the activity report and /metrics count queues per model.
+            first = self.table.engines.get(group.engine_ids[0]) if group.engine_ids else None
+            model = first.served_model if first is not None else name
             queue = GroupQueue(
-                group, name, WaitQueue(policy, self.max_waiting, self.aging_s), policy
+                group, model, WaitQueue(policy, self.max_waiting, self.aging_s), policy
             )
             self.queues[group.key] = queue
             for engine_id in group.engine_ids:
@@ -175,6 +179,11 @@ class Dispatcher:
         queue = self.queues.get(group.key) or self._queue_for(group, name)
         if not len(queue.queue):
             route = self._take(group, ticket, key)
+            if route is None and ticket.tried:
+                # A retry whose free engines it tried all: as in _dispatch, it may try them
+                # again; queued, nothing would wake it (the only engine may have no request).
+                ticket.tried.clear()
+                route = self._take(group, ticket, key)
             if route is not None:
                 queue.drain.record(self.clock())
                 return route
@@ -201,16 +210,28 @@ class Dispatcher:
         self.changes += 1
         if not self.any_ready(group):
             self.on_demand(name)
+        handed = False
         try:
-            return await asyncio.wait_for(future, self.timeout_s)
+            route = await asyncio.wait_for(future, self.timeout_s)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for returns a result that came as the task was cancelled,
+                # swallowing the cancel: the client has left all the same.
+                raise asyncio.CancelledError
+            handed = True
+            return route
         except TimeoutError:
+            if future.done() and not future.cancelled():
+                # Handed a slot just as the time ran out (3.12's wait_for raises): serve it.
+                handed = True
+                return future.result()
             raise errors.queue_timeout(name, self.timeout_s, self._why_waiting(group)) from None
         finally:
             ticket.queued_s = self.clock() - now
             if not future.done() or future.cancelled():
                 queue.queue.remove(waiter)
                 self.changes += 1
-            elif future.exception() is None and asyncio.current_task().cancelling():
+            elif not handed and future.exception() is None:
                 # Cancelled (the client left) just as it was handed a slot: give it back.
                 self.release(future.result().id)
 
@@ -267,4 +288,8 @@ class Dispatcher:
         return sum(len(queue.queue) for queue in self._queues_of_engine.get(engine_id, ()))
 
     def queue_lengths(self) -> dict[str, int]:
-        return {queue.name: len(queue.queue) for queue in self.queues.values()}
+        lengths: dict[str, int] = {}
+        for queue in self.queues.values():
+            # An engine id of one replica has its own queue: it waits for the same model.
+            lengths[queue.name] = lengths.get(queue.name, 0) + len(queue.queue)
+        return lengths

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from sagellmd.gateway.queueing import POLICIES
+
 DEFAULT_CAP = 256
+UUID_SHAPE = re.compile(rb"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -38,6 +42,10 @@ class Route:
         """vLLM's /metrics has the queue and KV-cache gauges kv-aware balancing reads."""
         return self.runtime == "vllm"
 
+    def takes_request_id(self, request_id: bytes) -> bool:
+        """llama-cpp-python's server answers 400 to an X-Request-Id that is no UUID."""
+        return self.runtime != "llama-cpp" or UUID_SHAPE.fullmatch(request_id) is not None
+
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> Route:
         metadata = entry.get("metadata") or {}
@@ -59,7 +67,8 @@ class Route:
             endpoints=frozenset(entry.get("endpoints") or ()),
             cap=max(1, int(entry.get("max_concurrent_requests") or DEFAULT_CAP)),
             cost=float(cost) if isinstance(cost, int | float) else 0.0,
-            policy=str(policy) if isinstance(policy, str) else None,
+            # An unknown name would fail every request of the model: the global policy serves.
+            policy=policy if policy in POLICIES else None,
             slo_ttft_ms=float(slo) if isinstance(slo, int | float) else None,
             startup_timeout_s=float(entry.get("startup_timeout_s") or 0.0),
             message=str(entry.get("message") or ""),
@@ -128,12 +137,16 @@ class RouteTable:
                 if group is None or name in listed:
                     continue
                 engines = [self.engines[engine_id] for engine_id in group.engine_ids]
+                kinds = {engine.kind for engine in engines}
                 listed[name] = {
                     "id": name,
                     "object": "model",
                     "created": 0,
                     "owned_by": "sagellm",
                     "ready": any(engine.ready for engine in engines),
+                    # llm or embedding, so a client can pick a model for the call it makes;
+                    # null when engines of both kinds answer the name.
+                    "kind": kinds.pop() if len(kinds) == 1 else None,
                     "engines": [
                         {"id": engine.id, "state": engine.state, "label": engine.label}
                         for engine in engines

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sagellmd.gateway.balance import STRATEGIES
+from sagellmd.gateway.queueing import POLICIES
+
 SETTINGS_ENV = "SAGELLM_GATEWAY_SETTINGS"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
@@ -58,9 +61,9 @@ def is_loopback(host: str) -> bool:
 
 
 def _number(document: dict[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = document.get(key, default)
-    if value is None:
-        return None
+    value = document.get(key)
+    if value is None:  # null is unset, as for slo_ttft_ms: a null cap would break every queue
+        return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise GatewaySettingsError(f"{SETTINGS_ENV}: {key} must be a number, got {value!r}")
     return kind(value)
@@ -102,6 +105,15 @@ def settings_from(
         suspect_s=_number(document, "suspect_s", float, 2.0),
         graceful_shutdown_s=_number(document, "graceful_shutdown_s", float, 8.0),
     )
+    if settings.policy not in POLICIES:
+        raise GatewaySettingsError(
+            f"gateway.policy: {settings.policy!r} is not a policy; known: {', '.join(POLICIES)}"
+        )
+    if settings.balance not in STRATEGIES:
+        raise GatewaySettingsError(
+            f"gateway.balance: {settings.balance!r} is not a strategy;"
+            f" known: {', '.join(STRATEGIES)}"
+        )
     if not settings.api_keys and not is_loopback(settings.host):
         raise GatewaySettingsError(
             f"gateway.host: {settings.host} is not a loopback address and gateway.api_keys is"

@@ -196,7 +196,14 @@ class UpstreamAnswer:
             return
         self._released = True
         connection = self._connection
-        if connection.complete and not connection.closed and connection.keep_alive:
+        # A connection whose reading is paused (a big body left unread) would hang its next
+        # request: close it instead.
+        if (
+            connection.complete
+            and not connection.closed
+            and connection.keep_alive
+            and not connection._paused
+        ):
             self._connection.pool.keep(connection)
         else:
             connection.close()
@@ -254,8 +261,14 @@ class UpstreamPool:
         self, origin: tuple[str, int], target: bytes, headers: bytes, body: bytes
     ) -> UpstreamAnswer:
         """Send `POST target` with these header lines; a stale kept connection is redialled."""
+        return await self.request(b"POST", origin, target, headers, body)
+
+    async def request(
+        self, method: bytes, origin: tuple[str, int], target: bytes, headers: bytes, body: bytes
+    ) -> UpstreamAnswer:
         head = (
-            b"POST "
+            method
+            + b" "
             + target
             + b" HTTP/1.1\r\nhost: "
             + f"{origin[0]}:{origin[1]}".encode()

@@ -99,11 +99,21 @@ class Executor:
             and instance.port is not None
             and instance.state in RESERVING_STATES
         }
-        return taken | {
-            instance.retiring.port
-            for instance in self._world.instances.values()
-            if instance.retiring is not None and instance.retiring.port is not None
+        # The daemon's own engines (the gateway) have fixed ports no other engine may pick.
+        own = {
+            engine.spec.port
+            for own_id, engine in self._world.own_engines.items()
+            if own_id != engine_id and engine.spec.port is not None
         }
+        return (
+            taken
+            | own
+            | {
+                instance.retiring.port
+                for instance in self._world.instances.values()
+                if instance.retiring is not None and instance.retiring.port is not None
+            }
+        )
 
     def _choose_port(self, engine: DesiredEngine, surge: bool) -> tuple[int | None, str]:
         settings = self._world.settings

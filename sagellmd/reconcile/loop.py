@@ -22,6 +22,7 @@ from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
 from sagellmd.reconcile.actions import Pend, Plan, Stop, Wait
 from sagellmd.reconcile.executor import Executor
+from sagellmd.reconcile.gateway_engine import daemon_engines
 from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.plan import plan_actions
 from sagellmd.reconcile.recovery import recover
@@ -59,6 +60,7 @@ class Reconciler:
             watcher=ProcessWatcher(loop, self._on_exit),
             clock=clock,
             wake=self.wake,
+            own_engines=daemon_engines(settings),
         )
         self.world.metrics.watch(self.world)
         self._prober = Prober(self.world)
@@ -91,7 +93,7 @@ class Reconciler:
 
     def recover(self) -> None:
         recover(self.world, self._prober)
-        self.observe_gpus(self.world.store.desired())
+        self.observe_gpus(self.world.desired())
 
     def observe_gpus(self, desired: list[DesiredEngine]) -> GpuView:
         """Read the GPU inventory and turn it into what placement sees, for this pass."""
@@ -120,12 +122,18 @@ class Reconciler:
         )
 
     def plan_for(self, desired: list[DesiredEngine]) -> Plan:
-        """What a pass would do for this desired set (no inventory read: the last one stands)."""
+        """What a pass would do for this desired set (no inventory read: the last one stands),
+        without the actions on the daemon's own engines (the gateway)."""
+        desired = [e for e in desired if e.id not in self.world.own_engines]
+        desired += list(self.world.own_engines.values())
         needs = gpu_needs(desired, self.estimates)
-        return self._plan(desired, dataclasses.replace(self.world.gpu_view, needs=needs))
+        plan = self._plan(desired, dataclasses.replace(self.world.gpu_view, needs=needs))
+        # Answers about the user's desired state: the daemon's own engines are not part of it.
+        own = self.world.own_engines
+        return Plan(tuple(action for action in plan.actions if action.engine_id not in own))
 
     def current_plan(self) -> Plan:
-        return self.plan_for(self.world.store.desired())
+        return self.plan_for(self.world.desired())
 
     def reconcile_once(self) -> Plan:
         """One pass; running it again with nothing changed does nothing more."""
@@ -134,7 +142,7 @@ class Reconciler:
 
     def _reconcile_once(self) -> Plan:
         self.world.flush_unsaved()  # what a full disk kept from being recorded, in order
-        desired_list = self.world.store.desired()
+        desired_list = self.world.desired()
         desired = {engine.id: engine for engine in desired_list}
         plan = self._plan(desired_list, self.observe_gpus(desired_list))
         self._restart_schedule.sync(desired_list)

@@ -40,7 +40,7 @@ def on_exit(
     if instance is None or instance.pid != pid:
         log.warning("engine=%s pid=%s exited but is not the current process", engine_id, pid)
         return
-    desired = world.store.desired_engine(engine_id)
+    desired = world.desired_engine(engine_id)
     policy = desired.spec.restart if desired else "never"
     kind = kind_for(desired.spec.runtime) if desired else COMMAND
     settings = world.settings
@@ -104,15 +104,16 @@ class Prober:
 
     async def _run(self, engine_id: str, pid: int) -> None:
         settings = self._world.settings
-        desired = self._world.store.desired_engine(engine_id)
+        desired = self._world.desired_engine(engine_id)
         kind = kind_for(desired.spec.runtime) if desired else COMMAND
+        host = kind.probe_host(desired.spec) if desired else ENGINE_HOST
         failures = 0
         while True:
             instance = self._current(engine_id, pid)
             if instance is None or instance.port is None:
                 return
             healthy, detail = await probe_health(
-                ENGINE_HOST,
+                host,
                 instance.port,
                 settings.probe_timeout_s,
                 kind.health_path,

@@ -126,7 +126,7 @@ def _adopt_or_kill_strays(
 ) -> None:
     """Group leaders of this home that no record names: the process of a start whose pid
     was never written is adopted; any other is killed."""
-    desired = {engine.id for engine in world.store.desired()}
+    desired = {engine.id for engine in world.desired()}
     # Oldest first: of a run's group leaders (the engine, and children that called
     # setsid), the engine itself was started first.
     for entry in [entry for entry in marked if entry.pid == entry.pgid]:

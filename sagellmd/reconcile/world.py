@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from sagellmd.backoff import backoff_delay
 from sagellmd.config import Settings
+from sagellmd.desired import DesiredEngine
 from sagellmd.events import EventHub
 from sagellmd.gpu.inventory import GpuInventory
 from sagellmd.gpu.placement import GpuView
@@ -38,6 +39,17 @@ class World:
     metrics: Metrics = field(default_factory=Metrics)
     # Saves that failed on a full or broken disk, retried in order (`flush_unsaved`).
     unsaved: list[Callable[[], object]] = field(default_factory=list)
+    # Engines the daemon itself wants (the gateway), planned over but never stored.
+    own_engines: dict[str, DesiredEngine] = field(default_factory=dict)
+
+    def desired(self) -> list[DesiredEngine]:
+        """What the loop plans over: the stored desired state and the daemon's own engines."""
+        stored = [engine for engine in self.store.desired() if engine.id not in self.own_engines]
+        return stored + list(self.own_engines.values())
+
+    def desired_engine(self, engine_id: str) -> DesiredEngine | None:
+        own = self.own_engines.get(engine_id)
+        return own if own is not None else self.store.desired_engine(engine_id)
 
     def record(
         self, transition: Transition, generation: int | None = None, intent: bool = False

@@ -12,8 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 
-def _setting(field: str, type_: str, minimum: float | None = None, maximum: float | None = None):
+def _setting(
+    field: str,
+    type_: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] = (),
+) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": type_, "x-setting": field}
+    if choices:
+        schema["enum"] = list(choices)
     if minimum is not None:
         schema["minimum"] = minimum
     if maximum is not None:
@@ -29,6 +37,8 @@ def _section(properties: dict[str, Any], closed: bool) -> dict[str, Any]:
 
 
 PORT = (1, 65535)
+GATEWAY_POLICIES = ("fifo", "priority", "slo", "fair", "adaptive")
+GATEWAY_BALANCES = ("least-outstanding", "prefix", "kv-aware", "cost")
 
 CONFIG_SCHEMA: dict[str, Any] = _section(
     {
@@ -82,6 +92,32 @@ CONFIG_SCHEMA: dict[str, Any] = _section(
         "stop_grace_s": _setting("stop_grace_s", "number", 0),
         "tick_s": _setting("tick_s", "number", 0),
         "stop_engines_on_exit": _setting("stop_engines_on_exit", "boolean"),
+        "gateway": _section(
+            {
+                "enabled": _setting("gateway_enabled", "boolean"),
+                "host": _setting("gateway_host", "string"),
+                "port": _setting("gateway_port", "integer", *PORT),
+                "policy": _setting("gateway_policy", "string", choices=GATEWAY_POLICIES),
+                "balance": _setting("gateway_balance", "string", choices=GATEWAY_BALANCES),
+                "retries": _setting("gateway_retries", "integer", 0, 10),
+                "slo_ttft_ms": {
+                    **_setting("gateway_slo_ttft_ms", "number", 1, 3_600_000),
+                    "type": ["number", "null"],
+                },
+                "priority_aging_s": _setting("gateway_priority_aging_s", "number", 0, 86400),
+                "queue": _section(
+                    {
+                        "max_waiting": _setting("gateway_max_waiting", "integer", 0, 1_000_000),
+                        "timeout_s": _setting("gateway_queue_timeout_s", "number", 0, 86400),
+                    },
+                    closed=True,
+                ),
+                # Bearer keys of the gateway's clients; config.py checks them and reads the file.
+                "api_keys": {"type": ["array", "null"], "items": {"type": "string"}},
+                "api_keys_file": {"type": ["string", "null"]},
+            },
+            closed=True,
+        ),
         "models": _section(
             {
                 # Absolute directories; config.py checks each path.

@@ -11,6 +11,8 @@ NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 # Arguments, environment values and descriptions may hold tabs and newlines (a chat
 # template, a PEM key); NUL can never reach exec and the other C0 controls are mistakes.
 TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+# A routable name (an alias) is one word a client types as `model`: no spaces, no controls.
+ALIAS_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
 
 MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -62,6 +64,12 @@ ENGINE_SCHEMA: dict[str, Any] = {
         "pipeline_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
         "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
         "label": {"type": ["string", "null"], "maxLength": 256, "pattern": NO_CONTROL_PATTERN},
+        "aliases": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": ALIAS_PATTERN},
+            "uniqueItems": True,
+            "maxItems": 64,
+        },
         "max_concurrent_requests": {"type": "integer", "minimum": 1, "maximum": 65536},
         "use_gpu": {"type": ["boolean", "null"]},
         "gpu_memory_gb": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 4096},

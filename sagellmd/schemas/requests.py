@@ -121,6 +121,36 @@ DOWNLOAD_BODY = _closed(
 )
 
 
+COUNT: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
+TIMESTAMP: dict[str, Any] = {"type": ["number", "null"], "minimum": 0}
+# POST /v1/gateway/activity (GATEWAY-CONTRACT.md); every key optional, others ignored.
+GATEWAY_ACTIVITY_BODY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "pid": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**31 - 1},
+        "started_at": TIMESTAMP,
+        "route_version": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_INTEGER},
+        "engines": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "inflight": COUNT,
+                    "queued": COUNT,
+                    "requests": COUNT,
+                    "last_request_at": TIMESTAMP,
+                },
+            },
+        },
+        "models": {
+            "type": "object",
+            "additionalProperties": {"type": "object", "properties": {"queued": COUNT}},
+        },
+        "totals": {"type": "object", "additionalProperties": COUNT},
+    },
+}
+
+
 def request_schemas(runtimes: list[str]) -> dict[str, dict[str, Any]]:
     """Every request body by the name routes give it, for this daemon's runtimes."""
     return {
@@ -137,4 +167,5 @@ def request_schemas(runtimes: list[str]) -> dict[str, dict[str, Any]]:
         "RollbackBody": ROLLBACK_BODY,
         "EngineStartRequest": seed_start_body(runtimes),
         "DownloadBody": DOWNLOAD_BODY,
+        "GatewayActivity": GATEWAY_ACTIVITY_BODY,
     }

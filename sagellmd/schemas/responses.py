@@ -55,6 +55,9 @@ ENGINE_ENTRY = _object(
         "message": STRING,
         "spec": {"type": ["object", "null"]},
         "metadata": OPEN_OBJECT,
+        # /v1/status only: the gateway's last report (null without a recent one).
+        "inflight": NULLABLE_INT,
+        "queued": NULLABLE_INT,
     },
     ("id", "preset", "name", "kind", "model", "runtime", "state", "pid", "port", "restarts")
     + ("label", "message"),
@@ -136,6 +139,41 @@ ERROR = _object(
     ("error",),
 )
 ENGINES = _array(ref("EngineEntry"))
+ROUTE_ENTRY = _object(
+    {
+        "id": STRING,
+        "state": enum((*INSTANCE_STATES, "absent")),
+        "ready": BOOLEAN,
+        "url": NULLABLE_STRING,
+        "served_model": STRING,
+        "names": _array(STRING),
+        "label": NULLABLE_STRING,
+        "aliases": _array(STRING),
+        "kind": STRING,
+        "runtime": STRING,
+        "endpoints": _array(STRING),
+        "max_concurrent_requests": INTEGER,
+        "metadata": OPEN_OBJECT,
+        "startup_timeout_s": {"type": "number"},
+        "message": STRING,
+    },
+    ("id", "state", "ready", "url", "served_model", "names", "label", "aliases", "kind")
+    + ("runtime", "endpoints", "max_concurrent_requests", "metadata", "startup_timeout_s")
+    + ("message",),
+)
+GATEWAY_STATUS = _object(
+    {
+        "enabled": BOOLEAN,
+        "state": STRING,
+        "url": STRING,
+        "pid": NULLABLE_INT,
+        "restarts": INTEGER,
+        "message": NULLABLE_STRING,
+        "totals": {"type": ["object", "null"]},
+        "reported_at": NULLABLE_STRING,
+    },
+    ("enabled", "state", "url", "pid", "totals", "reported_at"),
+)
 
 
 def response_schemas(action_types: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -160,9 +198,15 @@ def response_schemas(action_types: tuple[str, ...]) -> dict[str, dict[str, Any]]
                 "gpus": ref("Gpus"),
                 "presets": _array(STRING),
                 "engines": ENGINES,
+                "gateway": ref("GatewayStatus"),
             },
-            ("generation", "daemon", "gpus", "engines"),
+            ("generation", "daemon", "gpus", "engines", "gateway"),
         ),
+        "RouteEntry": ROUTE_ENTRY,
+        "RouteTable": _object(
+            {"version": INTEGER, "engines": _array(ref("RouteEntry"))}, ("version", "engines")
+        ),
+        "GatewayStatus": GATEWAY_STATUS,
         "EventPage": _object(
             {"events": _array(ref("Event")), "last_id": INTEGER}, ("events", "last_id")
         ),

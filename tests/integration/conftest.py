@@ -194,6 +194,9 @@ def base_config(**overrides: Any) -> dict[str, Any]:
         "gpus": "simulate:2x80",
         # Their fake/... models are on no disk and need no hub: do not ask it (offline here).
         "models": {"hub_check": False},
+        # Every daemon would bind the gateway's port 8000; the gateway tests enable it on
+        # a free port of their own.
+        "gateway": {"enabled": False},
     }
     config.update(overrides)
     return config

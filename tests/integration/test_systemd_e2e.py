@@ -248,6 +248,8 @@ def namespace(tmp_path: Path) -> Iterator[Namespace]:
                 "runtimes": {"vllm": {"command": [sys.executable, str(FAKE_VLLM)]}},
                 # The stand-in's fake/* models are on no disk and there is no hub here.
                 "models": {"hub_check": False},
+                # The gateway the daemon supervises rides along: it too must survive a restart.
+                "gateway": {"enabled": True, "port": free_port()},
             }
         )
     )
@@ -334,7 +336,12 @@ def wait_for_pid1(unshare: subprocess.Popen[bytes], base: Path) -> int:
 
 
 def engine_leaders(home: Path) -> list[psutil.Process]:
-    return [p for p in engine_processes(home) if os.getpgid(p.pid) == p.pid]
+    """The user's engines' process group leaders (the daemon's gateway is not one of them)."""
+    return [
+        p
+        for p in engine_processes(home)
+        if os.getpgid(p.pid) == p.pid and p.environ().get("SAGELLM_ENGINE_ID") != "gateway"
+    ]
 
 
 def test_start_restart_and_stop_under_systemd_keep_the_engine(namespace: Namespace):
@@ -356,6 +363,12 @@ def test_start_restart_and_stop_under_systemd_keep_the_engine(namespace: Namespa
 
     first = wait_for(ready, 20, "e2e.chat ready", ns.journal)
     (leader,) = engine_leaders(ns.home)
+    gateway = wait_for(
+        lambda: (g := client.get("/v1/gateway").json())["state"] == "ready" and g,
+        20,
+        "the gateway ready",
+        ns.journal,
+    )
     assert httpx.get(f"http://127.0.0.1:{first['port']}/health").status_code == 200
 
     ns.systemctl("restart", "sagellmd")
@@ -363,6 +376,7 @@ def test_start_restart_and_stop_under_systemd_keep_the_engine(namespace: Namespa
     second = wait_for(ready, 20, "e2e.chat ready after the restart", ns.journal)
     assert second["pid"] == first["pid"] and second["restarts"] == 0
     assert [p.pid for p in engine_leaders(ns.home)] == [leader.pid]
+    assert client.get("/v1/gateway").json()["pid"] == gateway["pid"]
     events = client.get("/v1/events", params={"engine": "e2e.chat"}).json()["events"]
     assert any(e["type"] == "adopted" for e in events)
 

@@ -345,3 +345,115 @@ def test_an_empty_models_section_is_no_models_section(tmp_path):
     # `models:` with nothing under it is YAML null, like an empty api: or placement:.
     settings = load(tmp_path, "models:\n")
     assert settings.model_paths == () and settings.hub_check is True
+
+
+# -- gateway ---------------------------------------------------------------------
+
+
+def test_gateway_defaults(tmp_path):
+    settings = load(tmp_path)
+    assert settings.gateway_enabled is True
+    assert (settings.gateway_host, settings.gateway_port) == ("127.0.0.1", 8000)
+    assert (settings.gateway_policy, settings.gateway_balance) == ("adaptive", "least-outstanding")
+    assert settings.gateway_retries == 2
+    assert (settings.gateway_max_waiting, settings.gateway_queue_timeout_s) == (1024, 60.0)
+    assert settings.gateway_api_keys == () and settings.gateway_api_keys_file is None
+    assert (settings.gateway_slo_ttft_ms, settings.gateway_priority_aging_s) == (None, 10.0)
+    assert load(tmp_path, "gateway: {slo_ttft_ms: null}\n").gateway_slo_ttft_ms is None
+    assert settings.gateway_url == "http://127.0.0.1:8000"
+
+
+def test_the_gateway_section_sets_every_key(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# one key a line\nfrom-file\n\n  k2  \n")
+    settings = load(
+        tmp_path,
+        f"""\
+gateway:
+  enabled: false
+  host: 0.0.0.0
+  port: 8111
+  policy: slo
+  balance: kv-aware
+  retries: 0
+  queue: {{max_waiting: 8, timeout_s: 2.5}}
+  slo_ttft_ms: 400
+  priority_aging_s: 3
+  api_keys: [k1, k2]
+  api_keys_file: {keys}
+""",
+    )
+    assert settings.gateway_enabled is False
+    assert (settings.gateway_host, settings.gateway_port) == ("0.0.0.0", 8111)
+    assert (settings.gateway_policy, settings.gateway_balance) == ("slo", "kv-aware")
+    assert settings.gateway_retries == 0
+    assert (settings.gateway_max_waiting, settings.gateway_queue_timeout_s) == (8, 2.5)
+    assert (settings.gateway_slo_ttft_ms, settings.gateway_priority_aging_s) == (400.0, 3.0)
+    assert settings.gateway_api_keys == ("k1", "k2", "from-file")
+    assert settings.gateway_api_keys_file == keys
+
+
+def test_gateway_environment_overrides(tmp_path):
+    settings = load(
+        tmp_path,
+        "gateway: {port: 8111}\n",
+        environ={
+            "SAGELLM_GATEWAY_PORT": "8222",
+            "SAGELLM_GATEWAY_ENABLED": "no",
+            "SAGELLM_GATEWAY_POLICY": "fifo",
+        },
+    )
+    assert (settings.gateway_port, settings.gateway_enabled) == (8222, False)
+    assert settings.gateway_policy == "fifo"
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("gateway: {port: 0}", "gateway.port: must be >= 1"),
+        ("gateway: {port: eighty}", "gateway.port: must be an integer"),
+        ("gateway: {enabled: maybe}", "gateway.enabled: must be true or false"),
+        ("gateway: {policy: lottery}", "gateway.policy: must be one of fifo, priority, slo"),
+        ("gateway: {balance: random}", "gateway.balance: must be one of least-outstanding"),
+        ("gateway: {retries: -1}", "gateway.retries: must be >= 0"),
+        ("gateway: {slo_ttft_ms: 0}", "gateway.slo_ttft_ms: must be >= 1"),
+        ("gateway: {slo_ttft_ms: soon}", "gateway.slo_ttft_ms: must be a number"),
+        ("gateway: {priority_aging_s: -2}", "gateway.priority_aging_s: must be >= 0"),
+        ("gateway: {queue: {max_waiting: 1.5}}", "gateway.queue.max_waiting: must be an integer"),
+        ("gateway: {queue: {timeout_s: -1}}", "gateway.queue.timeout_s: must be >= 0"),
+        ("gateway: {queue: {size: 3}}", "gateway.queue: unknown key(s) size"),
+        ("gateway: {colour: red}", "gateway: unknown key(s) colour"),
+        ("gateway: {api_keys: k1}", "gateway.api_keys: must be a list of strings"),
+        ("gateway: {api_keys: ['']}", "gateway.api_keys[0]: must be a non-empty string"),
+        ("gateway: {api_keys: ['a b']}", "gateway.api_keys[0]: must not contain whitespace"),
+        ("gateway: {api_keys_file: keys.txt}", "gateway.api_keys_file: must be an absolute path"),
+        ("gateway: {api_keys_file: /no/such/keys}", "gateway.api_keys_file: cannot read"),
+        ("gateway: {port: 8765}", "gateway.port 8765 is the daemon's own API port"),
+    ],
+)
+def test_bad_gateway_values_name_the_field(tmp_path, config, expected):
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, config + "\n")
+    assert expected in caught.value.message
+
+
+def test_a_network_gateway_without_keys_is_refused_naming_the_fix(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, "gateway: {host: 0.0.0.0}\n")
+    message = caught.value.message
+    assert "gateway.host" in message and "gateway.api_keys" in message
+    assert "127.0.0.1" in message and caught.value.exit_code == 2
+    # With keys, or disabled, or on loopback it is fine.
+    assert load(tmp_path, "gateway: {host: 0.0.0.0, api_keys: [k]}\n").gateway_api_keys == ("k",)
+    assert not load(tmp_path, "gateway: {host: 0.0.0.0, enabled: false}\n").gateway_enabled
+    assert load(tmp_path, "gateway: {host: '::1'}\n").gateway_url == "http://[::1]:8000"
+    with pytest.raises(ConfigError):
+        load(tmp_path, "{}\n", environ={"SAGELLM_GATEWAY_HOST": "192.168.1.5"})
+
+
+def test_an_empty_keys_file_gives_no_keys(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# none yet\n")
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, f"gateway: {{host: 0.0.0.0, api_keys_file: {keys}}}\n")
+    assert "gateway.api_keys" in caught.value.message

@@ -136,7 +136,8 @@ class Launcher:
         child_env = {
             key: value
             for key, value in os.environ.items()
-            if not key.startswith(("FAKE_", "SAGELLM_")) and key != "CUDA_VISIBLE_DEVICES"
+            if not key.startswith(("FAKE_", "SAGELLM_"))
+            and key not in ("CUDA_VISIBLE_DEVICES", "VLLM_SERVER_DEV_MODE")
         }
         child_env["FAKE_VLLM_RECORD"] = str(record)
         child_env.update(env or {})

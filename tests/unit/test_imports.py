@@ -208,3 +208,15 @@ def test_cli_never_imports_the_daemon_side():
         if _in_layer(imported, DAEMON_SIDE)
     )
     assert not violations, "the CLI reaches into the daemon:\n" + "\n".join(violations)
+
+
+def test_python_client_imports_only_itself():
+    """Applications import sagellmd.client alone: none of the daemon, the gateway or the CLI."""
+    violations = sorted(
+        f"{module} imports {imported}"
+        for module, imports in _import_graph().items()
+        if _in_layer(module, ("sagellmd.client",))
+        for imported in imports
+        if not _in_layer(imported, ("sagellmd.client",))
+    )
+    assert not violations, "the Python client reaches out:\n" + "\n".join(violations)

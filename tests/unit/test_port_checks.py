@@ -25,6 +25,13 @@ def test_the_api_port_is_refused():
         check_fixed_ports({"new": spec(API_PORT)}, API_PORT, {}, set())
 
 
+def test_the_gateway_port_is_refused_while_the_gateway_is_enabled():
+    with pytest.raises(ConflictError, match="port 8000 is the gateway's port") as caught:
+        check_fixed_ports({"new": spec(8000)}, API_PORT, {}, set(), gateway_port=8000)
+    assert caught.value.details["holder"] == "gateway"
+    check_fixed_ports({"new": spec(8000)}, API_PORT, {}, set(), gateway_port=None)
+
+
 def test_an_automatic_port_in_use_is_refused_naming_its_engine():
     instances = {"a": running("a", 20001)}
     with pytest.raises(ConflictError) as caught:

@@ -71,7 +71,7 @@ def llama_spec(model: str, cache: Path | None = None, **fields) -> EngineSpec:
 
 
 def test_the_registry_names_each_built_in_kind_and_its_default_command():
-    assert sorted(KINDS) == ["embedding", "llama-cpp", "vllm"]
+    assert sorted(KINDS) == ["embedding", "gateway", "llama-cpp", "vllm"]
     for name, kind in KINDS.items():
         assert kind.name == name
         assert DEFAULT_RUNTIMES[name] == list(kind.default_command)

@@ -67,8 +67,15 @@ def test_embedding_defaults():
 
 
 def test_explicit_runtime_and_timeout_win_over_kind_defaults():
-    spec = parse_engine({"name": "embed", "kind": "embedding", "model": "m", "runtime": "mine",
-                         "startup_timeout_s": 5})
+    spec = parse_engine(
+        {
+            "name": "embed",
+            "kind": "embedding",
+            "model": "m",
+            "runtime": "mine",
+            "startup_timeout_s": 5,
+        }
+    )
     assert spec.runtime == "mine"
     assert spec.startup_timeout_s == 5.0
     assert isinstance(spec.startup_timeout_s, float)
@@ -78,8 +85,10 @@ def test_integral_floats_become_ints():
     spec = parse_engine({**GOOD_ENGINE, "tensor_parallel": 2.0, "port": 8000.0})
     assert spec.tensor_parallel == 2 and isinstance(spec.tensor_parallel, int)
     assert spec.port == 8000 and isinstance(spec.port, int)
-    assert spec.spec_hash == parse_engine({**GOOD_ENGINE, "tensor_parallel": 2,
-                                           "port": 8000}).spec_hash
+    assert (
+        spec.spec_hash
+        == parse_engine({**GOOD_ENGINE, "tensor_parallel": 2, "port": 8000}).spec_hash
+    )
 
 
 def test_parse_does_not_mutate_its_input():
@@ -90,8 +99,16 @@ def test_parse_does_not_mutate_its_input():
 
 
 def test_to_dict_round_trips_through_parse():
-    spec = parse_engine({**GOOD_ENGINE, "extra_args": ["--a", "b"], "env": {"A": "1"},
-                         "metadata": {"team": "x"}, "port": 8001, "label": "l"})
+    spec = parse_engine(
+        {
+            **GOOD_ENGINE,
+            "extra_args": ["--a", "b"],
+            "env": {"A": "1"},
+            "metadata": {"team": "x"},
+            "port": 8001,
+            "label": "l",
+        }
+    )
     assert parse_engine(spec.to_dict()) == spec
 
 
@@ -179,8 +196,18 @@ def test_engine_id():
 
 @pytest.mark.parametrize(
     ("name", "valid"),
-    [("a", True), ("a-1", True), ("a" * 63, True), ("a" * 64, False), ("A", False),
-     ("-a", False), ("a-", False), ("a.b", False), ("", False), ("a_b", False)],
+    [
+        ("a", True),
+        ("a-1", True),
+        ("a" * 63, True),
+        ("a" * 64, False),
+        ("A", False),
+        ("-a", False),
+        ("a-", False),
+        ("a.b", False),
+        ("", False),
+        ("a_b", False),
+    ],
 )
 def test_is_valid_name(name, valid):
     assert is_valid_name(name) is valid
@@ -238,119 +265,280 @@ GPU_MEM_RULE = "must be a number > 0 (GiB per GPU) or null for an estimate, got 
 # (id, parser, document, expected start of one of the error messages)
 MALFORMED = [
     # unknown fields
-    ("unknown-top-level", parse_preset, preset_doc(colour="red"),
-     "(document): unknown field 'colour'; allowed fields: description, engines, name, version"),
-    ("unknown-engine-field", parse_preset, with_engine(gpus=2),
-     "engines[1]: unknown field 'gpus'; allowed fields: env,"),
-    ("unknown-field-bare-engine", parse_engine, {**GOOD_ENGINE, "replicas": 2},
-     "(document): unknown field 'replicas'"),
+    (
+        "unknown-top-level",
+        parse_preset,
+        preset_doc(colour="red"),
+        "(document): unknown field 'colour'; allowed fields: description, engines, name, version",
+    ),
+    (
+        "unknown-engine-field",
+        parse_preset,
+        with_engine(gpus=2),
+        "engines[1]: unknown field 'gpus'; allowed fields: aliases, env,",
+    ),
+    (
+        "unknown-field-bare-engine",
+        parse_engine,
+        {**GOOD_ENGINE, "replicas": 2},
+        "(document): unknown field 'replicas'",
+    ),
     # missing required fields
-    ("missing-preset-name", parse_preset, without("name"),
-     "name: required field is missing; it " + NAME_RULE),
-    ("missing-version", parse_preset, without("version"),
-     "version: required field is missing; it must be 1"),
-    ("missing-engines", parse_preset, without("engines"),
-     "engines: required field is missing; it must be a non-empty list of engine specs"),
-    ("missing-engine-name", parse_preset, without("name", engine=1),
-     "engines[1].name: required field is missing"),
-    ("missing-engine-model", parse_preset, without("model", engine=1),
-     "engines[1].model: required field is missing; it must be a non-empty string"),
-    ("missing-model-bare-engine", parse_engine, {"name": "chat"},
-     "model: required field is missing"),
+    (
+        "missing-preset-name",
+        parse_preset,
+        without("name"),
+        "name: required field is missing; it " + NAME_RULE,
+    ),
+    (
+        "missing-version",
+        parse_preset,
+        without("version"),
+        "version: required field is missing; it must be 1",
+    ),
+    (
+        "missing-engines",
+        parse_preset,
+        without("engines"),
+        "engines: required field is missing; it must be a non-empty list of engine specs",
+    ),
+    (
+        "missing-engine-name",
+        parse_preset,
+        without("name", engine=1),
+        "engines[1].name: required field is missing",
+    ),
+    (
+        "missing-engine-model",
+        parse_preset,
+        without("model", engine=1),
+        "engines[1].model: required field is missing; it must be a non-empty string",
+    ),
+    (
+        "missing-model-bare-engine",
+        parse_engine,
+        {"name": "chat"},
+        "model: required field is missing",
+    ),
     # names
-    ("name-uppercase", parse_preset, with_engine(name="Embed"),
-     f'engines[1].name: {NAME_RULE}'),
-    ("name-leading-dash", parse_preset, with_engine(name="-embed"),
-     f'engines[1].name: {NAME_RULE}'),
-    ("name-64-chars", parse_preset, with_engine(name="e" * 64),
-     "engines[1].name: must be at most 63 characters, got 64"),
-    ("name-with-dot", parse_preset, with_engine(name="em.bed"),
-     f'engines[1].name: {NAME_RULE}'),
-    ("name-not-string", parse_preset, with_engine(name=7),
-     f"engines[1].name: {NAME_RULE}"),
-    ("preset-name-uppercase", parse_preset, preset_doc(name="Tiny"),
-     f'name: {NAME_RULE}'),
-    ("preset-name-trailing-dash", parse_preset, preset_doc(name="tiny-"),
-     f'name: {NAME_RULE}'),
-    ("model-empty", parse_preset, with_engine(model=""),
-     'engines[1].model: must be a non-empty string'),
+    ("name-uppercase", parse_preset, with_engine(name="Embed"), f"engines[1].name: {NAME_RULE}"),
+    (
+        "name-leading-dash",
+        parse_preset,
+        with_engine(name="-embed"),
+        f"engines[1].name: {NAME_RULE}",
+    ),
+    (
+        "name-64-chars",
+        parse_preset,
+        with_engine(name="e" * 64),
+        "engines[1].name: must be at most 63 characters, got 64",
+    ),
+    ("name-with-dot", parse_preset, with_engine(name="em.bed"), f"engines[1].name: {NAME_RULE}"),
+    ("name-not-string", parse_preset, with_engine(name=7), f"engines[1].name: {NAME_RULE}"),
+    ("preset-name-uppercase", parse_preset, preset_doc(name="Tiny"), f"name: {NAME_RULE}"),
+    ("preset-name-trailing-dash", parse_preset, preset_doc(name="tiny-"), f"name: {NAME_RULE}"),
+    (
+        "model-empty",
+        parse_preset,
+        with_engine(model=""),
+        "engines[1].model: must be a non-empty string",
+    ),
     # enums
-    ("kind-not-in-enum", parse_preset, with_engine(kind="chat"),
-     'engines[1].kind: must be one of: llm, embedding, got "chat"'),
-    ("restart-sometimes", parse_preset, with_engine(restart="sometimes"),
-     'engines[1].restart: must be one of: always, on-failure, never, got "sometimes"'),
+    (
+        "kind-not-in-enum",
+        parse_preset,
+        with_engine(kind="chat"),
+        'engines[1].kind: must be one of: llm, embedding, got "chat"',
+    ),
+    (
+        "restart-sometimes",
+        parse_preset,
+        with_engine(restart="sometimes"),
+        'engines[1].restart: must be one of: always, on-failure, never, got "sometimes"',
+    ),
     # parallelism
-    ("tp-0", parse_preset, with_engine(tensor_parallel=0),
-     "engines[1].tensor_parallel: must be an integer >= 1, got 0"),
-    ("tp-negative", parse_preset, with_engine(tensor_parallel=-1),
-     f"engines[1].tensor_parallel: {INT_RULE}-1"),
-    ("tp-string", parse_preset, with_engine(tensor_parallel="2"),
-     f'engines[1].tensor_parallel: {INT_RULE}"2"'),
-    ("tp-bool", parse_preset, with_engine(tensor_parallel=True),
-     f"engines[1].tensor_parallel: {INT_RULE}true"),
-    ("tp-fraction", parse_preset, with_engine(tensor_parallel=1.5),
-     f"engines[1].tensor_parallel: {INT_RULE}1.5"),
-    ("tp-too-large", parse_preset, with_engine(tensor_parallel=65),
-     "engines[1].tensor_parallel: must be an integer >= 1 and at most 64, got 65"),
-    ("pp-0", parse_preset, with_engine(pipeline_parallel=0),
-     f"engines[1].pipeline_parallel: {INT_RULE}0"),
-    ("pp-negative", parse_preset, with_engine(pipeline_parallel=-1),
-     f"engines[1].pipeline_parallel: {INT_RULE}-1"),
-    ("pp-string", parse_preset, with_engine(pipeline_parallel="2"),
-     f'engines[1].pipeline_parallel: {INT_RULE}"2"'),
-    ("pp-bool", parse_preset, with_engine(pipeline_parallel=True),
-     f"engines[1].pipeline_parallel: {INT_RULE}true"),
-    ("pp-fraction", parse_preset, with_engine(pipeline_parallel=1.5),
-     f"engines[1].pipeline_parallel: {INT_RULE}1.5"),
-    ("tp-bare-engine", parse_engine, {**GOOD_ENGINE, "tensor_parallel": 0},
-     f"tensor_parallel: {INT_RULE}0"),
+    (
+        "tp-0",
+        parse_preset,
+        with_engine(tensor_parallel=0),
+        "engines[1].tensor_parallel: must be an integer >= 1, got 0",
+    ),
+    (
+        "tp-negative",
+        parse_preset,
+        with_engine(tensor_parallel=-1),
+        f"engines[1].tensor_parallel: {INT_RULE}-1",
+    ),
+    (
+        "tp-string",
+        parse_preset,
+        with_engine(tensor_parallel="2"),
+        f'engines[1].tensor_parallel: {INT_RULE}"2"',
+    ),
+    (
+        "tp-bool",
+        parse_preset,
+        with_engine(tensor_parallel=True),
+        f"engines[1].tensor_parallel: {INT_RULE}true",
+    ),
+    (
+        "tp-fraction",
+        parse_preset,
+        with_engine(tensor_parallel=1.5),
+        f"engines[1].tensor_parallel: {INT_RULE}1.5",
+    ),
+    (
+        "tp-too-large",
+        parse_preset,
+        with_engine(tensor_parallel=65),
+        "engines[1].tensor_parallel: must be an integer >= 1 and at most 64, got 65",
+    ),
+    (
+        "pp-0",
+        parse_preset,
+        with_engine(pipeline_parallel=0),
+        f"engines[1].pipeline_parallel: {INT_RULE}0",
+    ),
+    (
+        "pp-negative",
+        parse_preset,
+        with_engine(pipeline_parallel=-1),
+        f"engines[1].pipeline_parallel: {INT_RULE}-1",
+    ),
+    (
+        "pp-string",
+        parse_preset,
+        with_engine(pipeline_parallel="2"),
+        f'engines[1].pipeline_parallel: {INT_RULE}"2"',
+    ),
+    (
+        "pp-bool",
+        parse_preset,
+        with_engine(pipeline_parallel=True),
+        f"engines[1].pipeline_parallel: {INT_RULE}true",
+    ),
+    (
+        "pp-fraction",
+        parse_preset,
+        with_engine(pipeline_parallel=1.5),
+        f"engines[1].pipeline_parallel: {INT_RULE}1.5",
+    ),
+    (
+        "tp-bare-engine",
+        parse_engine,
+        {**GOOD_ENGINE, "tensor_parallel": 0},
+        f"tensor_parallel: {INT_RULE}0",
+    ),
     # ports and limits
     ("port-0", parse_preset, with_engine(port=0), f"engines[1].port: {PORT_RULE}0"),
     ("port-70000", parse_preset, with_engine(port=70000), f"engines[1].port: {PORT_RULE}70000"),
     ("port-string", parse_preset, with_engine(port="80"), f'engines[1].port: {PORT_RULE}"80"'),
-    ("max-concurrent-0", parse_preset, with_engine(max_concurrent_requests=0),
-     f"engines[1].max_concurrent_requests: {INT_RULE}0"),
-    ("use-gpu-yes", parse_preset, with_engine(use_gpu="yes"),
-     'engines[1].use_gpu: must be true, false or null, got "yes"'),
-    ("gpu-memory-0", parse_preset, with_engine(gpu_memory_gb=0),
-     f"engines[1].gpu_memory_gb: {GPU_MEM_RULE}0"),
-    ("gpu-memory-negative", parse_preset, with_engine(gpu_memory_gb=-1),
-     f"engines[1].gpu_memory_gb: {GPU_MEM_RULE}-1"),
-    ("startup-timeout-0", parse_preset, with_engine(startup_timeout_s=0),
-     "engines[1].startup_timeout_s: must be a number of seconds > 0, got 0"),
+    (
+        "max-concurrent-0",
+        parse_preset,
+        with_engine(max_concurrent_requests=0),
+        f"engines[1].max_concurrent_requests: {INT_RULE}0",
+    ),
+    (
+        "use-gpu-yes",
+        parse_preset,
+        with_engine(use_gpu="yes"),
+        'engines[1].use_gpu: must be true, false or null, got "yes"',
+    ),
+    (
+        "gpu-memory-0",
+        parse_preset,
+        with_engine(gpu_memory_gb=0),
+        f"engines[1].gpu_memory_gb: {GPU_MEM_RULE}0",
+    ),
+    (
+        "gpu-memory-negative",
+        parse_preset,
+        with_engine(gpu_memory_gb=-1),
+        f"engines[1].gpu_memory_gb: {GPU_MEM_RULE}-1",
+    ),
+    (
+        "startup-timeout-0",
+        parse_preset,
+        with_engine(startup_timeout_s=0),
+        "engines[1].startup_timeout_s: must be a number of seconds > 0, got 0",
+    ),
     # lists and mappings
-    ("extra-args-string", parse_preset, with_engine(extra_args="--enforce-eager"),
-     'engines[1].extra_args: must be a list of strings, got "--enforce-eager"'),
-    ("extra-args-number", parse_preset, with_engine(extra_args=["--max-model-len", 4096]),
-     "engines[1].extra_args[1]: must be a list of strings, got 4096"),
-    ("extra-args-nul", parse_preset, with_engine(extra_args=["a\x00b"]),
-     "engines[1].extra_args[0]: must not contain control characters other than tab"),
-    ("env-non-string-value", parse_preset, with_engine(env={"HF_HOME": 1}),
-     "engines[1].env.HF_HOME: must be a mapping of VARIABLE_NAME to string, got 1"),
-    ("env-bad-key", parse_preset, with_engine(env={"1BAD": "x"}),
-     'engines[1].env: '),
-    ("env-dash-key", parse_preset, with_engine(env={"MY-VAR": "x"}),
-     'engines[1].env: '),
-    ("env-not-mapping", parse_preset, with_engine(env=["A=1"]),
-     'engines[1].env: must be a mapping of VARIABLE_NAME to string, got ["A=1"]'),
-    ("metadata-list", parse_preset, with_engine(metadata=["a"]),
-     'engines[1].metadata: must be a mapping, got ["a"]'),
+    (
+        "extra-args-string",
+        parse_preset,
+        with_engine(extra_args="--enforce-eager"),
+        'engines[1].extra_args: must be a list of strings, got "--enforce-eager"',
+    ),
+    (
+        "extra-args-number",
+        parse_preset,
+        with_engine(extra_args=["--max-model-len", 4096]),
+        "engines[1].extra_args[1]: must be a list of strings, got 4096",
+    ),
+    (
+        "extra-args-nul",
+        parse_preset,
+        with_engine(extra_args=["a\x00b"]),
+        "engines[1].extra_args[0]: must not contain control characters other than tab",
+    ),
+    (
+        "env-non-string-value",
+        parse_preset,
+        with_engine(env={"HF_HOME": 1}),
+        "engines[1].env.HF_HOME: must be a mapping of VARIABLE_NAME to string, got 1",
+    ),
+    ("env-bad-key", parse_preset, with_engine(env={"1BAD": "x"}), "engines[1].env: "),
+    ("env-dash-key", parse_preset, with_engine(env={"MY-VAR": "x"}), "engines[1].env: "),
+    (
+        "env-not-mapping",
+        parse_preset,
+        with_engine(env=["A=1"]),
+        'engines[1].env: must be a mapping of VARIABLE_NAME to string, got ["A=1"]',
+    ),
+    (
+        "metadata-list",
+        parse_preset,
+        with_engine(metadata=["a"]),
+        'engines[1].metadata: must be a mapping, got ["a"]',
+    ),
     # the document
     ("version-2", parse_preset, preset_doc(version=2), "version: must be 1, got 2"),
-    ("engines-empty", parse_preset, preset_doc(engines=[]),
-     "engines: must list between 1 and 64 engines, got 0"),
-    ("engines-not-list", parse_preset, preset_doc(engines={"chat": GOOD_ENGINE}),
-     "engines: must be a non-empty list of engine specs, got {"),
-    ("engines-string", parse_preset, preset_doc(engines="chat"),
-     'engines: must be a non-empty list of engine specs, got "chat"'),
-    ("duplicate-engine-names", parse_preset,
-     preset_doc(engines=[GOOD_ENGINE, {"name": "x", "model": "m"}, dict(GOOD_ENGINE)]),
-     "engines[2].name: 'chat' is already used by engines[0]; engine names must be unique"),
-    ("duplicate-ports", parse_preset,
-     preset_doc(engines=[{**GOOD_ENGINE, "port": 8090}, {"name": "b", "model": "m", "port": 8090}]),
-     "engines[1].port: 8090 is already used by engines[0]"),
+    (
+        "engines-empty",
+        parse_preset,
+        preset_doc(engines=[]),
+        "engines: must list between 1 and 64 engines, got 0",
+    ),
+    (
+        "engines-not-list",
+        parse_preset,
+        preset_doc(engines={"chat": GOOD_ENGINE}),
+        "engines: must be a non-empty list of engine specs, got {",
+    ),
+    (
+        "engines-string",
+        parse_preset,
+        preset_doc(engines="chat"),
+        'engines: must be a non-empty list of engine specs, got "chat"',
+    ),
+    (
+        "duplicate-engine-names",
+        parse_preset,
+        preset_doc(engines=[GOOD_ENGINE, {"name": "x", "model": "m"}, dict(GOOD_ENGINE)]),
+        "engines[2].name: 'chat' is already used by engines[0]; engine names must be unique",
+    ),
+    (
+        "duplicate-ports",
+        parse_preset,
+        preset_doc(
+            engines=[{**GOOD_ENGINE, "port": 8090}, {"name": "b", "model": "m", "port": 8090}]
+        ),
+        "engines[1].port: 8090 is already used by engines[0]",
+    ),
     ("document-list", parse_preset, [preset_doc()], "(document): "),
-    ("document-string", parse_preset, "name: tiny", '(document): '),
+    ("document-string", parse_preset, "name: tiny", "(document): "),
     ("document-none", parse_preset, None, "(document): "),
     ("engine-document-list", parse_engine, [GOOD_ENGINE], "(document): "),
 ]
@@ -496,3 +684,45 @@ def test_a_trailing_newline_does_not_slip_past_a_pattern(fields):
 
 def test_a_name_with_a_trailing_newline_is_not_valid():
     assert not is_valid_name("chat\n")
+
+
+# -- aliases and reserved names ----------------------------------------------------
+
+
+def test_aliases_are_routable_names_and_no_process_field():
+    spec = parse_engine({**GOOD_ENGINE, "aliases": ["qwen", "fast-chat"]})
+    assert spec.aliases == ("qwen", "fast-chat")
+    assert spec.to_dict()["aliases"] == ["qwen", "fast-chat"]
+    plain = parse_engine(GOOD_ENGINE)
+    assert plain.aliases == () and plain.spec_hash == spec.spec_hash
+
+
+@pytest.mark.parametrize(
+    ("aliases", "expected"),
+    [
+        (["two words"], "aliases[0]: must be one word"),
+        (["tab\there"], "aliases[0]: must be one word"),
+        ([""], "aliases[0]:"),
+        (["a", "a"], "aliases: must be a list of distinct names"),
+        ("qwen", "aliases: must be a list of distinct names"),
+        ([3], "aliases[0]:"),
+    ],
+)
+def test_bad_aliases_name_the_field(aliases, expected):
+    with pytest.raises(SpecError) as caught:
+        parse_engine({**GOOD_ENGINE, "aliases": aliases})
+    assert any(message.startswith(expected) for message in caught.value.errors), caught.value.errors
+
+
+def test_the_gateway_runtime_is_reserved():
+    with pytest.raises(SpecError) as caught:
+        parse_engine({**GOOD_ENGINE, "runtime": "gateway"})
+    assert caught.value.errors[0].startswith("runtime: 'gateway' is reserved")
+
+
+def test_the_gateway_engine_id_is_reserved():
+    from sagellmd.spec import reserved_engine_id_problem
+
+    assert "reserved" in (reserved_engine_id_problem("gateway") or "")
+    assert reserved_engine_id_problem("gateway-2") is None
+    assert reserved_engine_id_problem("p.gateway") is None

@@ -7,6 +7,7 @@ from sagellmd.models.resolve import EngineModel
 from sagellmd.runtime.kinds.base import EngineSettings, RuntimeKind
 from sagellmd.runtime.kinds.command import CommandKind
 from sagellmd.runtime.kinds.embedding import EmbeddingKind
+from sagellmd.runtime.kinds.gateway import GatewayKind
 from sagellmd.runtime.kinds.llamacpp import LlamaCppKind
 from sagellmd.runtime.kinds.vllm import VllmKind
 from sagellmd.spec import EngineSpec
@@ -15,6 +16,7 @@ KINDS: dict[str, RuntimeKind] = {
     "vllm": VllmKind(),
     "embedding": EmbeddingKind(),
     "llama-cpp": LlamaCppKind(),
+    "gateway": GatewayKind(),
 }
 COMMAND = CommandKind()
 

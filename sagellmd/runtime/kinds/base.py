@@ -166,6 +166,10 @@ class RuntimeKind:
         """The OpenAI endpoints the engine serves."""
         return EMBEDDING_ENDPOINTS if spec.kind == "embedding" else CHAT_ENDPOINTS
 
+    def probe_host(self, spec: EngineSpec) -> str:
+        """Where the daemon's health probe connects (engines bind the loopback address)."""
+        return ENGINE_HOST
+
     def probe_accepts(self, status: int) -> bool:
         """Whether an answer of `status` to the health probe means healthy."""
         if self.health_status is None:

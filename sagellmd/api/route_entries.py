@@ -1,0 +1,101 @@
+"""The gateway's route table (GATEWAY-CONTRACT.md): one entry per desired engine, and its
+version, which changes exactly when the table does. Pure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from sagellmd.desired import DesiredEngine
+from sagellmd.instance import Instance, InstanceState
+from sagellmd.runtime.kinds import kind_for
+from sagellmd.spec import GATEWAY_ENGINE_ID
+
+ABSENT = "absent"  # desired, and no instance yet
+
+
+def _origin(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _names(served: Iterable[str], engine: DesiredEngine) -> list[str]:
+    """Served names, engine id, label, aliases: in that order, each once."""
+    spec = engine.spec
+    candidates = [*served, engine.id, spec.label, *spec.aliases]
+    return list(dict.fromkeys(name for name in candidates if name))
+
+
+def route_entry(engine: DesiredEngine, instance: Instance | None) -> dict[str, Any]:
+    """One engine as the gateway routes to it."""
+    spec = engine.spec
+    kind = kind_for(spec.runtime)
+    served = kind.served_model_names(spec)
+    state = instance.state.value if instance is not None else ABSENT
+    port = instance.port if instance is not None else None
+    message = instance.message if instance is not None else "waiting for the reconcile loop"
+    retiring = instance.retiring if instance is not None else None
+    if (
+        instance is not None
+        and instance.state is not InstanceState.READY
+        and retiring is not None
+        and retiring.port is not None
+    ):
+        # Start-then-stop: the previous process serves until its replacement is ready.
+        state, port = InstanceState.READY.value, retiring.port
+        message = f"previous pid {retiring.pid} serves while its replacement starts"
+    ready = state == InstanceState.READY.value and port is not None
+    return {
+        "id": engine.id,
+        "state": state,
+        "ready": ready,
+        "url": _origin(kind.base_url(port)) if port is not None else None,
+        "served_model": served[0] if served else spec.model,
+        "names": _names(served, engine),
+        "label": spec.label,
+        "aliases": list(spec.aliases),
+        "kind": spec.kind,
+        "runtime": spec.runtime,
+        "endpoints": list(kind.endpoints(spec)),
+        "max_concurrent_requests": spec.max_concurrent_requests,
+        "metadata": dict(spec.metadata),
+        "startup_timeout_s": spec.startup_timeout_s,
+        "message": message,
+    }
+
+
+def route_entries(
+    desired: Iterable[DesiredEngine], instances: Mapping[str, Instance]
+) -> list[dict[str, Any]]:
+    """Every desired engine but the gateway itself, by id."""
+    return [
+        route_entry(engine, instances.get(engine.id))
+        for engine in sorted(desired, key=lambda engine: engine.id)
+        if engine.id != GATEWAY_ENGINE_ID
+    ]
+
+
+@dataclass
+class RouteVersions:
+    """Numbers the route tables: a new number exactly when the content differs from the last.
+
+    It starts from the clock in milliseconds, so a restarted daemon never reuses a number an
+    older daemon gave another table (a gateway waiting `after` it would miss the change).
+    """
+
+    clock: Callable[[], float] = time.time
+    _last: list[dict[str, Any]] | None = None
+    _version: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        self._version = int(self.clock() * 1000)
+
+    def table(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """`{"version", "engines"}` for these entries."""
+        if entries != self._last:
+            self._version += 1 if self._last is not None else 0
+            self._last = entries
+        return {"version": self._version, "engines": entries}

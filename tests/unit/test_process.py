@@ -109,6 +109,14 @@ def gone(pid: int) -> bool:
         return True
 
 
+def wait_exec(pid: int, marker: str = "time.sleep(60)") -> None:
+    """Until the child has exec'd, /proc shows the forked parent's environment, not its own."""
+    deadline = time.monotonic() + 10.0
+    while marker not in " ".join(psutil.Process(pid).cmdline()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
 def test_spawn_starts_its_own_session_and_appends_to_the_log(tmp_path: Path, started) -> None:
     log_file = tmp_path / "logs" / "chat.log"
     log_file.parent.mkdir()
@@ -198,6 +206,7 @@ def test_adopt_watches_a_process_it_did_not_start(tmp_path: Path, loop, started)
     env = env_of(tmp_path)
     popen = spawn(python("import time; time.sleep(60)"), env, tmp_path / "a.log")
     started.append(popen.pid)
+    wait_exec(popen.pid)
     create_time = process_create_time(popen.pid)
     assert create_time is not None
     exits = Exits(loop)
@@ -226,11 +235,7 @@ def test_adopt_of_a_dead_pid_is_none(tmp_path: Path, loop) -> None:
 def test_identity_is_pid_and_create_time(tmp_path: Path, started) -> None:
     popen = spawn(python("import time; time.sleep(60)"), env_of(tmp_path), tmp_path / "a.log")
     started.append(popen.pid)
-    # Until the child has exec'd, /proc shows the forked daemon's environment, not its own.
-    deadline = time.monotonic() + 10.0
-    while "time.sleep(60)" not in " ".join(psutil.Process(popen.pid).cmdline()):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_exec(popen.pid)
     create_time = process_create_time(popen.pid)
     assert create_time is not None
     assert identity_matches(popen.pid, create_time)

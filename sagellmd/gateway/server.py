@@ -22,7 +22,10 @@ def _config(app: GatewayApp, settings: GatewaySettings) -> uvicorn.Config:
         http="httptools",
         lifespan="on",
         access_log=False,
-        server_header=False,  # the engine's own Server and Date headers pass through
+        server_header=False,
+        # Nothing sits in front of the gateway to trust X-Forwarded-For from; the middleware
+        # would cost every request a scope copy.
+        proxy_headers=False,  # the engine's own Server and Date headers pass through
         date_header=False,  # the gateway writes its own access line per request
         log_level="warning",
         backlog=4096,

@@ -66,8 +66,16 @@ def test_demand_starts_an_on_demand_engine_and_idle_s_stops_it(make_daemon):
     entry = daemon.wait_state("p.chat", "idle")
     assert entry["pid"] is None
     assert entry["message"] == "on demand: starts on the first request"
+    shown = daemon.cli("status")
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if "p.chat" in line)
+    assert "idle" in row and "on demand" in row
     # preset set is healthy at once: an engine nobody asked for holds no verdict open.
-    wait_event(daemon, "p.chat", "idle")
+    daemon.wait_for(
+        lambda: any("is healthy" in e["message"] for e in daemon.events()),
+        10,
+        "the generation to be judged healthy",
+    )
     route = next(
         e
         for e in daemon.client.get("/v1/routes", headers=daemon.auth()).json()["engines"]

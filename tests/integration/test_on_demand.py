@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import psutil
+import yaml
 
 from tests.integration.conftest import Daemon, fake_preset, free_port
 from tests.integration.test_gateway_requests import MODEL, Gateway
@@ -201,7 +202,11 @@ def test_a_daemon_restart_keeps_idle_engines_idle_and_running_ones_running(make_
         {"name": "sleepy", "start": "on-demand", "idle_s": IDLE_S, "idle_action": "sleep"},
         {"name": "up"},
     )
-    assert daemon.put("/v1/presets/p", preset).status_code in (200, 201)
+    path = daemon.home / "p.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    # --wait follows the change until healthy: idle engines do not hold it open.
+    done = daemon.cli("preset", "set", "--file", str(path), "--wait", "--timeout", "30")
+    assert done.returncode == 0, done.stdout + done.stderr
     up_pid = daemon.wait_state("p.up", "ready")["pid"]
     daemon.wait_state("p.lazy", "idle")
     report(daemon, demand={"p.sleepy": 1})

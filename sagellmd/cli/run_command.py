@@ -150,16 +150,22 @@ def run(
         ..., metavar="MODEL", help="A routable name, or a Hugging Face id, path or .gguf to run."
     ),
     prompt: str | None = typer.Argument(
-        None, metavar="[PROMPT]", help="Answer this and exit (default: an interactive chat)."
+        None, metavar="PROMPT", help="Answer this and exit (default: an interactive chat)."
     ),
     name: str | None = typer.Option(
-        None, "--name", help="Name of the engine to declare (default: from MODEL)."
+        None, "--name", metavar="NAME", help="Name of the engine to declare (default: from MODEL)."
     ),
     kind: str | None = typer.Option(
-        None, "--kind", help="llm or embedding (default: guessed from MODEL's name)."
+        None,
+        "--kind",
+        metavar="KIND",
+        help="llm or embedding (default: guessed from MODEL's name).",
     ),
     runtime: str | None = typer.Option(
-        None, "--runtime", help="Runtime from the config (default: llama-cpp for GGUF, else vllm)."
+        None,
+        "--runtime",
+        metavar="RUNTIME",
+        help="Runtime from the config (default: llama-cpp for GGUF, else vllm).",
     ),
     system: str | None = typer.Option(
         None, "--system", metavar="TEXT", help="A system message sent before the conversation."

@@ -118,6 +118,8 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     if notifier.watchdog_interval_s:
         reconciler.set_heartbeat(notifier.watchdog, notifier.watchdog_interval_s / 2)
     ctx = ApiContext(settings, store, hub, reconciler, token, time.time())
+    # Demand and idleness come from the gateway's reports, which the API receives.
+    reconciler.world.activity = ctx.gateway_activity.fresh
     guard = ConnectionGuard.for_descriptors(settings.api_header_timeout_s, raise_open_files_limit())
     config = uvicorn.Config(
         create_app(ctx),

@@ -23,6 +23,9 @@ class InstanceState(StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+    # Nobody uses it (an on-demand engine before its first request, or idle_s passed): no
+    # process, or (idle_action: sleep) a process asleep, its GPU memory released.
+    IDLE = "idle"
 
 
 LIVE_STATES = frozenset({InstanceState.STARTING, InstanceState.READY, InstanceState.UNHEALTHY})
@@ -39,6 +42,11 @@ class StopIntent(StrEnum):
     # the exit is no crash, and the engine stays stopped until it is desired again.
     DELIBERATE = "deliberate"
     FAILURE = "failure"  # unhealthy or too slow: the exit counts as a crash
+    # Nobody used it for idle_s, or it makes room for a demanded engine: the exit leaves it
+    # idle, started again on the next request.
+    IDLE = "idle"
+    # Being put to sleep (POST /sleep): the process stays; it is idle once the call returns.
+    SLEEP = "sleep"
 
     @classmethod
     def _missing_(cls, value: object) -> StopIntent | None:
@@ -83,6 +91,11 @@ class Instance:
     retiring: Retiring | None = None
 
     @property
+    def asleep(self) -> bool:
+        """Idle with its process kept (vLLM sleep mode): a wake, not a start, brings it back."""
+        return self.state is InstanceState.IDLE and self.pid is not None
+
+    @property
     def holds_gpus(self) -> bool:
         """Its GPU reservation stands (released once stopped, failed or pending)."""
         return bool(self.gpus) and self.state in RESERVING_STATES
@@ -104,8 +117,10 @@ class IllegalTransitionError(Exception):
 
 
 ALLOWED: dict[InstanceState | None, frozenset[InstanceState]] = {
-    None: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
-    InstanceState.PENDING: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
+    None: frozenset({InstanceState.STARTING, InstanceState.PENDING, InstanceState.IDLE}),
+    InstanceState.PENDING: frozenset(
+        {InstanceState.STARTING, InstanceState.PENDING, InstanceState.IDLE}
+    ),
     InstanceState.STARTING: frozenset(
         {
             InstanceState.READY,
@@ -135,11 +150,23 @@ ALLOWED: dict[InstanceState | None, frozenset[InstanceState]] = {
         }
     ),
     InstanceState.STOPPING: frozenset(
-        {InstanceState.STOPPED, InstanceState.BACKOFF, InstanceState.FAILED}
+        {InstanceState.STOPPED, InstanceState.BACKOFF, InstanceState.FAILED, InstanceState.IDLE}
     ),
     InstanceState.BACKOFF: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
-    InstanceState.STOPPED: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
+    InstanceState.STOPPED: frozenset(
+        {InstanceState.STARTING, InstanceState.PENDING, InstanceState.IDLE}
+    ),
     InstanceState.FAILED: frozenset({InstanceState.STARTING, InstanceState.PENDING}),
+    # Started (or woken: STARTING with the asleep process), made room for (PENDING), its
+    # spec or its sleeping process's end recorded (IDLE), or its sleeping process stopped.
+    InstanceState.IDLE: frozenset(
+        {
+            InstanceState.STARTING,
+            InstanceState.PENDING,
+            InstanceState.IDLE,
+            InstanceState.STOPPING,
+        }
+    ),
 }
 
 
@@ -209,9 +236,17 @@ def begin_start(
     counts_as_restart: bool,
     gpus: tuple[int, ...] = (),
     gpu_bytes: int = 0,
+    waking: str | None = None,
 ) -> Transition:
-    """Intent to spawn, with the GPUs reserved for it: written before the process exists."""
+    """Intent to spawn, with the GPUs reserved for it: written before the process exists.
+
+    `waking` says why an idle engine starts (`waking: 3 requests waiting`)."""
     _check(current, InstanceState.STARTING)
+    if current is not None and current.asleep:
+        # A second process beside the sleeping one: it must be woken (begin_wake) or stopped.
+        raise IllegalTransitionError(
+            f"{engine_id}: idle -> starting is not allowed (pid {current.pid} is asleep: wake it)"
+        )
     replaced = current is not None and current.spec_hash != spec_hash
     base = current if current is not None and not replaced else None
     restarts = (base.restarts if base else 0) + (1 if counts_as_restart else 0)
@@ -237,6 +272,9 @@ def begin_start(
     if gpus:
         placed = ",".join(f"GPU{gpu}" for gpu in gpus)
         note += f", {placed} x {gpu_bytes / 1024**3:.1f} GiB"
+    if waking:
+        instance = replace(instance, message=waking)
+        return Transition(instance, "waking", f"{waking}; port {port}{note}")
     return Transition(instance, kind, f"port {port}{note}")
 
 
@@ -354,6 +392,18 @@ def exited(
         exited_at=now,
         stop_intent=None,
     )
+    if current.state is InstanceState.IDLE or (
+        current.state is InstanceState.STOPPING
+        and current.stop_intent in (StopIntent.IDLE, StopIntent.SLEEP)
+    ):
+        # Stopped for being idle (or to make room), or a sleeping process that ended: idle,
+        # as the message of its stop says; the next request starts it afresh.
+        _check(current, InstanceState.IDLE)
+        message = current.message if current.state is InstanceState.STOPPING else how
+        if current.state is InstanceState.IDLE:
+            message = f"{current.message}; its sleeping process ended ({how})"
+        idle = replace(current, state=InstanceState.IDLE, message=message, **common)
+        return Transition(idle, "idle", f"{how}; {message}")
     if current.state is InstanceState.STOPPING and current.stop_intent is StopIntent.DELIBERATE:
         _check(current, InstanceState.STOPPED)
         # The intent stays recorded: the planner starts a deliberately stopped engine
@@ -381,6 +431,73 @@ def exited(
     return Transition(
         instance, "exited", f"{how} ({reason}); {note}" if reason != how else f"{how}; {note}"
     )
+
+
+def made_idle(
+    current: Instance | None, engine_id: str, spec_hash: str, generation: int, reason: str
+) -> Transition:
+    """Idle without a process: an on-demand engine before its first request (or one whose
+    spec changed while idle, or whose wait for room ended without a request left)."""
+    _check(current, InstanceState.IDLE)
+    if current is not None and current.asleep and current.spec_hash != spec_hash:
+        raise IllegalTransitionError(
+            f"{engine_id}: a sleeping process keeps its spec; stop it before changing it"
+        )
+    if current is None:
+        instance = Instance(
+            engine_id=engine_id,
+            generation=generation,
+            spec_hash=spec_hash,
+            state=InstanceState.IDLE,
+            message=reason,
+        )
+    else:
+        fresh = current.spec_hash != spec_hash
+        instance = replace(
+            current,
+            state=InstanceState.IDLE,
+            message=reason,
+            spec_hash=spec_hash,
+            generation=generation,
+            stop_intent=None,
+            failures=0 if fresh else current.failures,
+        )
+    return Transition(instance, "idle", reason)
+
+
+def fell_asleep(current: Instance, reason: str) -> Transition:
+    """POST /sleep returned: the process stays, its GPU memory (and reservation) is free."""
+    _check(current, InstanceState.IDLE)
+    if current.stop_intent is not StopIntent.SLEEP or current.pid is None:
+        raise IllegalTransitionError(f"{current.engine_id}: asleep without a sleep asked for")
+    instance = replace(current, state=InstanceState.IDLE, stop_intent=None, message=reason)
+    return Transition(instance, "idle", f"pid {current.pid} asleep; {reason}")
+
+
+def begin_wake(
+    current: Instance,
+    now: float,
+    waiting: int,
+    gpus: tuple[int, ...] = (),
+    gpu_bytes: int = 0,
+) -> Transition:
+    """The sleeping process is asked to wake (POST /wake_up): starting again, with the GPUs
+    reserved again; the health probe makes it ready."""
+    _check(current, InstanceState.STARTING)
+    if not current.asleep:
+        raise IllegalTransitionError(f"{current.engine_id}: only a sleeping process wakes")
+    message = f"waking: {waiting} requests waiting"
+    instance = replace(
+        current,
+        state=InstanceState.STARTING,
+        message=message,
+        started_at=now,
+        ready_at=None,
+        stop_intent=None,
+        gpus=gpus or current.gpus,
+        gpu_bytes=gpu_bytes or current.gpu_bytes,
+    )
+    return Transition(instance, "waking", f"{message}; pid {current.pid}")
 
 
 def begin_surge(

@@ -19,11 +19,13 @@ from sagellmd.json_values import json_value_problems
 from sagellmd.schemas.engine import (
     ALIAS_PATTERN,
     ENGINE_SCHEMA,
+    IDLE_ACTIONS,
     KINDS,
     NAME_PATTERN,
     NO_CONTROL_PATTERN,
     PRESET_SCHEMA,
     RESTART_POLICIES,
+    START_POLICIES,
     TEXT_PATTERN,
 )
 from sagellmd.schemas.validator import Validator, ecma_match
@@ -50,6 +52,8 @@ NAME_RULE = (
 DEFAULT_RUNTIME = {"llm": "vllm", "embedding": "embedding"}
 DEFAULT_STARTUP_TIMEOUT_S = {"llm": 900.0, "embedding": 180.0}
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256
+# An on-demand engine that sets no idle_s goes idle after ten minutes without a request.
+DEFAULT_ON_DEMAND_IDLE_S = 600.0
 # (runtime, kind) -> the startup_timeout_s of a spec that sets none. Each runtime kind says its
 # own (runtime/kinds/, which imports this module); the daemon passes `startup_timeout_for`.
 StartupTimeouts = Callable[[str, str], float]
@@ -90,6 +94,9 @@ FIELD_RULES = {
     "restart": f"must be one of: {', '.join(RESTART_POLICIES)}",
     "startup_timeout_s": "must be a number of seconds > 0",
     "restart_schedule": CRON_RULE,
+    "start": f"must be one of: {', '.join(START_POLICIES)}",
+    "idle_s": "must be a number of seconds > 0, or null for never idle",
+    "idle_action": f"must be one of: {', '.join(IDLE_ACTIONS)}",
     "version": "must be 1",
     "description": "must be a string",
     "engines": "must be a non-empty list of engine specs",
@@ -119,6 +126,11 @@ class EngineSpec:
     restart: str = "always"
     startup_timeout_s: float = 900.0
     restart_schedule: str | None = None
+    # When the engine runs: `always`, or `on-demand` (from the first request the gateway
+    # holds for it); after idle_s seconds without a request it stops or sleeps (idle_action).
+    start: str = "always"
+    idle_s: float | None = None
+    idle_action: str = "stop"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,6 +145,10 @@ class EngineSpec:
         """Hash of the fields that shape the process; equal hashes need no restart."""
         data = self.to_dict()
         relevant = {key: data[key] for key in PROCESS_FIELDS}
+        # Sleep mode is a vLLM flag; start, idle_s and idle_action: stop shape no process,
+        # so hashes from before these fields stay what they were.
+        if self.idle_action == "sleep":
+            relevant["idle_action"] = "sleep"
         encoded = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()[:16]
 
@@ -141,6 +157,11 @@ class EngineSpec:
         if self.use_gpu is not None:
             return self.use_gpu
         return self.kind == "llm"
+
+    @property
+    def idle_able(self) -> bool:
+        """Whether the daemon may stop or sleep the engine when nobody uses it."""
+        return self.start == "on-demand" or self.idle_s is not None
 
 
 @dataclass(frozen=True)
@@ -261,6 +282,10 @@ def _build_engine(data: Mapping[str, Any], startup_timeouts: StartupTimeouts) ->
         values["port"] = int(values["port"])
     if values.get("gpu_memory_gb") is not None:
         values["gpu_memory_gb"] = float(values["gpu_memory_gb"])
+    if values.get("start") == "on-demand":
+        values.setdefault("idle_s", DEFAULT_ON_DEMAND_IDLE_S)
+    if values.get("idle_s") is not None:
+        values["idle_s"] = float(values["idle_s"])
     values["extra_args"] = tuple(values.get("extra_args", ()))
     values["aliases"] = tuple(values.get("aliases", ()))
     values["env"] = dict(values.get("env", {}))
@@ -281,7 +306,7 @@ def _check_values(spec: EngineSpec, prefix: str) -> list[str]:
             " gateway process (gateway: in config.yaml); choose vllm, embedding, llama-cpp or"
             " a runtime of config runtimes"
         )
-    for name in ("startup_timeout_s", "gpu_memory_gb"):
+    for name in ("startup_timeout_s", "gpu_memory_gb", "idle_s"):
         value = getattr(spec, name)
         if value is not None and not math.isfinite(value):
             problems.append(f"{_field(prefix, name)}: {FIELD_RULES[name]}, got {value}")

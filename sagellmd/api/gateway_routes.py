@@ -81,6 +81,8 @@ async def activity(request: Request) -> Response:
             {"field": where},
         )
     ctx.gateway_activity.receive(data)
+    # Demand starts engines and an end of load lets them go idle: the loop looks at once.
+    ctx.reconciler.wake()
     return Response(status_code=204)
 
 

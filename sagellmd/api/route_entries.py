@@ -63,6 +63,9 @@ def route_entry(engine: DesiredEngine, instance: Instance | None) -> dict[str, A
         "max_concurrent_requests": spec.max_concurrent_requests,
         "metadata": dict(spec.metadata),
         "startup_timeout_s": spec.startup_timeout_s,
+        "start": spec.start,
+        "idle_s": spec.idle_s,
+        "idle_action": spec.idle_action,
         "message": message,
     }
 

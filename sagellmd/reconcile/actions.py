@@ -27,6 +27,8 @@ class Start:
     gpus: tuple[int, ...] = ()
     gpu_bytes: int = 0
     kind: StartKind = StartKind.START
+    # Requests the gateway holds for it (a start on demand may evict idle engines).
+    waiting: int = 0
 
     @property
     def engine_id(self) -> str:
@@ -93,7 +95,37 @@ class Wait:
     action: str = "wait"
 
 
-Action = Start | Retire | Stop | Replace | Forget | Wait | Pend
+@dataclass(frozen=True)
+class Idle:
+    """Record it idle without a process (on demand, before its first request)."""
+
+    engine_id: str
+    reason: str
+    action: str = "idle"
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Put the engine to sleep (POST /sleep?level=1): nobody uses it, or it makes room."""
+
+    engine_id: str
+    reason: str
+    action: str = "sleep"
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Wake the sleeping engine (POST /wake_up) on `gpus`, for `waiting` held requests."""
+
+    engine_id: str
+    reason: str
+    waiting: int
+    gpus: tuple[int, ...] = ()
+    gpu_bytes: int = 0
+    action: str = "wake"
+
+
+Action = Start | Retire | Stop | Replace | Forget | Wait | Pend | Idle | Sleep | Wake
 
 
 @dataclass(frozen=True)
@@ -113,6 +145,8 @@ def _action_dict(action: Action) -> dict[str, object]:
     # "engine" (the id) and "action" are the keys of the API contract (docs/api.md).
     names = {"engine_id": "engine", "kind": "action"}
     values: dict[str, Any] = dict(vars(action))
+    if isinstance(action, Start) and not action.waiting:
+        values.pop("waiting")  # only a start on demand says how many requests wait for it
     if isinstance(action, Start):
         values["engine"] = action.engine_id
     return {

@@ -16,6 +16,7 @@ from sagellmd.instance import (
     begin_start,
     begin_stop,
     begin_surge,
+    made_idle,
     made_pending,
     retired,
     retiring_key,
@@ -29,15 +30,19 @@ from sagellmd.models.resolve import needs_hub, spec_environ
 from sagellmd.reconcile.actions import (
     Action,
     Forget,
+    Idle,
     Pend,
     Replace,
     Retire,
+    Sleep,
     Start,
     StartKind,
     Stop,
     Wait,
+    Wake,
 )
 from sagellmd.reconcile.observe import Prober, on_exit
+from sagellmd.reconcile.sleep_mode import SleepMode
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
 from sagellmd.runtime.kinds import kind_for
@@ -71,6 +76,7 @@ class Executor:
         self._world = world
         self._prober = prober
         self._hub = HubReachability(world.wake)
+        self.sleep_mode = SleepMode(world, prober)
 
     def execute(
         self, action: Action, desired: Mapping[str, DesiredEngine], generation: int
@@ -88,6 +94,12 @@ class Executor:
         elif isinstance(action, Forget):
             self._prober.cancel(action.engine_id)
             self._world.forget(action.engine_id)
+        elif isinstance(action, Idle):
+            self._idle(desired[action.engine_id], generation, action.reason)
+        elif isinstance(action, Sleep):
+            self.sleep_mode.sleep(action)
+        elif isinstance(action, Wake):
+            self.sleep_mode.wake(action)
         elif isinstance(action, Wait):
             pass  # the loop turns waits into timers
 
@@ -97,7 +109,7 @@ class Executor:
             for instance in self._world.instances.values()
             if (instance.engine_id != engine_id or surge)
             and instance.port is not None
-            and instance.state in RESERVING_STATES
+            and (instance.state in RESERVING_STATES or instance.asleep)
         }
         # The daemon's own engines (the gateway) have fixed ports no other engine may pick.
         own = {
@@ -136,14 +148,24 @@ class Executor:
             return None, f"no free port in {settings.port_start}-{settings.port_end}"
         return port, ""
 
+    def _idle(self, engine: DesiredEngine, generation: int, reason: str) -> None:
+        current = self._world.instances.get(engine.id)
+        self._world.record(
+            made_idle(current, engine.id, engine.spec.spec_hash, generation, reason), intent=True
+        )
+
     def _pend(self, engine: DesiredEngine, generation: int, reason: str) -> None:
         """Record that it waits, once per distinct reason (passes repeat often)."""
         current = self._world.instances.get(engine.id)
-        if (
-            current is not None
-            and current.state is InstanceState.PENDING
-            and current.message == reason
-        ):
+        if current is not None and current.message in (reason, f"waking: {reason}"):
+            if current.state is InstanceState.PENDING or current.asleep:
+                return
+        if current is not None and current.asleep:
+            # A sleeping process waits for room to wake in; it stays idle (and asleep).
+            self._world.record(
+                made_idle(current, engine.id, current.spec_hash, generation, f"waking: {reason}"),
+                intent=True,
+            )
             return
         self._world.record(
             made_pending(current, engine.id, engine.spec.spec_hash, generation, reason),
@@ -242,6 +264,7 @@ class Executor:
             action.kind is StartKind.RESTART,
             action.gpus,
             action.gpu_bytes,
+            action.reason if action.waiting else None,
         )
         return world.record(transition, generation, intent=True)
 

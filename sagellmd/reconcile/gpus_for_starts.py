@@ -7,7 +7,8 @@ from dataclasses import replace
 
 from sagellmd.gpu.placement import GpuView, Placed, Reservation, describe_need, place
 from sagellmd.instance import Instance, InstanceState
-from sagellmd.reconcile.actions import Action, Pend, Replace, Start, StartKind
+from sagellmd.reconcile.actions import Action, Pend, Replace, Start, StartKind, Wake
+from sagellmd.reconcile.make_room import Room
 from sagellmd.runtime.kinds import wants_gpu
 
 
@@ -45,21 +46,55 @@ def _cannot_place(action: Action, reason: str, surge: bool) -> Action:
     return Pend(action.engine_id, reason)
 
 
+def _place_wake(
+    action: Wake,
+    instance: Instance,
+    view: GpuView,
+    reservations: list[Reservation],
+    busy: set[int],
+    room: Room | None,
+) -> Placed | list[Action]:
+    """A sleeping process wakes on the GPUs it was started on (CUDA_VISIBLE_DEVICES), and
+    needs its reservation back there."""
+    own = replace(view, gpus=tuple(gpu for gpu in view.gpus if gpu.index in instance.gpus))
+    count, need = len(instance.gpus), instance.gpu_bytes
+    outcome = place(count, need, own.gpus, reservations, view.headroom, busy)
+    if isinstance(outcome, Placed):
+        return outcome
+    if room is not None and action.waiting and not outcome.busy:
+        return room.evict_for(action.engine_id, count, need, own, reservations, busy)
+    return [Pend(action.engine_id, outcome.message)]
+
+
 def place_starts(
     actions: Sequence[Action],
     observed: Mapping[str, Instance],
     view: GpuView,
+    room: Room | None = None,
 ) -> list[Action]:
     """Give each start of a GPU engine its GPUs, one start at a time per GPU.
 
     vLLM measures free memory while it starts, so two engines starting on one GPU
     would both count the same free memory: a start waits while another engine is
     starting on any GPU it would get. Starts planned earlier in this pass count too.
+    A start on demand (or a wake) that does not fit may evict idle-able engines (`room`).
     """
     placed: list[Action] = []
     planned: list[Reservation] = []
     planned_busy: set[int] = set()
     for action in actions:
+        if isinstance(action, Wake) and observed[action.engine_id].gpus:
+            instance = observed[action.engine_id]
+            reservations = _reservations(observed, action.engine_id) + planned
+            busy = _starting_gpus(observed, action.engine_id) | planned_busy
+            woken = _place_wake(action, instance, view, reservations, busy, room)
+            if isinstance(woken, Placed):
+                planned.append(Reservation(action.engine_id, woken.gpus, woken.per_gpu_bytes))
+                planned_busy.update(woken.gpus)
+                placed.append(replace(action, gpus=woken.gpus, gpu_bytes=woken.per_gpu_bytes))
+            else:
+                placed.extend(woken)
+            continue
         if not isinstance(action, Start):
             placed.append(action)
             continue
@@ -81,6 +116,13 @@ def place_starts(
         reservations = _reservations(observed, None if surge else action.engine_id) + planned
         busy = _starting_gpus(observed, action.engine_id) | planned_busy
         outcome = place(count, need, view.gpus, reservations, view.headroom, busy)
+        if not isinstance(outcome, Placed) and room and action.waiting and not surge:
+            if not outcome.busy:
+                made = room.evict_for(action.engine_id, count, need, view, reservations, busy)
+                if not isinstance(made, Placed):
+                    placed.extend(made)
+                    continue
+                outcome = made
         if isinstance(outcome, Placed):
             planned.append(Reservation(action.engine_id, outcome.gpus, outcome.per_gpu_bytes))
             planned_busy.update(outcome.gpus)

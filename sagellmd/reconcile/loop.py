@@ -21,6 +21,7 @@ from sagellmd.gpu.inventory import read_inventory
 from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
 from sagellmd.reconcile.actions import Pend, Plan, Stop, Wait
+from sagellmd.reconcile.demand import Activity
 from sagellmd.reconcile.executor import Executor
 from sagellmd.reconcile.gateway_engine import daemon_engines
 from sagellmd.reconcile.observe import Prober, on_exit
@@ -119,7 +120,13 @@ class Reconciler:
             self.world.clock(),
             BackoffPolicy(settings.backoff_base_s, settings.backoff_max_s),
             view,
+            self.activity(),
         )
+
+    def activity(self) -> Activity | None:
+        """The gateway's last report if it is fresh, as the planner reads it."""
+        report = self.world.activity()
+        return Activity.from_report(report) if report is not None else None
 
     def plan_for(self, desired: list[DesiredEngine]) -> Plan:
         """What a pass would do for this desired set (no inventory read: the last one stands),
@@ -266,7 +273,8 @@ class Reconciler:
         self._scheduler.shutdown(wait=False)
         if stop_engines:
             for engine_id, instance in list(self.world.instances.items()):
-                if instance.state in PROCESS_STATES and engine_id in self.world.watcher:
+                running = instance.state in PROCESS_STATES or instance.asleep
+                if running and engine_id in self.world.watcher:
                     self._executor.execute(
                         Stop(engine_id, "daemon stopping", StopIntent.DELIBERATE), {}, 0
                     )
@@ -280,4 +288,5 @@ class Reconciler:
                 if instance.state is InstanceState.STOPPED:
                     self.world.forget(engine_id)
         self._prober.cancel_all()
+        self._executor.sleep_mode.cancel_all()
         self.world.watcher.release_all()

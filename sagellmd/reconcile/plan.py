@@ -19,7 +19,16 @@ from sagellmd.reconcile.actions import (
     Stop,
     Wait,
 )
+from sagellmd.reconcile.demand import Activity
 from sagellmd.reconcile.gpus_for_starts import place_starts
+from sagellmd.reconcile.make_room import eviction_candidates
+from sagellmd.reconcile.plan_idle import (
+    first_plan,
+    plan_idle,
+    plan_pending_on_demand,
+    plan_ready_idle,
+    waiting_for,
+)
 
 
 def _restart_requested(engine: DesiredEngine, instance: Instance) -> bool:
@@ -28,17 +37,26 @@ def _restart_requested(engine: DesiredEngine, instance: Instance) -> bool:
 
 
 def _plan_engine(
-    engine: DesiredEngine, instance: Instance | None, now: float, backoff: BackoffPolicy
+    engine: DesiredEngine,
+    instance: Instance | None,
+    now: float,
+    backoff: BackoffPolicy,
+    activity: Activity | None,
 ) -> Action | None:
     spec = engine.spec
     if instance is None:
-        return Start(engine, "new engine")
+        return first_plan(engine, activity)
     changed = instance.spec_hash != spec.spec_hash
     state = instance.state
     if state is InstanceState.STOPPING:
         return None
+    if state is InstanceState.IDLE:
+        # Idle engines are never restarted by the planner itself: only demand starts them.
+        return plan_idle(engine, instance, activity)
     if state is InstanceState.PENDING:
-        return Start(engine, f"retry: {instance.message}")
+        if spec.start == "on-demand":
+            return plan_pending_on_demand(engine, instance, activity)
+        return Start(engine, f"retry: {instance.message}", waiting=waiting_for(engine, activity))
     if state in (InstanceState.STARTING, InstanceState.READY, InstanceState.UNHEALTHY):
         if changed:
             if (
@@ -68,6 +86,8 @@ def _plan_engine(
                     StopIntent.FAILURE,
                 )
             return Wait(engine.id, "waiting for /health", deadline)
+        if state is InstanceState.READY:
+            return plan_ready_idle(engine, instance, activity, now)
         return None
     if changed:
         return Start(engine, "spec changed")
@@ -82,6 +102,8 @@ def _plan_engine(
     if state is InstanceState.STOPPED and instance.stop_intent is StopIntent.DELIBERATE:
         # Stopped because it was removed or replaced, not by its restart policy:
         # it is desired again (e.g. unset then set before the old process exited).
+        if spec.start == "on-demand":
+            return first_plan(engine, activity)
         return Start(engine, "desired again")
     return None
 
@@ -92,11 +114,14 @@ def plan_actions(
     now: float,
     backoff: BackoffPolicy = BackoffPolicy(),
     gpus: GpuView | None = None,
+    activity: Activity | None = None,
 ) -> Plan:
     """What should happen now to make `observed` match `desired`; no I/O.
 
     With `gpus`, starts of engines that want GPUs are placed (or made to wait);
     without it, placement is left out (engines start with no GPU accounting).
+    `activity` is the gateway's last fresh report (None: none): demand starts idle
+    engines (evicting idle ones when there is no room), and idleness stops or sleeps them.
     """
     actions: list[Action] = []
     wanted = {engine.id: engine for engine in desired}
@@ -105,14 +130,14 @@ def plan_actions(
         engine = wanted.get(engine_id)
         if engine is None:
             assert instance is not None
-            if instance.state in LIVE_STATES:
+            if instance.state in LIVE_STATES or instance.asleep:
                 actions.append(Stop(engine_id, "no longer desired"))
             elif instance.state is not InstanceState.STOPPING and instance.retiring is None:
                 actions.append(Forget(engine_id, "no longer desired"))
             if instance.retiring is not None:
                 actions.append(Retire(engine_id, "no longer desired"))
             continue
-        action = _plan_engine(engine, instance, now, backoff)
+        action = _plan_engine(engine, instance, now, backoff, activity)
         if action is not None:
             actions.append(action)
         if (
@@ -123,5 +148,6 @@ def plan_actions(
         ):
             actions.append(Retire(engine_id, "its replacement is ready"))
     if gpus is not None:
-        actions = place_starts(actions, observed, gpus)
+        candidates = eviction_candidates(actions, desired, observed, activity)
+        actions = place_starts(actions, observed, gpus, candidates)
     return Plan(tuple(actions))

@@ -103,7 +103,7 @@ def _adopt_recorded(world: World, prober: Prober) -> set[int]:
     """Watch again every engine process on record; an exit for those that ended meanwhile."""
     adopted: set[int] = set()
     for engine_id, instance in list(world.instances.items()):
-        if instance.state not in PROCESS_STATES or instance.pid is None:
+        if (instance.state not in PROCESS_STATES and not instance.asleep) or instance.pid is None:
             continue
         process = world.watcher.adopt(engine_id, instance.pid, instance.create_time or 0.0)
         if process is None:
@@ -115,7 +115,10 @@ def _adopt_recorded(world: World, prober: Prober) -> set[int]:
         adopted.add(instance.pid)
         world.event(engine_id, "adopted", f"pid {instance.pid} kept running; watching it again")
         if instance.state is InstanceState.STOPPING:
+            # (A sleep the previous daemon asked for is not awaited: stopped, it is idle too.)
             world.watcher.stop(engine_id, world.settings.stop_grace_s)
+        elif instance.asleep:
+            pass  # asleep it stays, with no probe, until demand wakes it
         else:
             prober.start(engine_id, instance.pid)
     return adopted

@@ -42,6 +42,10 @@ def judge_change(
     exited CRASH_LIMIT times, or is not ready `startup_timeout_s` after the change.
     """
     current = instance is not None and instance.spec_hash == after_hash
+    if current and instance.state is InstanceState.IDLE:
+        # Nobody asks for it (on demand, or idle_s passed): that must not hold the verdict
+        # open; its first request starts it.
+        return Verdict(True, f"{engine_id} idle ({instance.message})", engine_id)
     if current and instance.state is InstanceState.READY:
         # Ready is not enough: a process that dies a second after its first good health
         # check crash-loops, and that change must fail rather than pass.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sagellmd.backoff import backoff_delay
 from sagellmd.config import Settings
@@ -41,6 +42,8 @@ class World:
     unsaved: list[Callable[[], object]] = field(default_factory=list)
     # Engines the daemon itself wants (the gateway), planned over but never stored.
     own_engines: dict[str, DesiredEngine] = field(default_factory=dict)
+    # The gateway's last activity report while it is fresh (demand, in-flight, last request).
+    activity: Callable[[], Mapping[str, Any] | None] = lambda: None
 
     def desired(self) -> list[DesiredEngine]:
         """What the loop plans over: the stored desired state and the daemon's own engines."""

@@ -45,6 +45,8 @@ CRON_PATTERN = (
 )
 KINDS = ("llm", "embedding")
 RESTART_POLICIES = ("always", "on-failure", "never")
+START_POLICIES = ("always", "on-demand")
+IDLE_ACTIONS = ("stop", "sleep")
 
 ENGINE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -87,6 +89,9 @@ ENGINE_SCHEMA: dict[str, Any] = {
         "restart": {"enum": list(RESTART_POLICIES)},
         "startup_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
         "restart_schedule": {"type": ["string", "null"], "pattern": CRON_PATTERN, "maxLength": 128},
+        "start": {"enum": list(START_POLICIES)},
+        "idle_s": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 31536000},
+        "idle_action": {"enum": list(IDLE_ACTIONS)},
     },
 }
 

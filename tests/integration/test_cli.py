@@ -179,10 +179,7 @@ def test_apply_failure_of_a_new_preset_is_rolled_back_to_nothing(daemon: Daemon,
     assert "error: preset p did not become ready: generation 1 failed: p.chat failed" in (
         result.stderr
     )
-    assert (
-        "the daemon rolled it back: generation 2 undoes this change (p.chat)"
-        in result.stderr
-    )
+    assert "the daemon rolled it back: generation 2 undoes this change (p.chat)" in result.stderr
     daemon.wait_for(lambda: daemon.get("/v1/presets/p").status_code == 404, 10, "p unset")
     assert daemon.get("/v1/status").json()["presets"] == []
     no_engine_processes(daemon)

@@ -318,7 +318,8 @@ def test_illegal_transition_message_names_engine_and_states():
 def test_every_state_has_a_rule():
     assert set(ALLOWED) == {None, *InstanceState}
     for state, targets in ALLOWED.items():
-        assert state not in targets or state is InstanceState.PENDING
+        # Pending and idle record a new reason (idle: a new spec, its sleeping process's end).
+        assert state not in targets or state in (InstanceState.PENDING, InstanceState.IDLE)
 
 
 def test_surge_starts_beside_the_ready_process():

@@ -26,11 +26,13 @@ from sagellmd.instance import (
     begin_stop,
     begin_surge,
     exited,
+    made_idle,
     retired,
     spawned,
 )
 from sagellmd.reconcile.actions import (
     Forget,
+    Idle,
     Plan,
     Replace,
     Retire,
@@ -442,6 +444,11 @@ class SimWorld:
                 self.instances[action.engine_id] = self._exit(stopping)
             elif isinstance(action, Forget):
                 del self.instances[action.engine_id]
+            elif isinstance(action, Idle):
+                wanted = self.desired[action.engine_id]
+                self.instances[action.engine_id] = made_idle(
+                    current, action.engine_id, wanted.spec.spec_hash, 1, action.reason
+                ).instance
             elif isinstance(action, Wait):
                 assert action.until > planned_at
                 self.now = max(self.now, action.until)

@@ -45,8 +45,25 @@ def test_a_ready_engine_is_routable_by_every_name():
         "max_concurrent_requests": 4,
         "metadata": {"cost": 1.5, "gateway_policy": "priority"},
         "startup_timeout_s": 60.0,
+        "start": "always",
+        "idle_s": None,
+        "idle_action": "stop",
         "message": "ready",
     }
+
+
+def test_an_idle_engine_is_listed_not_ready_with_its_on_demand_fields():
+    engine = desired("coder", start="on-demand", idle_s=30, idle_action="sleep")
+    idle = dataclasses.replace(
+        instance("coder", InstanceState.IDLE), message="on demand: starts on ..."
+    )
+    entry = route_entry(engine, idle)
+    assert (entry["state"], entry["ready"], entry["message"]) == (
+        "idle",
+        False,
+        "on demand: starts on ...",
+    )
+    assert (entry["start"], entry["idle_s"], entry["idle_action"]) == ("on-demand", 30.0, "sleep")
 
 
 def test_the_served_name_follows_served_model_name():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -335,6 +336,24 @@ def test_check_spec_rejects_what_the_kind_cannot_run():
     check_spec(llama_spec(f"{REPO}:Q4_K_M"), "engines[0]")
     # Other kinds take any model id.
     check_spec(EngineSpec(name="c", model=REPO), "c")
+
+
+def test_only_vllm_can_sleep_and_sleep_mode_adds_its_flag_and_env(tmp_path):
+    settings = settings_for(tmp_path)
+    sleeper = EngineSpec(name="c", model="m/x", idle_s=5.0, idle_action="sleep")
+    check_spec(sleeper, "c")
+    argv = kind_for("vllm").argv(sleeper, settings, "c", 20001)
+    env = kind_for("vllm").env(sleeper, settings, "c", 20001)
+    assert "--enable-sleep-mode" in argv and env["VLLM_SERVER_DEV_MODE"] == "1"
+    stopper = replace(sleeper, idle_action="stop")
+    assert "--enable-sleep-mode" not in kind_for("vllm").argv(stopper, settings, "c", 20001)
+    assert "VLLM_SERVER_DEV_MODE" not in kind_for("vllm").env(stopper, settings, "c", 20001)
+    with pytest.raises(SpecError) as caught:
+        check_spec(replace(sleeper, kind="embedding", runtime="embedding"), "engines[0]")
+    assert caught.value.errors == [
+        "engines[0].idle_action: 'sleep' needs a runtime with sleep mode (vllm); runtime"
+        " 'embedding' has none, use idle_action: stop"
+    ]
 
 
 def test_vllm_serves_the_names_its_extra_args_give():

@@ -134,6 +134,7 @@ BASE_SPEC = parse_engine({**GOOD_ENGINE, "extra_args": ["--a"], "env": {"A": "1"
         {"use_gpu": False},
         {"gpu_memory_gb": 8.0},
         {"max_concurrent_requests": 8},
+        {"idle_action": "sleep"},
     ],
     ids=lambda change: next(iter(change)) + "=" + repr(next(iter(change.values()))),
 )
@@ -150,6 +151,9 @@ def test_spec_hash_changes_with_process_fields(change):
         {"restart": "on-failure"},
         {"startup_timeout_s": 1.0},
         {"restart_schedule": "0 3 * * *"},
+        {"start": "on-demand"},
+        {"idle_s": 30.0},
+        {"idle_action": "stop"},
     ],
     ids=lambda change: next(iter(change)),
 )
@@ -726,3 +730,33 @@ def test_the_gateway_engine_id_is_reserved():
     assert "reserved" in (reserved_engine_id_problem("gateway") or "")
     assert reserved_engine_id_problem("gateway-2") is None
     assert reserved_engine_id_problem("p.gateway") is None
+
+
+def test_on_demand_fields_default_and_fill_idle_s():
+    always = parse_engine(GOOD_ENGINE)
+    assert (always.start, always.idle_s, always.idle_action) == ("always", None, "stop")
+    assert not always.idle_able
+    on_demand = parse_engine({**GOOD_ENGINE, "start": "on-demand"})
+    assert (on_demand.start, on_demand.idle_s) == ("on-demand", 600.0)
+    assert on_demand.idle_able
+    # An explicit null on an on-demand engine means: never idle once started.
+    assert parse_engine({**GOOD_ENGINE, "start": "on-demand", "idle_s": None}).idle_s is None
+    timed = parse_engine({**GOOD_ENGINE, "idle_s": 2, "idle_action": "sleep"})
+    assert (timed.idle_s, timed.idle_action, timed.idle_able) == (2.0, "sleep", True)
+    assert isinstance(timed.idle_s, float)
+    assert parse_engine(timed.to_dict()) == timed
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"start": "lazy"}, 'chat.start: must be one of: always, on-demand, got "lazy"'),
+        ({"idle_s": 0}, "chat.idle_s: must be a number of seconds > 0, or null for never idle"),
+        ({"idle_s": "10"}, "chat.idle_s: must be a number of seconds > 0"),
+        ({"idle_action": "pause"}, "chat.idle_action: must be one of: stop, sleep"),
+    ],
+)
+def test_bad_on_demand_fields_name_the_field(fields, expected):
+    with pytest.raises(SpecError) as caught:
+        parse_engine({**GOOD_ENGINE, **fields}, "chat")
+    assert caught.value.errors[0].startswith(expected)

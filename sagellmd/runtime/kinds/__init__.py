@@ -33,7 +33,14 @@ def startup_timeout_for(runtime: str, kind: str) -> float:
 
 def check_spec(spec: EngineSpec, where: str) -> None:
     """Reject a spec its runtime kind cannot run (a llama-cpp model that names no GGUF file)."""
-    problems = kind_for(spec.runtime).spec_problems(spec)
+    kind = kind_for(spec.runtime)
+    problems = kind.spec_problems(spec)
+    if spec.idle_action == "sleep" and not kind.supports_sleep:
+        sleepers = ", ".join(name for name, known in KINDS.items() if known.supports_sleep)
+        problems.append(
+            f"idle_action: 'sleep' needs a runtime with sleep mode ({sleepers}); runtime"
+            f" {spec.runtime!r} has none, use idle_action: stop"
+        )
     if problems:
         raise SpecError([f"{where}.{problem}" for problem in problems])
 

@@ -75,6 +75,9 @@ class RuntimeKind:
     # The startup_timeout_s of a spec that sets none, by the spec's kind (llm, embedding).
     # A custom command could be anything, so it gets what every spec had before kinds.
     startup_timeout_s: ClassVar[Mapping[str, float]] = DEFAULT_STARTUP_TIMEOUT_S
+    # Whether an engine of this kind can be put to sleep (`idle_action: sleep`): it frees
+    # its GPU memory on `POST /sleep?level=1` and gets it back on `POST /wake_up`.
+    supports_sleep: ClassVar[bool] = False
 
     def spec_problems(self, spec: EngineSpec) -> list[str]:
         """What this kind cannot run in a valid spec, each as `field: rule, got ...`."""

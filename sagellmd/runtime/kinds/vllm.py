@@ -14,6 +14,8 @@ class VllmKind(RuntimeKind):
     # vLLM loads the weights, profiles memory and captures CUDA graphs: minutes for a large
     # LLM; an embedding model (--task embed) is small.
     startup_timeout_s = {"llm": 900.0, "embedding": 180.0}
+    # --enable-sleep-mode, and VLLM_SERVER_DEV_MODE=1 for the /sleep and /wake_up endpoints.
+    supports_sleep = True
 
     def model(self, spec: EngineSpec, settings: EngineSettings) -> EngineModel:
         local = local_copy_for(spec, settings)
@@ -61,4 +63,20 @@ class VllmKind(RuntimeKind):
         if assignment is not None:
             # vLLM sizes its KV cache to this share of each GPU: our reservation, no more.
             flags += ["--gpu-memory-utilization", f"{assignment.memory_fraction:.4f}"]
+        if spec.idle_action == "sleep":
+            flags.append("--enable-sleep-mode")
         return flags + list(model.extra_flags)
+
+    def env(
+        self,
+        spec: EngineSpec,
+        settings: EngineSettings,
+        engine_id: str,
+        port: int,
+        assignment: GpuAssignment | None = None,
+    ) -> dict[str, str]:
+        env = super().env(spec, settings, engine_id, port, assignment)
+        if spec.idle_action == "sleep":
+            # vLLM serves /sleep, /wake_up and /is_sleeping only in its development mode.
+            env["VLLM_SERVER_DEV_MODE"] = "1"
+        return env

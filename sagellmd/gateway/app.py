@@ -23,6 +23,11 @@ from sagellmd.gateway.settings import GatewaySettings
 from sagellmd.gateway.upstream import UpstreamPool
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+LOADING_COMMENT_EVERY_S = 3.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # The endpoints the runtime kinds list; other `POST /v1/*` paths pass through unchecked.
 CHECKED_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
@@ -266,9 +271,23 @@ class GatewayApp:
         if query:
             target += b"?" + query
         failures: list[str] = []
+        # A stream for a model that is still loading starts at once and gets a comment line
+        # every few seconds, so neither the client nor a proxy in between gives up on it.
+        loading = stream and self.dispatcher.coming_up(group) is not None
         try:
+            if loading:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [*SSE_HEADERS, (b"x-request-id", request_id)],
+                    }
+                )
             for attempt_number in range(self.settings.retries + 1):
-                route = await self.dispatcher.acquire(group, name, ticket, key)
+                if loading:
+                    route = await self._acquire_loading(group, name, ticket, key, send)
+                else:
+                    route = await self.dispatcher.acquire(group, name, ticket, key)
                 payload = body
                 sent_headers = headers
                 if route.takes_request_id(request_id):
@@ -287,6 +306,7 @@ class GatewayApp:
                         request_id,
                         send,
                         attempt_number == self.settings.retries,
+                        started=loading,
                     )
                 finally:
                     self.dispatcher.release(route.id)
@@ -320,6 +340,15 @@ class GatewayApp:
                     self.metrics.retried(name, route.id)
             finished = True
             raise errors.engine_unavailable(name, "; ".join(failures))
+        except GatewayError as error:
+            if not loading:
+                raise
+            # The answer began already: the error is the stream's last event.
+            finished = True
+            self.metrics.rejected(name, error.code)
+            await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            self.access_log.write(request_id, name, "-", error.status, ticket.arrived)
         except asyncio.CancelledError:
             if gone:
                 task.uncancel()
@@ -328,6 +357,29 @@ class GatewayApp:
         finally:
             finished = True
             watcher.cancel()
+
+    async def _acquire_loading(
+        self, group: Any, name: str, ticket: Ticket, key: bytes | None, send: Any
+    ) -> Any:
+        """Wait for a slot as `acquire` does, sending `: loading ENGINE N s` meanwhile."""
+        acquiring = asyncio.ensure_future(self.dispatcher.acquire(group, name, ticket, key))
+        started = time.monotonic()
+        taken = False
+        try:
+            while True:
+                done, _ = await asyncio.wait({acquiring}, timeout=LOADING_COMMENT_EVERY_S)
+                if done:
+                    taken = True
+                    return acquiring.result()
+                engine = self.dispatcher.coming_up(group) or group.engine_ids[0]
+                waited = int(time.monotonic() - started)
+                line = f": loading {engine} {waited} s\n\n".encode()
+                await send({"type": "http.response.body", "body": line, "more_body": True})
+        finally:
+            if not acquiring.done():
+                acquiring.cancel()
+            elif not taken and not acquiring.cancelled() and acquiring.exception() is None:
+                self.dispatcher.release(acquiring.result().id)  # got one as the client left
 
 
 def _parse(body: bytes) -> dict[str, Any]:

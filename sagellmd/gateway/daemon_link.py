@@ -164,6 +164,7 @@ class DaemonLink:
             "route_version": dispatcher.table.version,
             "engines": engines,
             "models": {name: {"queued": n} for name, n in dispatcher.queue_lengths().items()},
+            "demand": dispatcher.demand(),
             "totals": self.totals(),
         }
 

@@ -15,6 +15,8 @@ from sagellmd.gateway.queueing import QueueFull, Waiter, WaitQueue
 from sagellmd.gateway.routes import ModelGroup, Route, RouteTable
 
 FIRST_BYTE_SMOOTHING = 0.2
+# States of an engine that will be ready without anyone's help, or on demand (idle).
+COMING_UP = frozenset({"idle", "starting", "pending", "absent"})
 
 
 @dataclass(slots=True)
@@ -211,8 +213,9 @@ class Dispatcher:
         if not self.any_ready(group):
             self.on_demand(name)
         handed = False
+        limit_s = self.wait_limit_s(group)
         try:
-            route = await asyncio.wait_for(future, self.timeout_s)
+            route = await asyncio.wait_for(future, limit_s)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # Python 3.11's wait_for returns a result that came as the task was cancelled,
@@ -225,7 +228,7 @@ class Dispatcher:
                 # Handed a slot just as the time ran out (3.12's wait_for raises): serve it.
                 handed = True
                 return future.result()
-            raise errors.queue_timeout(name, self.timeout_s, self._why_waiting(group)) from None
+            raise errors.queue_timeout(name, limit_s, self._why_waiting(group)) from None
         finally:
             ticket.queued_s = self.clock() - now
             if not future.done() or future.cancelled():
@@ -234,6 +237,37 @@ class Dispatcher:
             elif not handed and future.exception() is None:
                 # Cancelled (the client left) just as it was handed a slot: give it back.
                 self.release(future.result().id)
+
+    def wait_limit_s(self, group: ModelGroup) -> float:
+        """How long a request may wait: an engine that is coming up gets its startup timeout."""
+        if self.any_ready(group):
+            return self.timeout_s
+        limit = self.timeout_s
+        for engine_id in group.engine_ids:
+            route = self.table.engines.get(engine_id)
+            if route is not None and route.state in COMING_UP:
+                limit = max(limit, route.startup_timeout_s)
+        return limit
+
+    def coming_up(self, group: ModelGroup) -> str | None:
+        """The engine a request waits for when none is ready but one starts (or can start)."""
+        if self.any_ready(group):
+            return None
+        for engine_id in group.engine_ids:
+            route = self.table.engines.get(engine_id)
+            if route is not None and route.state in COMING_UP:
+                return engine_id
+        return None
+
+    def demand(self) -> dict[str, int]:
+        """Requests waiting per engine for models none of whose engines is ready."""
+        wanted: dict[str, int] = {}
+        for queue in self.queues.values():
+            waiting = len(queue.queue)
+            if waiting and not self.any_ready(queue.group):
+                for engine_id in queue.group.engine_ids:
+                    wanted[engine_id] = wanted.get(engine_id, 0) + waiting
+        return wanted
 
     def _why_waiting(self, group: ModelGroup) -> str:
         states = []

@@ -61,8 +61,13 @@ async def forward(
     request_id: bytes,
     send: Send,
     last_attempt: bool,
+    started: bool = False,
 ) -> Attempt:
-    """Send the request; an engine that fails before any byte went out is retryable."""
+    """Send the request; an engine that fails before any byte went out is retryable.
+
+    `started`: the gateway began a stream itself (a model loading): the engine's answer
+    goes on in it, and an engine's error becomes the stream's last event.
+    """
     try:
         answer = await pool.post(address, target, headers, body)
     except UpstreamError as exc:
@@ -76,7 +81,9 @@ async def forward(
             except UpstreamError:
                 pass
             return Attempt(False, answer.status, f"HTTP {answer.status}")
-        if stream or answer.header(b"content-type").startswith(EVENT_STREAM):
+        if started:
+            attempt = await _continue(answer, send)
+        elif stream or answer.header(b"content-type").startswith(EVENT_STREAM):
             attempt = await _relay(answer, request_id, send)
         else:
             try:
@@ -101,6 +108,27 @@ async def forward(
             answer.close()
 
 
+async def _continue(answer: Any, send: Send) -> Attempt:
+    """The engine's answer inside a stream the gateway began (its status line went out)."""
+    attempt = Attempt(True, answer.status, first_byte_at=time.monotonic())
+    if answer.status != 200:
+        data = await answer.read()
+        error = (
+            data.strip()
+            or GatewayError(
+                502,
+                "engine_error",
+                f"The engine answered HTTP {answer.status}",
+                type="server_error",
+            ).body()
+        )
+        event = b"data: " + error.replace(b"\n", b" ") + b"\n\ndata: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return attempt
+    return await _relay_body(answer, send, attempt, True)
+
+
 async def _relay(answer: Any, request_id: bytes, send: Send) -> Attempt:
     await send(
         {
@@ -110,8 +138,12 @@ async def _relay(answer: Any, request_id: bytes, send: Send) -> Attempt:
         }
     )
     attempt = Attempt(True, answer.status, first_byte_at=time.monotonic())
-    done = False
     event_stream = answer.header(b"content-type").startswith(EVENT_STREAM)
+    return await _relay_body(answer, send, attempt, event_stream)
+
+
+async def _relay_body(answer: Any, send: Send, attempt: Attempt, event_stream: bool) -> Attempt:
+    done = False
     try:
         async for chunk in answer.chunks():
             if not done and b"[DONE]" in chunk:

@@ -147,7 +147,7 @@ GATEWAY_ACTIVITY_BODY: dict[str, Any] = {
             "additionalProperties": {"type": "object", "properties": {"queued": COUNT}},
         },
         "totals": {"type": "object", "additionalProperties": COUNT},
-        # Requests waiting per engine id of a model none of whose engines is ready.
+        # Requests waiting per engine id for a model none of whose engines is ready.
         "demand": {"type": "object", "additionalProperties": COUNT},
     },
 }

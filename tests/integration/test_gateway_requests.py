@@ -485,3 +485,30 @@ def test_an_engine_that_dies_mid_stream_ends_the_stream_with_an_error_event(make
     events = [line for line in lines if line.startswith("data: ")]
     assert '"engine_failed_mid_stream"' in events[-2], events[-3:]
     assert events[-1] == "data: [DONE]"
+
+
+def test_a_stream_for_a_model_still_loading_gets_loading_comments_then_its_answer(make_daemon):
+    daemon, gateway = gateway_daemon(make_daemon)
+    preset = fake_preset("p", {"name": "chat", "env": {"FAKE_VLLM_STARTUP_DELAY": "4"}})
+    assert daemon.put("/v1/presets/p", preset).status_code == 200
+
+    def starting() -> bool:
+        try:
+            return any(
+                engine["state"] == "starting"
+                for entry in gateway.models()
+                for engine in entry["engines"]
+            )
+        except (httpx.TransportError, ValueError, KeyError):
+            return False
+
+    daemon.wait_for(starting, 20, "the gateway to know the engine is starting")
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with gateway.client.stream("POST", "/v1/chat/completions", json=body) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in answer.iter_lines() if line]
+    comments = [line for line in lines if line.startswith(": loading p.chat ")]
+    assert comments, lines[:5]
+    assert lines.index(comments[-1]) < lines.index("data: [DONE]")
+    assert any(line.startswith("data: {") for line in lines)

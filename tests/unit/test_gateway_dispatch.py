@@ -548,3 +548,40 @@ def test_queues_are_counted_per_served_model_whatever_name_came_first():
             waiter.cancel()
 
     _run(main())
+
+
+def test_demand_and_the_wait_limit_of_a_model_whose_engine_is_coming_up():
+    table = RouteTable.from_json(
+        {
+            "version": 1,
+            "engines": [
+                {
+                    "id": "e0",
+                    "state": "idle",
+                    "ready": False,
+                    "url": "http://127.0.0.1:1",
+                    "served_model": "m",
+                    "names": ["m", "e0"],
+                    "startup_timeout_s": 120,
+                }
+            ],
+        }
+    )
+
+    async def scenario() -> tuple[dict[str, int], float, str | None]:
+        dispatcher = Dispatcher("fifo", "least-outstanding", 10, 0.2, 2.0)
+        dispatcher.set_table(table)
+        group = table.resolve("m")
+        assert group is not None
+        waiting = asyncio.ensure_future(dispatcher.acquire(group, "m", Ticket(0.0)))
+        await asyncio.sleep(0)
+        figures = (dispatcher.demand(), dispatcher.wait_limit_s(group), dispatcher.coming_up(group))
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert dispatcher.demand() == {}
+        return figures
+
+    demand, limit, engine = asyncio.run(scenario())
+    assert demand == {"e0": 1}
+    assert limit == 120  # the engine's startup timeout, not the queue's 0.2 s
+    assert engine == "e0"

@@ -7,9 +7,10 @@ the gateway (through sagellmd.client) for the answers.
 
 from __future__ import annotations
 
-import _thread
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -112,6 +113,14 @@ def wait_routable(client: Client, model: str, timeout_s: float = ROUTABLE_WITHIN
         time.sleep(0.05)
 
 
+def interrupt_main_thread() -> None:
+    """A real SIGINT to the main thread: it sits in a socket read, which only a signal ends
+    (`_thread.interrupt_main` would wait for the gateway's next byte)."""
+    main = threading.main_thread().ident
+    if main is not None:
+        signal.pthread_kill(main, signal.SIGINT)
+
+
 class Answering:
     """Answers turns; while the engines are not ready (idle: the request starts them), the
     progress line shows them until the first piece of the answer arrives."""
@@ -131,7 +140,7 @@ class Answering:
             return stream_answer(client, model, messages, options)
         watch = EngineWatch(self.api, self.engine_ids, ProgressLine())
         # A failed start interrupts the wait for the answer (the main thread sits in it).
-        with BackgroundWatch(watch, _thread.interrupt_main) as background:
+        with BackgroundWatch(watch, interrupt_main_thread) as background:
             try:
                 return stream_answer(client, model, messages, options, on_first=background.stop)
             except KeyboardInterrupt:

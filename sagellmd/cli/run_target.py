@@ -11,7 +11,7 @@ from sagellmd.errors import BadInputError
 from sagellmd.spec import NAME_RULE, is_valid_name, name_from_model, reserved_engine_id_problem
 
 # The start policy of the engines `sagellm run` declares: they run only while used.
-AD_HOC_START: dict[str, Any] = {}
+AD_HOC_START: dict[str, Any] = {"start": "on-demand"}
 
 # Sentence-transformers models and the common embedding families, by their names.
 EMBEDDING_NAMES = re.compile(

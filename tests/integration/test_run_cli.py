@@ -28,13 +28,17 @@ def test_run_declares_an_engine_waits_for_it_answers_and_reuses_it(make_daemon: 
     assert first.returncode == 0, first.stderr
     # The stand-in answers with the length of what it was sent: the prompt, streamed.
     assert first.stdout == "fake completion of 5 chars\n"
-    assert f"declared engine {ENGINE} for {MODEL} (llm on vllm" in first.stderr
-    # The wait was shown (stderr is not a terminal: one line per change), ending ready.
+    assert f"declared engine {ENGINE} for {MODEL} (llm on vllm, on-demand;" in first.stderr
+    # The wait was shown (stderr is not a terminal: one line per change): declared idle, the
+    # request started it.
     waited = [line for line in first.stderr.splitlines() if line.startswith(f"{ENGINE}: ")]
-    assert waited and waited[-1] == f"{ENGINE}: ready (healthy)", first.stderr
+    assert waited[0] == f"{ENGINE}: idle (on demand: starts on the first request)", waited
+    assert f"{ENGINE}: starting (waiting for /health)" in waited
     entry = daemon.engine(ENGINE)
-    assert entry["spec"]["model"] == MODEL and entry["spec"]["kind"] == "llm"
-    assert entry["spec"]["runtime"] == "vllm" and entry["preset"] is None
+    assert entry["state"] == "ready" and entry["preset"] is None
+    spec = entry["spec"]
+    assert (spec["model"], spec["kind"], spec["runtime"]) == (MODEL, "llm", "vllm")
+    assert spec["start"] == "on-demand"
     declared = generation(daemon)
 
     again = daemon.cli("run", MODEL, "hello again", "--max-tokens", "2")
@@ -60,10 +64,13 @@ def test_run_opens_an_interactive_chat_with_history(make_daemon: Any):
         wait_until(lambda: prompts(run.text()) == 1, 30, "the first prompt", run.text)
         text = run.text()
         assert "declared engine chat for fake/model-1B" in text
-        assert "chat: starting" in text  # the progress line, redrawn in place
         assert "chatting with fake/model-1B through http://127.0.0.1:" in text
+        assert daemon.engine("chat")["state"] == "idle"
         run.type(b"hello\r")
         wait_until(lambda: prompts(run.text()) == 2, 20, "the first answer", run.text)
+        # The first question started the engine; the progress line showed it meanwhile
+        # (redrawn in place, then cleared for the answer).
+        assert "chat: idle (on demand" in run.text() or "chat: starting" in run.text()
         assert "fake completion of 5 chars" in run.text()
         run.type(b"again\r")
         wait_until(lambda: prompts(run.text()) == 3, 20, "the second answer", run.text)
@@ -115,7 +122,7 @@ def test_run_reports_an_engine_that_fails_to_start(make_daemon: Any):
     assert failed.returncode == 1, failed.stderr
     assert failed.stdout == ""
     error = failed.stderr.splitlines()[-1]
-    assert error.startswith(f"error: the engine failed to start: {ENGINE}: exit code 2;")
+    assert error.startswith(f"error: the engine failed to start: {ENGINE} backoff: exit code 2;")
     assert "unrecognized arguments: --no-such-flag" in error
     assert f"sagellm engine logs {ENGINE}" in error
 

@@ -7,19 +7,22 @@ engine (tests/fixtures/fake_vllm.py). Measured in one run, 20 times each:
 
 * baseline, cold: the stand-in alone, spawned by this script as the daemon spawns it, from
   the spawn to the first `data:` line of a streamed chat answer from it (a tight poll of its
-  port: no probe interval);
+  port: no probe interval); each right before one on-demand cold start, so both see the
+  same load (on a shared machine it drifts over a run);
 * on demand, cold: a streamed chat request through the gateway for an on-demand engine that
   is `idle` (never started), from sending it to the first `data:` line of the answer (the
   gateway's `: loading` comments before it do not count); 20 engines, one request each;
 * baseline, wake: the stand-in asleep (`POST /sleep?level=1`), from `POST /wake_up` to the
   first `data:` line of an answer (it takes `--wake-s` seconds to wake: FAKE_VLLM_WAKE_S);
+  each right before one on-demand wake;
 * on demand, wake: one engine with `idle_action: sleep`, `idle_s: 1`, asleep, from a request
   through the gateway to its first `data:` line; 20 times (it falls asleep in between).
 
 The overhead is the on-demand time minus the baseline median (the stand-in's own startup or
-wake): what the daemon (demand in the gateway's report, the plan, the spawn, the startup
-probe every `probes.startup_probe_interval_s`, the route table) and the gateway (holding
-the request, dispatching it) add. Targets: overhead p50 < 100 ms, p95 < 300 ms.
+wake), and also paired (each measurement minus the baseline taken just before it): what the
+daemon (demand in the gateway's report, the plan, the spawn, the startup probe every
+`probes.startup_probe_interval_s`, the route table) and the gateway (holding the request,
+dispatching it) add. Targets: overhead p50 < 100 ms, p95 < 300 ms.
 `--evict` also runs bench/eviction.py (the eviction decision, 50 engines on 8 GPUs).
 """
 
@@ -124,36 +127,35 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(10)
 
 
-def baseline_cold(starts: int) -> list[float]:
-    times = []
-    for _ in range(starts):
-        port = free_port()
-        began = time.perf_counter()
-        process = spawn_stand_in(port, {}, [])
-        try:
-            times.append(poll_first_data(f"http://127.0.0.1:{port}") - began)
-        finally:
-            stop(process)
-    return times
-
-
-def baseline_wake(starts: int, wake_s: float) -> list[float]:
+def baseline_cold_once() -> float:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**SLEEP_ENV, "FAKE_VLLM_WAKE_S": str(wake_s)}
-    process = spawn_stand_in(port, env, ["--enable-sleep-mode"])
-    times = []
+    began = time.perf_counter()
+    process = spawn_stand_in(port, {}, [])
     try:
-        poll_first_data(url)
-        with httpx.Client(base_url=url, timeout=60) as client:
-            for _ in range(starts):
-                client.post("/sleep", params={"level": 1}).raise_for_status()
-                began = time.perf_counter()
-                client.post("/wake_up").raise_for_status()
-                times.append(poll_first_data(url) - began)
+        return poll_first_data(f"http://127.0.0.1:{port}") - began
     finally:
         stop(process)
-    return times
+
+
+class SleepyStandIn:
+    """The stand-in alone with sleep mode on, put to sleep and woken by this script."""
+
+    def __init__(self, wake_s: float) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        env = {**SLEEP_ENV, "FAKE_VLLM_WAKE_S": str(wake_s)}
+        self.process = spawn_stand_in(int(self.url.rsplit(":", 1)[1]), env, ["--enable-sleep-mode"])
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        poll_first_data(self.url)
+
+    def wake_once(self) -> float:
+        self.client.post("/sleep", params={"level": 1}).raise_for_status()
+        began = time.perf_counter()
+        self.client.post("/wake_up").raise_for_status()
+        return poll_first_data(self.url) - began
+
+    def close(self) -> None:
+        self.client.close()
+        stop(self.process)
 
 
 def wait_state(daemon: Daemon, engine_ids: list[str], state: str, timeout: float = 120) -> None:
@@ -183,20 +185,26 @@ def declare(daemon: Daemon, engine_ids: list[str], spec: dict[str, Any]) -> None
             raise SystemExit(f"PUT {engine_id}: {answer.status_code} {answer.text}")
 
 
-def on_demand_cold(daemon: Daemon, gateway: str, starts: int) -> list[float]:
+def on_demand_cold(daemon: Daemon, gateway: str, starts: int) -> tuple[list[float], list[float]]:
+    """Cold starts through the daemon, each right after a baseline spawn of the stand-in,
+    so both see the same machine (the load of a shared machine drifts over a run)."""
     ids = [f"cold-{n:02d}" for n in range(starts)]
     declare(daemon, ids, {"model": MODEL, "start": "on-demand", "gpu_memory_gb": 1})
     wait_state(daemon, ids, "idle")
     daemon.wait_for(routed(gateway, ids), 30, "the gateway to route the cold engines")
-    times = []
+    base, times = [], []
     for engine_id in ids:
+        base.append(baseline_cold_once())
         times.append(time_to_first_data(gateway, engine_id))
         # Stop it again, so the next start has the machine to itself as the baseline had.
         daemon.delete(f"/v1/engines/{engine_id}")
-    return times
+    return base, times
 
 
-def on_demand_wake(daemon: Daemon, gateway: str, starts: int, wake_s: float) -> list[float]:
+def on_demand_wake(
+    daemon: Daemon, gateway: str, starts: int, wake_s: float
+) -> tuple[list[float], list[float]]:
+    """Wakes through the daemon, each right after a baseline wake of a stand-in of its own."""
     engine_id = "wake"
     spec = {
         "model": MODEL,
@@ -210,21 +218,29 @@ def on_demand_wake(daemon: Daemon, gateway: str, starts: int, wake_s: float) -> 
     wait_state(daemon, [engine_id], "idle")
     daemon.wait_for(routed(gateway, [engine_id]), 30, "the gateway to route the wake engine")
     time_to_first_data(gateway, engine_id)  # the first start: a cold one, not measured
-    times = []
-    for _ in range(starts):
-        wait_state(daemon, [engine_id], "idle")  # asleep again after idle_s
-        times.append(time_to_first_data(gateway, engine_id))
+    alone = SleepyStandIn(wake_s)
+    base, times = [], []
+    try:
+        for _ in range(starts):
+            wait_state(daemon, [engine_id], "idle")  # asleep again after idle_s
+            base.append(alone.wake_once())
+            times.append(time_to_first_data(gateway, engine_id))
+    finally:
+        alone.close()
     sleep = httpx.get(f"http://127.0.0.1:{daemon.engine(engine_id)['port']}/fake/stats").json()
     wakes = sleep["sleep"]["wakes"]
     if wakes < starts:
         raise SystemExit(f"the engine woke {wakes} times for {starts} measured requests")
-    return times
+    return base, times
 
 
 def verdict(name: str, measured: list[float], baseline: list[float]) -> list[str]:
+    """Overhead as the on-demand figures minus the baseline median, and paired (each
+    measurement minus the baseline taken right before it)."""
     base = statistics.median(baseline) * 1000
     ms = sorted(s * 1000 for s in measured)
     p50, p95 = statistics.median(ms) - base, percentile(ms, 0.95) - base
+    paired = sorted((m - b) * 1000 for m, b in zip(measured, baseline, strict=True))
     marks = (
         "ok" if p50 < TARGET_P50_MS else "MISSED",
         "ok" if p95 < TARGET_P95_MS else "MISSED",
@@ -233,7 +249,9 @@ def verdict(name: str, measured: list[float], baseline: list[float]) -> list[str
     return [
         f"  {name} overhead: p50 {p50:7.1f} ms (target < {TARGET_P50_MS:g}: {marks[0]}),"
         f" p95 {p95:7.1f} ms (target < {TARGET_P95_MS:g}: {marks[1]});"
-        f" {ratio:.2f}x the stand-in's own time"
+        f" {ratio:.2f}x the stand-in's own time",
+        f"  {name} overhead, paired: p50 {statistics.median(paired):7.1f} ms,"
+        f" p95 {percentile(paired, 0.95):7.1f} ms, min {paired[0]:7.1f} ms",
     ]
 
 
@@ -265,8 +283,6 @@ def main() -> None:
     if args.evict:
         run_eviction_bench()
 
-    cold_base = baseline_cold(args.starts)
-    wake_base = baseline_wake(args.starts, args.wake_s)
     home = Path(tempfile.mkdtemp(prefix="sagellm-bench-", dir=args.dir)) / "home"
     probes: dict[str, Any] = {"liveness_interval_s": 5.0, "liveness_failures": 3}
     if args.probe_interval is not None:
@@ -279,8 +295,8 @@ def main() -> None:
     daemon.start()
     try:
         daemon.wait_for(routed(gateway, []), 30, "the gateway")
-        cold = on_demand_cold(daemon, gateway, args.starts)
-        wake = on_demand_wake(daemon, gateway, args.starts, args.wake_s)
+        cold_base, cold = on_demand_cold(daemon, gateway, args.starts)
+        wake_base, wake = on_demand_wake(daemon, gateway, args.starts, args.wake_s)
     finally:
         daemon.stop(timeout=30)
         daemon.cleanup()

@@ -139,3 +139,29 @@ def test_run_embeds_a_text_with_an_embedding_model(make_daemon: Any):
     assert daemon.engine("embedder")["spec"]["kind"] == "embedding"
     same = daemon.cli("embed", "fake/embedder", "some text")
     assert json.loads(same.stdout) == vector
+
+
+def test_run_waits_for_a_starting_engine_and_starts_an_idle_one_again(make_daemon: Any):
+    daemon = gateway_daemon(make_daemon)
+    slow = {"model": MODEL, "env": {"FAKE_VLLM_STARTUP_DELAY": "1.5"}}
+    assert daemon.put("/v1/engines/slow", slow).status_code == 201
+    waited = daemon.cli("run", "slow", "hi")
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stdout == "fake completion of 2 chars\n"
+    lines = waited.stderr.splitlines()
+    assert lines[0] == "using engine slow"
+    # Waited for before the question was sent: the line showed it starting, then ready.
+    assert any(line.startswith("slow: starting") for line in lines), lines
+    assert lines[-1] == "slow: ready (healthy)"
+
+    # An on-demand engine that went idle (stopped) is started again by the next run.
+    brief = {"model": "fake/brief-1B", "start": "on-demand", "idle_s": 1}
+    assert daemon.put("/v1/engines/brief", brief).status_code == 201
+    first = daemon.cli("run", "fake/brief-1B", "one")
+    assert first.returncode == 0 and first.stdout == "fake completion of 3 chars\n", first.stderr
+    pid = daemon.engine("brief")["pid"]
+    daemon.wait_state("brief", "idle", timeout=20)
+    again = daemon.cli("run", "fake/brief-1B", "two")
+    assert again.returncode == 0 and again.stdout == "fake completion of 3 chars\n", again.stderr
+    assert "brief: idle (idle: no request for 1 s" in again.stderr
+    assert daemon.engine("brief")["pid"] not in (None, pid)

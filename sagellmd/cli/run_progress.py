@@ -193,6 +193,7 @@ class BackgroundWatch:
         self.on_failure = on_failure
         self.failed: str | None = None
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> BackgroundWatch:
@@ -207,8 +208,11 @@ class BackgroundWatch:
                     return
                 reason = failure(views, self.watch.exits)
                 if reason is not None:
-                    self.failed = reason
-                    self.on_failure()
+                    # Never after stop(): the interrupt must land in the wait for the answer.
+                    with self._lock:
+                        if not self._stop.is_set():
+                            self.failed = reason
+                            self.on_failure()
                     return
                 self.watch.wait_events()
         except SagellmError:
@@ -216,7 +220,8 @@ class BackgroundWatch:
 
     def stop(self) -> None:
         """The answer has begun (or ended): the line goes away for good."""
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
         self.watch.line.clear(close=True)
 
     def __exit__(self, *exc: object) -> None:

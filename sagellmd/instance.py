@@ -1,6 +1,6 @@
 """The observed state of one engine's process and every legal transition of it.
 
-Over ~350 lines on purpose: the whole state machine (the table, the one check, and every
+Over ~500 lines on purpose: the whole state machine (the table, the one check, and every
 transition as one function) reads in one place, which is what makes an illegal one easy to see.
 """
 

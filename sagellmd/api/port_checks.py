@@ -19,7 +19,9 @@ def _observed_holders(
         # An engine on its way out frees its port in seconds; refusing would only race it.
         if instance.engine_id not in automatic or instance.engine_id in released:
             continue
-        if instance.port is not None and instance.state in RESERVING_STATES:
+        # A sleeping engine's process still listens on its port.
+        holding = instance.state in RESERVING_STATES or instance.asleep
+        if instance.port is not None and holding:
             holders[instance.port] = instance.engine_id
         if instance.retiring is not None and instance.retiring.port is not None:
             holders[instance.retiring.port] = instance.engine_id

@@ -22,6 +22,7 @@ STATE_STYLES = {
     InstanceState.BACKOFF: "red",
     InstanceState.UNHEALTHY: "red",
     InstanceState.FAILED: "red",
+    InstanceState.IDLE: "cyan",
 }
 
 

@@ -81,7 +81,8 @@ def engine_row(engine_id: str, entry: Mapping[str, Any] | None) -> EngineRow:
         gpus=tuple(g for g in gpus if isinstance(g, int)),
         restarts=_int_or_none(entry.get("restarts")) or 0,
         message=str(entry.get("message") or ""),
-        settled=desired and state == InstanceState.READY and current,
+        # An idle engine (on demand) is where a change leaves it: its first request starts it.
+        settled=desired and state in (InstanceState.READY, InstanceState.IDLE) and current,
     )
 
 

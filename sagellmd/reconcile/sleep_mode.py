@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from sagellmd.instance import (
     InstanceState,
@@ -57,11 +59,10 @@ class SleepMode:
         world.record(transition, intent=True)
         self._run(action.engine_id, self._wake(action.engine_id, instance.pid))
 
-    def _run(self, engine_id: str, call: object) -> None:
+    def _run(self, engine_id: str, call: Coroutine[Any, Any, None]) -> None:
         self.cancel(engine_id)
         self._tasks[engine_id] = asyncio.get_running_loop().create_task(
-            call,  # type: ignore[arg-type]
-            name=f"sleep-mode {engine_id}",
+            call, name=f"sleep-mode {engine_id}"
         )
 
     def cancel(self, engine_id: str) -> None:

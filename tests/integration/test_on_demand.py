@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import psutil
+import yaml
 
 from tests.integration.conftest import Daemon, fake_preset, free_port
 from tests.integration.test_gateway_requests import MODEL, Gateway
@@ -58,6 +59,18 @@ def is_sleeping(daemon: Daemon, engine_id: str) -> bool:
     return httpx.get(f"http://127.0.0.1:{port}/is_sleeping", timeout=5).json()["is_sleeping"]
 
 
+def wait_known(daemon: Daemon, gateway: Gateway, model: str) -> None:
+    """Until the gateway runs and routes `model` (to an engine that may be idle)."""
+
+    def routed() -> bool:
+        try:
+            return any(model in entry["names"] for entry in gateway.models())
+        except (httpx.TransportError, ValueError, KeyError):
+            return False
+
+    daemon.wait_for(routed, 20, f"the gateway to know {model}")
+
+
 def test_demand_starts_an_on_demand_engine_and_idle_s_stops_it(make_daemon):
     daemon = make_daemon(gateway={"enabled": True, "port": free_port()})
     gateway = Gateway(daemon)
@@ -66,8 +79,16 @@ def test_demand_starts_an_on_demand_engine_and_idle_s_stops_it(make_daemon):
     entry = daemon.wait_state("p.chat", "idle")
     assert entry["pid"] is None
     assert entry["message"] == "on demand: starts on the first request"
+    shown = daemon.cli("status")
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if "p.chat" in line)
+    assert "idle" in row and "on demand" in row
     # preset set is healthy at once: an engine nobody asked for holds no verdict open.
-    wait_event(daemon, "p.chat", "idle")
+    daemon.wait_for(
+        lambda: any("is healthy" in e["message"] for e in daemon.events()),
+        10,
+        "the generation to be judged healthy",
+    )
     route = next(
         e
         for e in daemon.client.get("/v1/routes", headers=daemon.auth()).json()["engines"]
@@ -80,18 +101,12 @@ def test_demand_starts_an_on_demand_engine_and_idle_s_stops_it(make_daemon):
         IDLE_S,
     )
 
-    def routed() -> bool:
-        try:
-            return any(MODEL in entry["names"] for entry in gateway.models())
-        except (httpx.TransportError, ValueError, KeyError):
-            return False
-
-    daemon.wait_for(routed, 20, "the gateway to know the idle engine")
+    wait_known(daemon, gateway, MODEL)
     answers: list[httpx.Response] = []
     held = threading.Thread(target=lambda: answers.append(gateway.chat(MODEL)))
-    held.start()  # the gateway holds it: no engine of the model is ready
+    # The gateway holds it (no engine of the model is ready) and reports the demand.
+    held.start()
     try:
-        report(daemon, demand={"p.chat": 1})
         ready = daemon.wait_state("p.chat", "ready")
     finally:
         held.join(30)
@@ -119,10 +134,13 @@ def test_a_sleeping_engine_keeps_its_process_and_releases_its_reservation(make_d
     assert asleep["pid"] == pid and psutil.pid_exists(pid)
     assert is_sleeping(daemon, "p.chat")
     assert reserved_gb(daemon) == 0
-    # Demand wakes the same process: ready again, its reservation back.
-    report(daemon, demand={"p.chat": 1})
-    awake = daemon.wait_state("p.chat", "ready")
-    assert awake["pid"] == pid and not is_sleeping(daemon, "p.chat")
+    wait_known(daemon, Gateway(daemon), MODEL)
+    # A request wakes the same process: ready again, its reservation back.
+    answer = Gateway(daemon).chat(MODEL)
+    assert answer.status_code == 200, answer.text
+    awake = daemon.engine("p.chat")
+    assert awake["state"] == "ready" and awake["pid"] == pid
+    assert not is_sleeping(daemon, "p.chat")
     assert reserved_gb(daemon) > 0
     wait_event(daemon, "p.chat", "waking: 1 requests waiting")
 
@@ -184,7 +202,11 @@ def test_a_daemon_restart_keeps_idle_engines_idle_and_running_ones_running(make_
         {"name": "sleepy", "start": "on-demand", "idle_s": IDLE_S, "idle_action": "sleep"},
         {"name": "up"},
     )
-    assert daemon.put("/v1/presets/p", preset).status_code in (200, 201)
+    path = daemon.home / "p.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    # --wait follows the change until healthy: idle engines do not hold it open.
+    done = daemon.cli("preset", "set", "--file", str(path), "--wait", "--timeout", "30")
+    assert done.returncode == 0, done.stdout + done.stderr
     up_pid = daemon.wait_state("p.up", "ready")["pid"]
     daemon.wait_state("p.lazy", "idle")
     report(daemon, demand={"p.sleepy": 1})
@@ -207,3 +229,62 @@ def test_a_daemon_restart_keeps_idle_engines_idle_and_running_ones_running(make_
     assert daemon.engine("p.lazy")["state"] == "idle"
     assert daemon.engine("p.sleepy")["state"] == "idle" and is_sleeping(daemon, "p.sleepy")
     assert daemon.engine("p.up")["pid"] == up_pid
+
+
+def test_alternating_requests_swap_two_engines_through_the_gateway(make_daemon):
+    daemon = make_daemon(gpus="simulate:1x80", gateway={"enabled": True, "port": free_port()})
+    gateway = Gateway(daemon)
+    # A streams slowly, so a request can keep it busy while B is asked for.
+    slow = {"FAKE_VLLM_STREAM_TOKENS": "30", "FAKE_VLLM_TOKEN_INTERVAL_MS": "100"}
+    engines = [
+        {"name": "a", "model": "fake/a", "start": "on-demand", "gpu_memory_gb": 50, "env": slow},
+        {"name": "b", "model": "fake/b", "start": "on-demand", "gpu_memory_gb": 50},
+    ]
+    assert daemon.put("/v1/presets/p", fake_preset("p", *engines)).status_code in (200, 201)
+    daemon.wait_state("p.a", "idle")
+    daemon.wait_state("p.b", "idle")
+    wait_known(daemon, gateway, "fake/b")
+    most: list[float] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            most.append(reserved_gb(daemon))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for model in ("fake/a", "fake/b", "fake/a", "fake/b"):
+            answer = gateway.chat(model)
+            assert answer.status_code == 200, (model, answer.text)
+            assert answer.json()["model"] == model
+        assert daemon.engine("p.a")["state"] == "idle"
+        # A long stream on A, then a request for B: B waits, A is not evicted under it.
+        with gateway.client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={
+                "model": "fake/a",
+                "stream": True,
+                "messages": [{"role": "user", "content": "x"}],
+            },
+        ) as stream:
+            lines = stream.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))
+            assert daemon.engine("p.a")["state"] == "ready"
+            answers: list[httpx.Response] = []
+            for_b = threading.Thread(target=lambda: answers.append(gateway.chat("fake/b")))
+            for_b.start()
+            line = wait_event(daemon, "p.b", "(busy)")
+            assert "only busy or always-on engines hold the memory: p.a (busy)" in line
+            assert daemon.engine("p.a")["state"] == "ready"
+            rest = [line for line in lines if line]
+            assert rest[-1] == "data: [DONE]"
+        for_b.join(30)
+        assert answers and answers[0].status_code == 200, answers and answers[0].text
+        assert daemon.engine("p.a")["state"] == "idle"
+    finally:
+        sampling.set()
+        sampler.join(5)
+    assert most and max(most) <= 50.5

@@ -22,7 +22,10 @@ The overhead is the on-demand time minus the baseline median (the stand-in's own
 wake), and also paired (each measurement minus the baseline taken just before it): what the
 daemon (demand in the gateway's report, the plan, the spawn, the startup probe every
 `probes.startup_probe_interval_s`, the route table) and the gateway (holding the request,
-dispatching it) add. Targets: overhead p50 < 100 ms, p95 < 300 ms.
+dispatching it) add. Targets: overhead p50 < 100 ms, p95 < 300 ms. The daemon probes a
+starting engine at once and then every `startup_probe_interval_s` (0.25 s): a stand-in up in
+0.1-0.2 s is seen by the second probe, so most of the cold overhead is that interval;
+`--probe-interval 0.05` shows what is left.
 `--evict` also runs bench/eviction.py (the eviction decision, 50 engines on 8 GPUs).
 """
 

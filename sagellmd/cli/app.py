@@ -20,6 +20,7 @@ from sagellmd.cli.interrupt import take_sigint
 from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
 from sagellmd.cli.render import engines_table, gateway_line, gpus_line, print_json, print_table
+from sagellmd.cli.run_command import run
 from sagellmd.cli.watch import watch_status
 from sagellmd.errors import SagellmError, SpecError
 
@@ -121,6 +122,7 @@ app.command("history")(history)
 app.command("rollback")(rollback)
 app.command("gpu")(gpu)
 app.command("gateway")(gateway)
+app.command("run")(run)
 app.command("chat")(chat)
 app.command("embed")(embed)
 

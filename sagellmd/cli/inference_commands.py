@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,10 +53,19 @@ def gateway_client(ctx: typer.Context, gateway_url: str | None) -> Iterator[Clie
         raise as_cli_error(exc) from None
 
 
-def stream_answer(client: Client, model: str, messages: list[dict[str, Any]], options: Any) -> str:
-    """Print the answer as it comes; the whole text (for the session's history)."""
+def stream_answer(
+    client: Client,
+    model: str,
+    messages: list[dict[str, Any]],
+    options: Any,
+    on_first: Callable[[], None] | None = None,
+) -> str:
+    """Print the answer as it comes (`on_first` runs just before its first piece); the whole
+    text (for the session's history)."""
     pieces: list[str] = []
     for piece in client.stream_chat(messages, model, **options):
+        if not pieces and on_first is not None:
+            on_first()
         pieces.append(piece)
         typer.echo(piece, nl=False)
     typer.echo()
@@ -76,7 +85,17 @@ def _read_line() -> str | None:
     return None if line.strip() in LEAVE_WORDS else line
 
 
-def interactive(client: Client, model: str, history: list[dict[str, Any]], options: Any) -> None:
+# How one turn is answered: (client, model, messages, options) -> the answer's text.
+Answerer = Callable[[Client, str, list[dict[str, Any]], Any], str]
+
+
+def interactive(
+    client: Client,
+    model: str,
+    history: list[dict[str, Any]],
+    options: Any,
+    answer_turn: Answerer = stream_answer,
+) -> None:
     """The session: each line is a user turn; the answers stay in the history it sends."""
     try:
         import readline  # noqa: F401  (line editing and recall for input())
@@ -88,7 +107,7 @@ def interactive(client: Client, model: str, history: list[dict[str, Any]], optio
             continue
         turn = [*history, {"role": "user", "content": line}]
         try:
-            answer = stream_answer(client, model, turn, options)
+            answer = answer_turn(client, model, turn, options)
         except KeyboardInterrupt:
             # The answer stops (the gateway cancels the engine's request); the turn is dropped.
             typer.echo("\n[answer interrupted]")

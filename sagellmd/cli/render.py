@@ -174,10 +174,10 @@ def plan_engine(item: Mapping[str, Any]) -> str | None:
 
 
 GIB = 1024**3
-# Plan actions that spawn a process: the only ones with a GPU placement to show. The CLI
-# cannot import the planner (it is an HTTP client); tests/unit/test_render.py checks these
-# against reconcile/actions.py.
-SPAWNING_ACTIONS = ("start", "restart", "surge")
+# Plan actions that take GPUs (spawn a process, or wake a sleeping one): the only ones with a
+# GPU placement to show. The CLI cannot import the planner (it is an HTTP client);
+# tests/unit/test_cli_vocabulary.py checks these against reconcile/actions.py.
+SPAWNING_ACTIONS = ("start", "restart", "surge", "wake")
 
 
 def placement_text(item: Mapping[str, Any]) -> str:

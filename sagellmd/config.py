@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import sys
@@ -13,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from sagellmd.config_gateway_keys import gateway_keys, is_loopback_host, read_keys_file
 from sagellmd.errors import ConfigError
 from sagellmd.gpu.inventory import parse_gpu_setting
 from sagellmd.runtime.kinds import KINDS
@@ -208,79 +208,11 @@ def _scalars(
     return changes
 
 
-def is_loopback_host(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1: only this machine can connect."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _api_key_problem(key: Any) -> str | None:
-    if not isinstance(key, str) or not key:
-        return f"must be a non-empty string, got {key!r}"
-    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in key):
-        return "must not contain whitespace or control characters"
-    return None
-
-
-def _gateway_keys(
-    section: Mapping[str, Any], where: str
-) -> tuple[tuple[str, ...] | None, Path | None]:
-    """`gateway.api_keys` (a list) and `gateway.api_keys_file` (one key a line, # comments)."""
-    keys: tuple[str, ...] | None = None
-    file: Path | None = None
-    if section.get("api_keys") is not None:
-        listed = section["api_keys"]
-        if not isinstance(listed, list):
-            raise ConfigError(
-                f"{where}: gateway.api_keys: must be a list of strings, got {listed!r:.80}"
-            )
-        for index, key in enumerate(listed):
-            problem = _api_key_problem(key)
-            if problem:
-                raise ConfigError(f"{where}: gateway.api_keys[{index}]: {problem}")
-        keys = tuple(listed)
-    if section.get("api_keys_file") is not None:
-        raw = section["api_keys_file"]
-        if not isinstance(raw, str) or not raw.strip():
-            raise ConfigError(f"{where}: gateway.api_keys_file: must be a file path, got {raw!r}")
-        file = Path(raw).expanduser()
-        if not file.is_absolute():
-            raise ConfigError(
-                f"{where}: gateway.api_keys_file: must be an absolute path (or start with ~),"
-                f" got {raw!r}"
-            )
-    return keys, file
-
-
-def _read_keys_file(path: Path) -> tuple[str, ...]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(
-            f"gateway.api_keys_file: cannot read {path} ({exc.strerror});"
-            " write one key a line there or remove the setting"
-        ) from None
-    keys = []
-    for number, line in enumerate(text.splitlines(), 1):
-        key = line.strip()
-        if not key or key.startswith("#"):
-            continue
-        problem = _api_key_problem(key)
-        if problem:
-            raise ConfigError(f"gateway.api_keys_file: {path} line {number}: key {problem}")
-        keys.append(key)
-    return tuple(keys)
-
-
 def _check_gateway(settings: Settings) -> Settings:
     """Read the keys file, and refuse a gateway that would serve the network unauthenticated."""
     keys = settings.gateway_api_keys
     if settings.gateway_api_keys_file is not None:
-        keys = tuple(dict.fromkeys(keys + _read_keys_file(settings.gateway_api_keys_file)))
+        keys = tuple(dict.fromkeys(keys + read_keys_file(settings.gateway_api_keys_file)))
     settings = replace(settings, gateway_api_keys=keys)
     if not settings.gateway_enabled:
         return settings
@@ -332,7 +264,7 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
             raise ConfigError(f"{where}: {exc.message}") from None
     if "models" in data:
         changes["model_paths"] = _model_paths(data["models"], where)
-    keys, keys_file = _gateway_keys(_mapping(data.get("gateway"), f"{where}: gateway"), where)
+    keys, keys_file = gateway_keys(_mapping(data.get("gateway"), f"{where}: gateway"), where)
     if keys is not None:
         changes["gateway_api_keys"] = keys
     if keys_file is not None:

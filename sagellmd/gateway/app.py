@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import os
 import time
@@ -13,29 +12,22 @@ import orjson
 
 from sagellmd.gateway import errors
 from sagellmd.gateway.access_log import AccessLog
+from sagellmd.gateway.api_keys import authorized
 from sagellmd.gateway.balance import prefix_key
+from sagellmd.gateway.client_request import ClientGone, parse_request, priority_of, read_body
 from sagellmd.gateway.daemon_link import DaemonLink
 from sagellmd.gateway.dispatch import Dispatcher, Ticket
 from sagellmd.gateway.errors import GatewayError
 from sagellmd.gateway.metrics import GatewayMetrics
+from sagellmd.gateway.own_answers import SSE_HEADERS, answer, error_answer, not_here
 from sagellmd.gateway.proxy import DROPPED_REQUEST_HEADERS, forward
 from sagellmd.gateway.settings import GatewaySettings
 from sagellmd.gateway.upstream import UpstreamPool
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-]
 LOADING_COMMENT_EVERY_S = 3.0
-MAX_BODY_BYTES = 64 * 1024 * 1024
 # The endpoints the runtime kinds list; other `POST /v1/*` paths pass through unchecked.
 CHECKED_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 UNKNOWN_MODEL = "(unknown)"  # the metrics label of names nobody declared: no label explosion
-
-
-class ClientGone(Exception):
-    """The client closed its connection before the answer was complete."""
 
 
 class GatewayApp:
@@ -77,7 +69,7 @@ class GatewayApp:
             elif method == "GET":
                 await self._get(scope, path, send)
             else:
-                await _error(send, _not_here(method, path))
+                await error_answer(send, not_here(method, path))
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -85,39 +77,28 @@ class GatewayApp:
 
     async def _get(self, scope: dict[str, Any], path: str, send: Any) -> None:
         if path == "/health":
-            await _answer(send, 200, b'{"status":"ok"}')
+            await answer(send, 200, b'{"status":"ok"}')
             return
-        if self._keys and not self._authorized(scope["headers"]):
-            await _error(send, errors.unauthorized())
+        if self._keys and not authorized(self._keys, scope["headers"]):
+            await error_answer(send, errors.unauthorized())
             return
         if path == "/metrics":
             headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
-            await _answer(send, 200, self.metrics.exposition(), headers)
+            await answer(send, 200, self.metrics.exposition(), headers)
         elif path == "/v1/models":
             data = self.dispatcher.table.model_list()
-            await _answer(send, 200, orjson.dumps({"object": "list", "data": data}))
+            await answer(send, 200, orjson.dumps({"object": "list", "data": data}))
         elif path.startswith("/v1/models/"):
             name = path[len("/v1/models/") :]
             for entry in self.dispatcher.table.model_list():
                 if entry["id"] == name or name in entry["names"]:
-                    await _answer(send, 200, orjson.dumps(entry))
+                    await answer(send, 200, orjson.dumps(entry))
                     return
-            await _error(send, errors.model_not_found(name, self.dispatcher.table.routable_names()))
+            await error_answer(
+                send, errors.model_not_found(name, self.dispatcher.table.routable_names())
+            )
         else:
-            await _error(send, _not_here("GET", path))
-
-    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        for name, value in headers:
-            if name == b"authorization":
-                scheme, _, key = value.partition(b" ")
-                if scheme.lower() != b"bearer":
-                    return False
-                # Every key is compared, so the time taken says nothing about which matched.
-                matched = False
-                for known in self._keys:
-                    matched |= hmac.compare_digest(key.strip(), known)
-                return matched
-        return False
+            await error_answer(send, not_here("GET", path))
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -184,12 +165,12 @@ class GatewayApp:
         forwarded = b"".join(lines)
         model_label = UNKNOWN_MODEL
         try:
-            if self._keys and not self._authorized(
-                [(b"authorization", authorization)] if authorization else []
+            if self._keys and not authorized(
+                self._keys, [(b"authorization", authorization)] if authorization else []
             ):
                 raise errors.unauthorized()
-            body = await _read_body(receive)
-            request = _parse(body)
+            body = await read_body(receive)
+            request = parse_request(body)
             name = request["model"]
             table = self.dispatcher.table
             if not table.loaded:
@@ -211,7 +192,7 @@ class GatewayApp:
                     raise errors.endpoint_not_served(name, path, sorted(served))
             ticket = Ticket(
                 arrived,
-                _priority(priority_header, request),
+                priority_of(priority_header, request),
                 self._deadline(slo_header, arrived, group),
                 authorization.decode("latin-1"),
             )
@@ -220,7 +201,7 @@ class GatewayApp:
             )
         except GatewayError as error:
             self.metrics.rejected(model_label, error.code)
-            await _error(send, error, request_id)
+            await error_answer(send, error, request_id)
             self.access_log.write(request_id, model_label, "-", error.status, arrived)
         except ClientGone:
             self.access_log.write(request_id, model_label, "-", 499, arrived)
@@ -380,76 +361,3 @@ class GatewayApp:
                 acquiring.cancel()
             elif not taken and not acquiring.cancelled() and acquiring.exception() is None:
                 self.dispatcher.release(acquiring.result().id)  # got one as the client left
-
-
-def _parse(body: bytes) -> dict[str, Any]:
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise errors.bad_body(f"The request body is not JSON: {exc}") from None
-    if not isinstance(request, dict):
-        raise errors.bad_body("The request body must be a JSON object with a 'model' field")
-    model = request.get("model")
-    if not isinstance(model, str) or not model:
-        raise errors.bad_body(
-            "The request must name its 'model' (a string: a model name, engine id, label or"
-            " alias; GET /v1/models lists them)",
-            param="model",
-        )
-    return request
-
-
-def _priority(header: bytes | None, request: dict[str, Any]) -> int:
-    value: Any = request.get("priority", 0) if header is None else header
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise errors.bad_body(
-            f"priority (field or X-Priority header) must be an integer, lower first; got {value!r}",
-            param="priority",
-        ) from None
-
-
-async def _read_body(receive: Any) -> bytes:
-    parts = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise GatewayError(
-                413, "request_too_large", f"The request body is over {MAX_BODY_BYTES} bytes"
-            )
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _not_here(method: str, path: str) -> GatewayError:
-    return GatewayError(
-        404,
-        "not_found",
-        f"{method} {path} is not served here: the gateway serves GET /v1/models and"
-        " POST /v1/* requests that name a model (chat/completions, completions, embeddings, ...)",
-    )
-
-
-async def _answer(send: Any, status: int, body: bytes, headers: list | None = None) -> None:
-    await send(
-        {"type": "http.response.start", "status": status, "headers": headers or JSON_HEADERS}
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _error(send: Any, error: GatewayError, request_id: bytes = b"") -> None:
-    headers = list(JSON_HEADERS)
-    if error.retry_after_s is not None:
-        headers.append((b"retry-after", str(max(1, round(error.retry_after_s))).encode()))
-    if request_id:
-        headers.append((b"x-request-id", request_id))
-    await _answer(send, error.status, error.body(), headers)

@@ -25,6 +25,8 @@ from sagellmd.runtime.probe import probe_health
 
 log = logging.getLogger(__name__)
 
+FIRST_STARTUP_PROBE_S = 0.02
+
 
 def on_exit(
     world: World, engine_id: str, pid: int | None, code: int | None, signum: int | None
@@ -108,6 +110,10 @@ class Prober:
         kind = kind_for(desired.spec.runtime) if desired else COMMAND
         host = kind.probe_host(desired.spec) if desired else ENGINE_HOST
         failures = 0
+        # The first startup probes come quickly and back off to the configured interval: an
+        # engine up in 0.1 s (llama.cpp, the gateway, an on-demand start) is seen as ready
+        # within tens of ms, and one loading for minutes is asked every interval like before.
+        startup_interval = min(FIRST_STARTUP_PROBE_S, settings.startup_probe_interval_s)
         while True:
             instance = self._current(engine_id, pid)
             if instance is None or instance.port is None:
@@ -128,7 +134,8 @@ class Prober:
                     self._world.wake()
                     await asyncio.sleep(settings.liveness_interval_s)
                 else:
-                    await asyncio.sleep(settings.startup_probe_interval_s)
+                    await asyncio.sleep(startup_interval)
+                    startup_interval = min(startup_interval * 2, settings.startup_probe_interval_s)
                 continue
             if healthy:
                 failures = 0

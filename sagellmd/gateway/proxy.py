@@ -144,8 +144,9 @@ async def _relay(answer: Any, request_id: bytes, send: Send) -> Attempt:
 
 async def _relay_body(answer: Any, send: Send, attempt: Attempt, event_stream: bool) -> Attempt:
     done = False
+    read = answer.read_chunk  # a plain loop: an async generator costs a frame per chunk
     try:
-        async for chunk in answer.chunks():
+        while (chunk := await read()) is not None:
             if not done and b"[DONE]" in chunk:
                 done = True
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httptools
 
@@ -191,6 +191,11 @@ class UpstreamAnswer:
         while (chunk := await self._connection.read_chunk()) is not None:
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    @property
+    def read_chunk(self) -> Callable[[], Awaitable[bytes | None]]:
+        """The body that arrived since the last read, as one piece; None at its end."""
+        return self._connection.read_chunk
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while (chunk := await self._connection.read_chunk()) is not None:

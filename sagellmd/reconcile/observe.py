@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 
 from sagellmd.instance import (
     LIVE_STATES,
@@ -25,7 +26,8 @@ from sagellmd.runtime.probe import probe_health
 
 log = logging.getLogger(__name__)
 
-FIRST_STARTUP_PROBE_S = 0.02
+FAST_STARTUP_PROBE_S = 0.025
+FAST_STARTUP_PROBES_S = 2.0
 
 
 def on_exit(
@@ -110,10 +112,10 @@ class Prober:
         kind = kind_for(desired.spec.runtime) if desired else COMMAND
         host = kind.probe_host(desired.spec) if desired else ENGINE_HOST
         failures = 0
-        # The first startup probes come quickly and back off to the configured interval: an
-        # engine up in 0.1 s (llama.cpp, the gateway, an on-demand start) is seen as ready
-        # within tens of ms, and one loading for minutes is asked every interval like before.
-        startup_interval = min(FIRST_STARTUP_PROBE_S, settings.startup_probe_interval_s)
+        # For its first seconds a starting engine is probed every 25 ms, then every interval:
+        # one up in 0.1 s (llama.cpp, the gateway, an on-demand start) is seen ready within
+        # tens of ms, and one loading for minutes is asked every interval like before.
+        fast_until = time.monotonic() + FAST_STARTUP_PROBES_S
         while True:
             instance = self._current(engine_id, pid)
             if instance is None or instance.port is None:
@@ -134,8 +136,12 @@ class Prober:
                     self._world.wake()
                     await asyncio.sleep(settings.liveness_interval_s)
                 else:
-                    await asyncio.sleep(startup_interval)
-                    startup_interval = min(startup_interval * 2, settings.startup_probe_interval_s)
+                    fast = time.monotonic() < fast_until
+                    await asyncio.sleep(
+                        min(FAST_STARTUP_PROBE_S, settings.startup_probe_interval_s)
+                        if fast
+                        else settings.startup_probe_interval_s
+                    )
                 continue
             if healthy:
                 failures = 0

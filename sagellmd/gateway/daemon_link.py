@@ -23,6 +23,7 @@ RETRY_BASE_S = 0.05
 RETRY_MAX_S = 1.0
 REPORT_EVERY_S = 0.5
 HEARTBEAT_S = 3.0
+MIN_REPORT_GAP_S = 0.02
 
 
 class DaemonLink:
@@ -50,6 +51,7 @@ class DaemonLink:
         self._reported_changes = -1
         self._reported_at = 0.0
         dispatcher.on_demand = self._on_demand
+        dispatcher.on_busy = self._on_demand
 
     def _token(self) -> str:
         try:
@@ -127,6 +129,7 @@ class DaemonLink:
                 self.dispatcher.set_table(RouteTable.from_json(document))
 
     def _on_demand(self, name: str) -> None:
+        """Report at once (a request waits for an engine, or an idle-able one got busy)."""
         self._demand.set()
 
     async def _report(self) -> None:
@@ -147,6 +150,8 @@ class DaemonLink:
                 raise
             except Exception as exc:  # noqa: BLE001 - the next period tries again
                 log.debug("activity report failed: %s", exc)
+            # Reports sent at once are still at most one per MIN_REPORT_GAP_S.
+            await asyncio.sleep(MIN_REPORT_GAP_S)
 
     def activity(self) -> dict[str, object]:
         dispatcher = self.dispatcher

@@ -74,6 +74,8 @@ class Dispatcher:
         self._queues_of_engine: dict[str, list[GroupQueue]] = {}
         # Called when a request waits for a model none of whose engines is ready (demand).
         self.on_demand: Callable[[str], None] = lambda name: None
+        # Called when an engine the daemon may stop when idle gets its first request.
+        self.on_busy: Callable[[str], None] = lambda engine_id: None
         self.changes = 0
 
     # -- the route table -------------------------------------------------------------
@@ -129,7 +131,12 @@ class Dispatcher:
         if chosen is None:
             return None
         engine_id = chosen.engine_id
-        self.inflight[engine_id] = self.inflight.get(engine_id, 0) + 1
+        before = self.inflight.get(engine_id, 0)
+        self.inflight[engine_id] = before + 1
+        if before == 0 and self.table.engines[engine_id].idle_able:
+            # The daemon may evict an idle-able engine it thinks unused: tell it now, not at
+            # the next report, that this one serves a request.
+            self.on_busy(engine_id)
         self.requests[engine_id] = self.requests.get(engine_id, 0) + 1
         self.last_request_at[engine_id] = time.time()
         self.changes += 1

@@ -36,6 +36,8 @@ class Route:
     slo_ttft_ms: float | None
     startup_timeout_s: float
     message: str
+    # start: on-demand or idle_s set: the daemon may stop (or evict) it when nobody uses it.
+    idle_able: bool = False
 
     @property
     def runtime_reports_kv(self) -> bool:
@@ -72,6 +74,7 @@ class Route:
             slo_ttft_ms=float(slo) if isinstance(slo, int | float) else None,
             startup_timeout_s=float(entry.get("startup_timeout_s") or 0.0),
             message=str(entry.get("message") or ""),
+            idle_able=entry.get("start") == "on-demand" or entry.get("idle_s") is not None,
         )
 
 

@@ -585,3 +585,46 @@ def test_demand_and_the_wait_limit_of_a_model_whose_engine_is_coming_up():
     assert demand == {"e0": 1}
     assert limit == 120  # the engine's startup timeout, not the queue's 0.2 s
     assert engine == "e0"
+
+
+def test_an_idle_able_engine_that_gets_busy_is_reported_at_once():
+    def entry(engine_id: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "id": engine_id,
+            "state": "ready",
+            "ready": True,
+            "url": "http://127.0.0.1:1",
+            "served_model": engine_id,
+            "names": [engine_id],
+            **fields,
+        }
+
+    table = RouteTable.from_json(
+        {
+            "version": 1,
+            "engines": [
+                entry("on-demand", start="on-demand", idle_s=600),
+                entry("idle-s", idle_s=30),
+                entry("always"),
+            ],
+        }
+    )
+    busy: list[str] = []
+
+    async def scenario() -> None:
+        dispatcher = Dispatcher("fifo", "least-outstanding", 10, 1.0, 2.0)
+        dispatcher.on_busy = busy.append
+        dispatcher.set_table(table)
+        for name in ("on-demand", "on-demand", "idle-s", "always"):
+            group = table.resolve(name)
+            assert group is not None
+            await dispatcher.acquire(group, name, Ticket(0.0))
+        dispatcher.release("on-demand")
+        dispatcher.release("on-demand")
+        group = table.resolve("on-demand")
+        assert group is not None
+        await dispatcher.acquire(group, "on-demand", Ticket(0.0))
+
+    asyncio.run(scenario())
+    # Only the 0 -> 1 edges of engines the daemon may stop when idle.
+    assert busy == ["on-demand", "idle-s", "on-demand"]

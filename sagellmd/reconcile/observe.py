@@ -18,6 +18,7 @@ from sagellmd.instance import (
     exited,
     retired,
 )
+from sagellmd.reconcile.engine_tasks import EngineTasks
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.kinds import COMMAND, kind_for
 from sagellmd.runtime.kinds.base import ENGINE_HOST
@@ -83,22 +84,16 @@ class Prober:
 
     def __init__(self, world: World) -> None:
         self._world = world
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = EngineTasks("probe")
 
     def start(self, engine_id: str, pid: int) -> None:
-        self.cancel(engine_id)
-        self._tasks[engine_id] = asyncio.get_running_loop().create_task(
-            self._run(engine_id, pid), name=f"probe {engine_id}"
-        )
+        self._tasks.run(engine_id, self._run(engine_id, pid))
 
     def cancel(self, engine_id: str) -> None:
-        task = self._tasks.pop(engine_id, None)
-        if task is not None:
-            task.cancel()
+        self._tasks.cancel(engine_id)
 
     def cancel_all(self) -> None:
-        for engine_id in list(self._tasks):
-            self.cancel(engine_id)
+        self._tasks.cancel_all()
 
     def _current(self, engine_id: str, pid: int) -> Instance | None:
         instance = self._world.instances.get(engine_id)

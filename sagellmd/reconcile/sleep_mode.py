@@ -3,10 +3,7 @@ runs as a task; its answer is recorded as a transition and wakes the loop."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
 
 from sagellmd.instance import (
     InstanceState,
@@ -17,6 +14,7 @@ from sagellmd.instance import (
     fell_asleep,
 )
 from sagellmd.reconcile.actions import Sleep, Wake
+from sagellmd.reconcile.engine_tasks import EngineTasks
 from sagellmd.reconcile.observe import Prober
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.engine_calls import post_engine
@@ -35,7 +33,7 @@ class SleepMode:
     def __init__(self, world: World, prober: Prober) -> None:
         self._world = world
         self._prober = prober
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = EngineTasks("sleep-mode")
 
     def _host(self, engine_id: str) -> str:
         desired = self._world.desired_engine(engine_id)
@@ -47,7 +45,9 @@ class SleepMode:
         instance = world.instances[action.engine_id]
         self._prober.cancel(action.engine_id)
         world.record(begin_stop(instance, StopIntent.SLEEP, action.reason), intent=True)
-        self._run(action.engine_id, self._sleep(action.engine_id, instance.pid, action.reason))
+        self._tasks.run(
+            action.engine_id, self._sleep(action.engine_id, instance.pid, action.reason)
+        )
 
     def wake(self, action: Wake) -> None:
         """Starting again with the asleep process and its GPUs; the probe makes it ready."""
@@ -57,22 +57,13 @@ class SleepMode:
             instance, world.clock(), action.waiting, action.gpus, action.gpu_bytes
         )
         world.record(transition, intent=True)
-        self._run(action.engine_id, self._wake(action.engine_id, instance.pid))
-
-    def _run(self, engine_id: str, call: Coroutine[Any, Any, None]) -> None:
-        self.cancel(engine_id)
-        self._tasks[engine_id] = asyncio.get_running_loop().create_task(
-            call, name=f"sleep-mode {engine_id}"
-        )
+        self._tasks.run(action.engine_id, self._wake(action.engine_id, instance.pid))
 
     def cancel(self, engine_id: str) -> None:
-        task = self._tasks.pop(engine_id, None)
-        if task is not None:
-            task.cancel()
+        self._tasks.cancel(engine_id)
 
     def cancel_all(self) -> None:
-        for engine_id in list(self._tasks):
-            self.cancel(engine_id)
+        self._tasks.cancel_all()
 
     async def _sleep(self, engine_id: str, pid: int | None, reason: str) -> None:
         world = self._world
@@ -83,7 +74,7 @@ class SleepMode:
             if port is not None
             else (False, "no port")
         )
-        self._tasks.pop(engine_id, None)
+        self._tasks.finished(engine_id)
         current = world.instances.get(engine_id)
         if current is None or current.pid != pid or current.stop_intent is not StopIntent.SLEEP:
             return  # it exited (and is idle already) or was stopped meanwhile
@@ -107,7 +98,7 @@ class SleepMode:
             if port is not None
             else (False, "no port")
         )
-        self._tasks.pop(engine_id, None)
+        self._tasks.finished(engine_id)
         current = world.instances.get(engine_id)
         if current is None or current.pid != pid or current.state is not InstanceState.STARTING:
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from sagellmd.runtime.engine_calls import engine_status
 
 
 async def probe_health(
@@ -12,25 +12,8 @@ async def probe_health(
 
     `expected` None accepts any 2xx status.
     """
-    writer = None
-    try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port)
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
-            )
-            await writer.drain()
-            status_line = await reader.readline()
-    except TimeoutError:
-        return False, f"GET {path} timed out after {timeout_s:g}s"
-    except OSError as exc:
-        return False, f"GET {path}: {exc.strerror or exc}"
-    finally:
-        if writer is not None:
-            writer.close()
-    parts = status_line.decode(errors="replace").split()
-    if len(parts) < 2 or not parts[1].isdigit():
-        return False, f"GET {path}: not an HTTP answer"
-    status = int(parts[1])
+    status, detail = await engine_status("GET", host, port, path, timeout_s)
+    if status is None:
+        return False, detail
     healthy = 200 <= status < 300 if expected is None else status == expected
-    return healthy, f"GET {path} -> {status}"
+    return healthy, detail

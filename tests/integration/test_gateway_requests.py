@@ -56,6 +56,37 @@ class Gateway:
         self.daemon.wait_for(ready, timeout, f"{name} routable with {replicas} ready engine(s)")
 
 
+class Load:
+    """Clients sending chat requests one after another until the block ends."""
+
+    def __init__(self, gateway: Gateway, clients: int) -> None:
+        self.gateway = gateway
+        self.clients = clients
+        self.failures: list[str] = []
+        self.done = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _run(self, i: int) -> None:
+        while not self._stop.is_set():
+            answer = self.gateway.chat(MODEL, f"q{i}")
+            self.done += 1
+            if answer.status_code != 200:
+                self.failures.append(answer.text)
+
+    def __enter__(self) -> Load:
+        for i in range(self.clients):
+            thread = threading.Thread(target=self._run, args=(i,))
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
 def gateway_daemon(make_daemon: Any, preset: dict[str, Any] | None = None, **gateway: Any) -> Any:
     daemon = make_daemon(gateway={"enabled": True, "port": free_port(), **gateway})
     if preset is not None:
@@ -284,20 +315,7 @@ def test_slo_rejects_at_once_what_cannot_meet_its_deadline(make_daemon):
 def test_sigkill_of_one_replica_under_load_fails_no_request(make_daemon):
     daemon, gateway = _two_replicas(make_daemon, {"FAKE_VLLM_LATENCY_MS": "30"})
     victim = daemon.engine("p.a")
-    stop = threading.Event()
-    failures: list[str] = []
-    done = [0]
-
-    def load(i: int) -> None:
-        while not stop.is_set():
-            answer = gateway.chat(MODEL, f"q{i}")
-            done[0] += 1
-            if answer.status_code != 200:
-                failures.append(answer.text)
-
-    with ThreadPoolExecutor(8) as pool:
-        for i in range(8):
-            pool.submit(load, i)
+    with Load(gateway, clients=8) as load:
         time.sleep(1.0)
         os.kill(victim["pid"], signal.SIGKILL)
         exited = daemon.wait_for(
@@ -305,10 +323,9 @@ def test_sigkill_of_one_replica_under_load_fails_no_request(make_daemon):
         )
         retries_at_exit = _retries(gateway, "p.a")
         time.sleep(1.5)
-        stop.set()
     assert exited
-    assert failures == [], failures[:3]
-    assert done[0] > 50
+    assert load.failures == [], load.failures[:3]
+    assert load.done > 50
     # Once the daemon said it exited, no request went to it (none had to be retried off it).
     assert _retries(gateway, "p.a") == retries_at_exit
 
@@ -357,29 +374,15 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_engine_request(make_da
 def test_sigkill_of_the_daemon_under_load_fails_no_request(make_daemon):
     daemon, gateway = _two_replicas(make_daemon, {"FAKE_VLLM_LATENCY_MS": "20"})
     pid = daemon.get("/v1/gateway").json()["pid"]
-    stop = threading.Event()
-    failures: list[str] = []
-    done = [0]
-
-    def load(i: int) -> None:
-        while not stop.is_set():
-            answer = gateway.chat(MODEL, f"q{i}")
-            done[0] += 1
-            if answer.status_code != 200:
-                failures.append(answer.text)
-
-    with ThreadPoolExecutor(8) as pool:
-        for i in range(8):
-            pool.submit(load, i)
+    with Load(gateway, clients=8) as load:
         time.sleep(0.5)
         daemon.stop(signal.SIGKILL)
         time.sleep(1.5)  # the gateway serves from its last table meanwhile
-        served_while_away = done[0]
+        served_while_away = load.done
         daemon.start()
         time.sleep(1.0)
-        stop.set()
-    assert failures == [], failures[:3]
-    assert done[0] > served_while_away > 20
+    assert load.failures == [], load.failures[:3]
+    assert load.done > served_while_away > 20
     assert daemon.get("/v1/gateway").json()["pid"] == pid
 
 
@@ -430,20 +433,7 @@ def test_a_preset_change_that_replaces_an_engine_fails_no_request(make_daemon):
     daemon, gateway = gateway_daemon(make_daemon, preset)
     gateway.wait_routable(MODEL)
     before = daemon.engine("p.chat")
-    stop = threading.Event()
-    failures: list[str] = []
-    done = [0]
-
-    def load(i: int) -> None:
-        while not stop.is_set():
-            answer = gateway.chat(MODEL, f"q{i}")
-            done[0] += 1
-            if answer.status_code != 200:
-                failures.append(answer.text)
-
-    with ThreadPoolExecutor(6) as pool:
-        for i in range(6):
-            pool.submit(load, i)
+    with Load(gateway, clients=6) as load:
         time.sleep(0.5)
         changed = fake_preset("p", {"name": "chat", "env": {"FAKE_VLLM_LATENCY_MS": "21"}})
         assert daemon.put("/v1/presets/p", changed).status_code == 200
@@ -456,9 +446,8 @@ def test_a_preset_change_that_replaces_an_engine_fails_no_request(make_daemon):
             "the replacement",
         )
         time.sleep(1.0)
-        stop.set()
-    assert failures == [], failures[:3]
-    assert done[0] > 30
+    assert load.failures == [], load.failures[:3]
+    assert load.done > 30
 
 
 def test_an_engine_that_dies_mid_stream_ends_the_stream_with_an_error_event(make_daemon):

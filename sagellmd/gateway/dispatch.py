@@ -32,12 +32,24 @@ class Ticket:
 
 
 @dataclass(slots=True)
+class Pending:
+    """A waiter's side of the queue: how it is answered, and the queue it is in now."""
+
+    future: asyncio.Future[Route]
+    ticket: Ticket
+    key: bytes | None
+    home: GroupQueue
+
+
+@dataclass(slots=True)
 class GroupQueue:
     group: ModelGroup
     name: str
     queue: WaitQueue
     policy: str
     drain: DrainRate = field(default_factory=DrainRate)
+    # The names requests waiting here asked for: a new table may route them elsewhere.
+    names: set[str] = field(default_factory=set)
     # Dispatch to first byte, smoothed: the part of a TTFT deadline the engine itself takes.
     first_byte_s: float = 0.0
 
@@ -93,7 +105,34 @@ class Dispatcher:
                 self._queues_of_engine.setdefault(engine_id, []).append(queue)
         self.changes += 1
         for queue in list(self.queues.values()):
+            self._follow_names(queue)
+        for queue in list(self.queues.values()):
             self._dispatch(queue)
+
+    def _follow_names(self, queue: GroupQueue) -> None:
+        """Waiters whose name now routes to other engines (a replica added) move there."""
+        if not len(queue.queue):
+            queue.names.clear()
+            return
+        for name in sorted(queue.names):
+            group = self.table.resolve(name)
+            if group is None or group.key == queue.group.key:
+                continue
+            target = self._queue_for(group, name)
+            target.names.add(name)
+            moved = []
+            while (waiter := queue.queue.pop(self.clock())) is not None:
+                moved.append(waiter)
+            for waiter in moved:
+                pending: Pending = waiter.handle  # type: ignore[assignment]
+                try:
+                    target.queue.push(waiter)
+                    pending.home = target
+                except QueueFull:
+                    if not pending.future.done():
+                        pending.future.set_exception(errors.queue_full(name, self.max_waiting))
+            queue.names.clear()
+            return
 
     def mark_suspect(self, engine_id: str) -> None:
         self.suspect_until[engine_id] = self.clock() + self.suspect_s
@@ -209,13 +248,13 @@ class Dispatcher:
             if reason is not None:
                 raise errors.slo_unreachable(reason)
         future: asyncio.Future[Route] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(
-            ticket.arrived, ticket.priority, ticket.deadline, ticket.client, (future, ticket, key)
-        )
+        pending = Pending(future, ticket, key, queue)
+        waiter = Waiter(ticket.arrived, ticket.priority, ticket.deadline, ticket.client, pending)
         try:
             queue.queue.push(waiter)
         except QueueFull:
             raise errors.queue_full(name, self.max_waiting) from None
+        queue.names.add(name)
         self.changes += 1
         if not self.any_ready(group):
             self.on_demand(name)
@@ -238,8 +277,8 @@ class Dispatcher:
             raise errors.queue_timeout(name, limit_s, self._why_waiting(group)) from None
         finally:
             ticket.queued_s = self.clock() - now
-            if not future.done() or future.cancelled():
-                queue.queue.remove(waiter)
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                pending.home.queue.remove(waiter)
                 self.changes += 1
             elif not handed and future.exception() is None:
                 # Cancelled (the client left) just as it was handed a slot: give it back.
@@ -309,14 +348,15 @@ class Dispatcher:
             waiter = queue.queue.pop(self.clock())
             if waiter is None:
                 return
-            future, ticket, key = waiter.handle
+            pending: Pending = waiter.handle  # type: ignore[assignment]
+            future, ticket = pending.future, pending.ticket
             if future.done():
                 continue
-            route = self._take(queue.group, ticket, key)
+            route = self._take(queue.group, ticket, pending.key)
             if route is None:
                 # Every free engine was tried by this request already: let it try them again.
                 ticket.tried.clear()
-                route = self._take(queue.group, ticket, key)
+                route = self._take(queue.group, ticket, pending.key)
             if route is None:
                 queue.queue.push(waiter)
                 return

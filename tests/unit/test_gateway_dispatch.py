@@ -628,3 +628,63 @@ def test_an_idle_able_engine_that_gets_busy_is_reported_at_once():
     asyncio.run(scenario())
     # Only the 0 -> 1 edges of engines the daemon may stop when idle.
     assert busy == ["on-demand", "idle-s", "on-demand"]
+
+
+def test_waiters_follow_their_name_to_a_replica_the_table_adds():
+    def entry(engine_id: str, ready: bool) -> dict[str, Any]:
+        return {
+            "id": engine_id,
+            "state": "ready" if ready else "starting",
+            "ready": ready,
+            "url": "http://127.0.0.1:1",
+            "served_model": "m",
+            "names": ["m", engine_id],
+        }
+
+    before = RouteTable.from_json({"version": 1, "engines": [entry("e0", False)]})
+    after = RouteTable.from_json({"version": 2, "engines": [entry("e0", False), entry("e1", True)]})
+
+    async def scenario() -> tuple[str, int]:
+        dispatcher = Dispatcher("fifo", "least-outstanding", 10, 5.0, 2.0)
+        dispatcher.set_table(before)
+        group = before.resolve("m")
+        assert group is not None
+        waiting = asyncio.ensure_future(dispatcher.acquire(group, "m", Ticket(0.0)))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        dispatcher.set_table(after)  # the waiter's name now also routes to a ready e1
+        route = await asyncio.wait_for(waiting, 1.0)
+        return route.id, sum(dispatcher.queue_lengths().values())
+
+    engine, still_waiting = asyncio.run(scenario())
+    assert engine == "e1"
+    assert still_waiting == 0
+
+
+def test_a_moved_waiter_that_times_out_leaves_no_trace():
+    def entry(engine_id: str) -> dict[str, Any]:
+        return {
+            "id": engine_id,
+            "state": "starting",
+            "ready": False,
+            "url": "http://127.0.0.1:1",
+            "served_model": "m",
+            "names": ["m", engine_id],
+        }
+
+    before = RouteTable.from_json({"version": 1, "engines": [entry("e0")]})
+    after = RouteTable.from_json({"version": 2, "engines": [entry("e0"), entry("e1")]})
+
+    async def scenario() -> int:
+        dispatcher = Dispatcher("fifo", "least-outstanding", 10, 0.05, 2.0)
+        dispatcher.set_table(before)
+        group = before.resolve("m")
+        assert group is not None
+        waiting = asyncio.ensure_future(dispatcher.acquire(group, "m", Ticket(0.0)))
+        await asyncio.sleep(0)
+        dispatcher.set_table(after)
+        with pytest.raises(GatewayError):
+            await waiting
+        return sum(dispatcher.queue_lengths().values())
+
+    assert asyncio.run(scenario()) == 0

@@ -6,52 +6,17 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from sagellmd.gateway import errors
-from sagellmd.gateway.admission import DrainRate, slo_rejection
+from sagellmd.gateway.admission import slo_rejection
 from sagellmd.gateway.balance import KvLoad, Replica, choose
 from sagellmd.gateway.queueing import QueueFull, Waiter, WaitQueue
 from sagellmd.gateway.routes import ModelGroup, Route, RouteTable
+from sagellmd.gateway.waiting import GroupQueue, Pending, Ticket
 
 FIRST_BYTE_SMOOTHING = 0.2
 # States of an engine that will be ready without anyone's help, or on demand (idle).
 COMING_UP = frozenset({"idle", "starting", "pending", "absent"})
-
-
-@dataclass(slots=True)
-class Ticket:
-    """What a request holds while it waits or runs: its place and the engines it tried."""
-
-    arrived: float
-    priority: int = 0
-    deadline: float | None = None
-    client: str = ""
-    tried: set[str] = field(default_factory=set)
-    queued_s: float = 0.0
-
-
-@dataclass(slots=True)
-class Pending:
-    """A waiter's side of the queue: how it is answered, and the queue it is in now."""
-
-    future: asyncio.Future[Route]
-    ticket: Ticket
-    key: bytes | None
-    home: GroupQueue
-
-
-@dataclass(slots=True)
-class GroupQueue:
-    group: ModelGroup
-    name: str
-    queue: WaitQueue
-    policy: str
-    drain: DrainRate = field(default_factory=DrainRate)
-    # The names requests waiting here asked for: a new table may route them elsewhere.
-    names: set[str] = field(default_factory=set)
-    # Dispatch to first byte, smoothed: the part of a TTFT deadline the engine itself takes.
-    first_byte_s: float = 0.0
 
 
 class Dispatcher:

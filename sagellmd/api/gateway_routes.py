@@ -3,9 +3,6 @@ and the gateway's own state."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -13,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from sagellmd.api.body import query_parameter, read_json
 from sagellmd.api.context import ApiContext
-from sagellmd.api.events_routes import client_gone
+from sagellmd.api.long_poll import long_poll
 from sagellmd.api.route_entries import route_entries
 from sagellmd.errors import BadInputError
 from sagellmd.schemas.requests import GATEWAY_ACTIVITY_BODY
@@ -40,30 +37,13 @@ async def routes(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     after = query_parameter(request, "after", None)
     wait = float(query_parameter(request, "wait", 0) or 0)
-    deadline = time.monotonic() + wait
-    # A gateway that goes away (restarted) must not keep a handler until the deadline.
-    gone = asyncio.ensure_future(client_gone(request))
-    try:
-        while True:
-            table = route_table(ctx)
-            remaining = deadline - time.monotonic()
-            if (
-                after is None
-                or table["version"] != int(after)
-                or remaining <= 0
-                or ctx.hub.closed
-                or gone.done()
-            ):
-                break
-            waiter = asyncio.ensure_future(ctx.hub.wait(remaining))
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
-    finally:
-        gone.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await gone
+    table = await long_poll(
+        request,
+        ctx.hub,
+        wait,
+        lambda: route_table(ctx),
+        lambda table: after is None or table["version"] != int(after),
+    )
     return JSONResponse(table)
 
 

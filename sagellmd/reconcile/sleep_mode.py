@@ -65,16 +65,20 @@ class SleepMode:
     def cancel_all(self) -> None:
         self._tasks.cancel_all()
 
-    async def _sleep(self, engine_id: str, pid: int | None, reason: str) -> None:
-        world = self._world
-        instance = world.instances[engine_id]
-        port = instance.port
-        ok, detail = (
-            await post_engine(self._host(engine_id), port, "/sleep?level=1", SLEEP_TIMEOUT_S)
+    async def _post(self, engine_id: str, path: str, timeout_s: float) -> tuple[bool, str]:
+        """POST to the engine's own port; this engine's task is done with that answer."""
+        port = self._world.instances[engine_id].port
+        answer = (
+            await post_engine(self._host(engine_id), port, path, timeout_s)
             if port is not None
             else (False, "no port")
         )
         self._tasks.finished(engine_id)
+        return answer
+
+    async def _sleep(self, engine_id: str, pid: int | None, reason: str) -> None:
+        world = self._world
+        ok, detail = await self._post(engine_id, "/sleep?level=1", SLEEP_TIMEOUT_S)
         current = world.instances.get(engine_id)
         if current is None or current.pid != pid or current.stop_intent is not StopIntent.SLEEP:
             return  # it exited (and is idle already) or was stopped meanwhile
@@ -89,16 +93,9 @@ class SleepMode:
 
     async def _wake(self, engine_id: str, pid: int | None) -> None:
         world = self._world
-        instance = world.instances[engine_id]
         desired = world.desired_engine(engine_id)
         timeout = desired.spec.startup_timeout_s if desired else SLEEP_TIMEOUT_S
-        port = instance.port
-        ok, detail = (
-            await post_engine(self._host(engine_id), port, "/wake_up", timeout)
-            if port is not None
-            else (False, "no port")
-        )
-        self._tasks.finished(engine_id)
+        ok, detail = await self._post(engine_id, "/wake_up", timeout)
         current = world.instances.get(engine_id)
         if current is None or current.pid != pid or current.state is not InstanceState.STARTING:
             return

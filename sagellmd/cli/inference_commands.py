@@ -27,6 +27,16 @@ GATEWAY_OPTION = typer.Option(
     metavar="URL",
     help="Gateway URL (default: the one the daemon runs, from GET /v1/gateway).",
 )
+# The chat options `sagellm chat` and `sagellm run` share.
+SYSTEM_OPTION = typer.Option(
+    None, "--system", metavar="TEXT", help="A system message sent before the conversation."
+)
+MAX_TOKENS_OPTION = typer.Option(
+    None, "--max-tokens", min=1, metavar="N", help="At most N tokens per answer."
+)
+TEMPERATURE_OPTION = typer.Option(
+    None, "--temperature", min=0.0, metavar="T", help="Sampling temperature."
+)
 MODEL_ARG = typer.Argument(
     ..., metavar="MODEL", help="A routable name: served model, engine id, label or alias."
 )
@@ -127,15 +137,9 @@ def chat(
     prompt: str | None = typer.Option(
         None, "--prompt", "-p", metavar="TEXT", help="Ask this one question and exit."
     ),
-    system: str | None = typer.Option(
-        None, "--system", metavar="TEXT", help="A system message sent before the conversation."
-    ),
-    max_tokens: int | None = typer.Option(
-        None, "--max-tokens", min=1, metavar="N", help="At most N tokens per answer."
-    ),
-    temperature: float | None = typer.Option(
-        None, "--temperature", min=0.0, metavar="T", help="Sampling temperature."
-    ),
+    system: str | None = SYSTEM_OPTION,
+    max_tokens: int | None = MAX_TOKENS_OPTION,
+    temperature: float | None = TEMPERATURE_OPTION,
     as_json: bool = typer.Option(
         False,
         "--json",

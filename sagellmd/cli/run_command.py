@@ -21,6 +21,9 @@ from sagellmd.cli.client import ApiClient, segment
 from sagellmd.cli.context import cli_context
 from sagellmd.cli.inference_commands import (
     GATEWAY_OPTION,
+    MAX_TOKENS_OPTION,
+    SYSTEM_OPTION,
+    TEMPERATURE_OPTION,
     gateway_client,
     interactive,
     stream_answer,
@@ -176,15 +179,9 @@ def run(
         metavar="RUNTIME",
         help="Runtime from the config (default: llama-cpp for GGUF, else vllm).",
     ),
-    system: str | None = typer.Option(
-        None, "--system", metavar="TEXT", help="A system message sent before the conversation."
-    ),
-    max_tokens: int | None = typer.Option(
-        None, "--max-tokens", min=1, metavar="N", help="At most N tokens per answer."
-    ),
-    temperature: float | None = typer.Option(
-        None, "--temperature", min=0.0, metavar="T", help="Sampling temperature."
-    ),
+    system: str | None = SYSTEM_OPTION,
+    max_tokens: int | None = MAX_TOKENS_OPTION,
+    temperature: float | None = TEMPERATURE_OPTION,
     timeout: float = typer.Option(
         DEFAULT_TIMEOUT_S, "--timeout", min=1.0, metavar="S", help="Longest wait for the engine."
     ),

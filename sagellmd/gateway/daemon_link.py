@@ -47,11 +47,11 @@ class DaemonLink:
         parsed = urlsplit(settings.daemon_url)
         self._address = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self._tasks: list[asyncio.Task[None]] = []
-        self._demand = asyncio.Event()
+        self._report_now = asyncio.Event()
         self._reported_changes = -1
         self._reported_at = 0.0
-        dispatcher.on_demand = self._on_demand
-        dispatcher.on_busy = self._on_demand
+        dispatcher.on_demand = self._report_soon
+        dispatcher.on_busy = self._report_soon
 
     def _token(self) -> str:
         try:
@@ -128,17 +128,17 @@ class DaemonLink:
             if document.get("version") != self.dispatcher.table.version:
                 self.dispatcher.set_table(RouteTable.from_json(document))
 
-    def _on_demand(self, name: str) -> None:
+    def _report_soon(self, name: str) -> None:
         """Report at once (a request waits for an engine, or an idle-able one got busy)."""
-        self._demand.set()
+        self._report_now.set()
 
     async def _report(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._demand.wait(), REPORT_EVERY_S)
+                await asyncio.wait_for(self._report_now.wait(), REPORT_EVERY_S)
             except TimeoutError:
                 pass
-            self._demand.clear()
+            self._report_now.clear()
             self.tick()
             quiet_s = time.monotonic() - self._reported_at
             # Unchanged figures are still sent now and then: the daemon ignores old reports.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httptools
 
@@ -196,10 +196,6 @@ class UpstreamAnswer:
     def read_chunk(self) -> Callable[[], Awaitable[bytes | None]]:
         """The body that arrived since the last read, as one piece; None at its end."""
         return self._connection.read_chunk
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while (chunk := await self._connection.read_chunk()) is not None:
-            yield chunk
 
     def release(self) -> None:
         """Give the connection back when the answer was read whole, else close it."""

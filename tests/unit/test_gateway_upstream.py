@@ -216,14 +216,12 @@ def test_a_chunked_body_is_read_chunk_by_chunk_as_it_arrives():
             pool = UpstreamPool()
             answer = await _post(pool, engine.origin)
             assert answer.header(b"transfer-encoding") == b"chunked"
-            chunks = answer.chunks()
             for piece in (b"data: one\n\n", b"data: two\n\n"):
                 # The engine sends the next piece only now: the first must not wait for it.
                 await gate.put(piece)
-                assert await asyncio.wait_for(anext(chunks), 2) == piece
+                assert await asyncio.wait_for(answer.read_chunk(), 2) == piece
             await gate.put(b"")
-            with pytest.raises(StopAsyncIteration):
-                await asyncio.wait_for(anext(chunks), 2)
+            assert await asyncio.wait_for(answer.read_chunk(), 2) is None  # the body's end
             answer.release()
             # Read to its end, the chunked answer leaves the connection reusable.
             for piece in (b"again", b""):
@@ -333,7 +331,7 @@ def test_an_engine_dying_mid_body_fails_the_read_after_the_answer_began():
             assert answer.status == 200
             received = b""
             with pytest.raises(UpstreamError) as failed:
-                async for chunk in answer.chunks():
+                while (chunk := await answer.read_chunk()) is not None:
                     received += chunk
             assert received == b"0123456789"
             assert failed.value.before_answer is False
@@ -407,8 +405,7 @@ def test_close_aborts_the_connection_and_the_engine_sees_its_client_go(closer):
             box.append(engine)
             pool = UpstreamPool()
             answer = await _post(pool, engine.origin)
-            chunks = answer.chunks()
-            assert await asyncio.wait_for(anext(chunks), 2) == b"one"
+            assert await asyncio.wait_for(answer.read_chunk(), 2) == b"one"
             if closer == "pool":
                 pool.close()
             else:
@@ -416,7 +413,7 @@ def test_close_aborts_the_connection_and_the_engine_sees_its_client_go(closer):
             await asyncio.wait_for(engine.client_left.wait(), 2)
             if closer == "pool":
                 with pytest.raises(UpstreamError):
-                    await asyncio.wait_for(anext(chunks), 2)
+                    await asyncio.wait_for(answer.read_chunk(), 2)
             pool.close()
 
     _run(main())

@@ -1,0 +1,6 @@
+// TODO(engine view): written by a helper.
+import { h } from "../dom.js";
+
+export function render(container) {
+  container.append(h("p", { class: "notice" }, "the engine view is not built yet"));
+}

@@ -207,3 +207,17 @@ def test_a_kv_transfer_config_vllm_would_refuse_exits_2(start: Start):
         wait=False,
     )
     assert bad.proc.wait(timeout=10) == 2
+
+
+@pytest.mark.parametrize("connector", ["p2p-nccl", "lmcache"])
+def test_the_other_connectors_argv_starts_and_hands_nothing_over(
+    start: Start, record: Path, connector: str
+):
+    kv = kv_transfer_launch(
+        connector, "prefill", free_port(), engine_id="lab.chat", http_port=8100, notify_port=7500
+    )
+    engine = start(None, argv=list(kv.argv))
+    answer = httpx.post(f"{engine.url}/v1/chat/completions", json=prefill_body(CHAT))
+    assert answer.status_code == 200
+    assert "kv_transfer_params" not in answer.json()
+    assert records(record)[0]["role"] == "local"

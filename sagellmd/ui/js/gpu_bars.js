@@ -88,12 +88,7 @@ function gpuBar(device) {
 export function gpuBars(gpus) {
   if (!gpus) return [h("p", { class: "muted" }, "no GPU information yet")];
   const devices = gpus.devices || [];
-  const head = h(
-    "p",
-    { class: "muted", id: "gpu-mode" },
-    gpus.simulated || gpus.mode === "simulated" ? h("span", { class: "badge" }, "simulated") : null,
-    ` ${gpus.message || gpus.mode || ""}`,
-  );
+  const head = h("p", { class: "muted", id: "gpu-mode" }, gpus.message || gpus.mode || "");
   const errors = (gpus.errors || []).map((error) =>
     h("p", { class: "api-error" }, typeof error === "string" ? error : JSON.stringify(error)),
   );

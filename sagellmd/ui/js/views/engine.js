@@ -35,7 +35,7 @@ function details(entry) {
     entry.started_at !== undefined
       ? field("started", "Started", entry.started_at ? `${clock(entry.started_at)} (${since(entry.started_at)} ago)` : "")
       : null,
-    entry.last_exit !== undefined ? field("last-exit", "Last exit", exitText(entry.last_exit)) : null,
+    entry.last_exit !== undefined ? field("last-exit", "Last exit", exitText(entry.last_exit) || "none") : null,
     address ? field("address", "Address", `${address.base_url} (${(address.endpoints || []).join(", ")})`) : null,
     entry.retiring_pid ? field("retiring-pid", "Retiring PID", entry.retiring_pid) : null,
   ];

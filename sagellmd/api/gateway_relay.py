@@ -43,7 +43,8 @@ async def _body(request: Request) -> bytes:
 
 
 def _upstream_headers(request: Request, ctx: ApiContext) -> dict[str, str]:
-    headers = {"accept": request.headers.get("accept", "*/*")}
+    # identity: aiohttp would ask for gzip, and the client may not take it.
+    headers = {"accept": request.headers.get("accept", "*/*"), "accept-encoding": "identity"}
     for name in ("content-type", "x-request-id"):
         if name in request.headers:
             headers[name] = request.headers[name]

@@ -320,9 +320,11 @@ ENDPOINTS: list[Endpoint] = [
         "/v1/gateway/openai/v1/models",
         gateway_relay.relay,
         RouteDoc(
-            "Relayed to the gateway's /v1/models; 409 while the gateway is disabled",
+            "Relayed to the gateway's /v1/models (needs the token even though a GET: the"
+            " relay carries the gateway's API key); 409 while the gateway is disabled",
             {"200": "Any"},
             (409, 502),
+            token=True,
         ),
     ),
 ]

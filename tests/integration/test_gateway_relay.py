@@ -22,7 +22,7 @@ def chat_body(**fields: Any) -> dict[str, Any]:
 
 def relay_ready(daemon: Daemon) -> None:
     def routable() -> bool:
-        answer = daemon.get(f"{RELAY}/models")
+        answer = daemon.get(f"{RELAY}/models", headers=daemon.auth())
         return answer.status_code == 200 and any(
             entry["id"] == MODEL and any(e["state"] == "ready" for e in entry["engines"])
             for entry in answer.json()["data"]
@@ -71,6 +71,9 @@ def test_the_relay_passes_gateway_errors_and_takes_the_session(make_daemon):
     )
     assert answer.status_code == 200, answer.text
     assert daemon.client.post(f"{RELAY}/chat/completions", json=chat_body()).status_code == 401
+    # The model list too needs the token (or the session): the relay carries the gateway key.
+    assert daemon.get(f"{RELAY}/models").status_code == 401
+    assert client.get(f"{RELAY}/models").status_code == 200
     not_json = daemon.client.post(f"{RELAY}/embeddings", content=b"[1, 2]", headers=daemon.auth())
     assert not_json.status_code == 400
 
@@ -116,7 +119,7 @@ def test_the_relay_answers_502_when_the_gateway_is_not_there(make_daemon):
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
         daemon = make_daemon(gateway={"enabled": True, "port": port})
-        answer = daemon.get(f"{RELAY}/models")
+        answer = daemon.get(f"{RELAY}/models", headers=daemon.auth())
         assert answer.status_code == 502, answer.text
         error = answer.json()["error"]
         assert error["code"] == "gateway_unreachable"

@@ -56,10 +56,15 @@ def test_chat_streams_tokens_one_by_one_and_embeddings_show_size_and_norm(
     page.wait_for_selector('#pg-model option[value="fake/embedder"]', state="attached")
     page.select_option("#pg-model", "fake/model-1B")
     assert page.input_value("#pg-mode") == "chat"
+    unlabelled = page.evaluate(
+        "() => [...document.querySelectorAll('#view input, #view select, #view textarea')]"
+        ".filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.id)"
+    )
+    assert unlabelled == []
 
     page.evaluate(WATCH_ANSWER)
     page.fill("#pg-prompt", "say something")
-    page.click("#pg-send")
+    page.press("#pg-prompt", "Control+Enter")  # the keyboard sends, as the button does
     page.wait_for_selector("#pg-transcript .msg.assistant[data-done]", timeout=15000)
     answers = page.evaluate("() => window.__answers")
     texts = [answer["text"] for answer in answers]
@@ -90,6 +95,13 @@ def test_chat_streams_tokens_one_by_one_and_embeddings_show_size_and_norm(
     page.select_option("#pg-mode", "chat")
     page.select_option("#pg-model", "fake/model-1B")
     screenshot(page, "playground")
+
+    # The gateway has an engine page of its own: its state and its log (a line per request).
+    page = dashboard.open("engine/gateway")
+    page.wait_for_selector('#engine-details [data-field="state"] [data-state="ready"]')
+    page.wait_for_function(
+        "() => document.getElementById('engine-log').textContent.includes('model=')"
+    )
 
 
 def test_playground_says_the_gateway_is_disabled_in_the_api_words(dashboard: Dashboard):

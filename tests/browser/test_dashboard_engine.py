@@ -10,7 +10,8 @@ import uuid
 import httpx
 from playwright.sync_api import Page, Request
 
-from tests.browser.conftest import Dashboard, screenshot
+from tests.browser.conftest import PHONE, Dashboard, screenshot
+from tests.browser.layout import assert_fits_the_screen
 from tests.integration.conftest import fake_preset
 
 # The stand-in writes one log line per request it serves (its health probes too).
@@ -121,3 +122,13 @@ def test_remove_shows_the_api_refusal_for_a_preset_engine_and_removes_an_ad_hoc_
     page.wait_for_selector("#engine-gone:not([hidden])")
     assert "removed in generation" in page.inner_text("#engine-action-result")
     assert dashboard.daemon.get("/v1/engines/solo").status_code == 404
+
+
+def test_engine_page_on_a_phone_fits_the_screen(dashboard: Dashboard):
+    ready_engine(dashboard)
+    page = dashboard.open("engine/p.chat", viewport=PHONE)
+    page.wait_for_selector('#engine-details [data-field="state"] [data-state="ready"]')
+    page.wait_for_function(
+        "() => document.getElementById('engine-log').textContent.includes('fake vLLM serving')"
+    )
+    assert_fits_the_screen(page)

@@ -9,6 +9,7 @@ import signal
 import time
 
 from tests.browser.conftest import PHONE, Dashboard, screenshot
+from tests.browser.layout import assert_fits_the_screen
 from tests.integration.conftest import fake_preset
 
 ROW = 'tr[data-engine="{id}"]'
@@ -152,8 +153,7 @@ def test_overview_on_a_phone_fits_the_screen(dashboard: Dashboard):
     page = dashboard.open("overview", viewport=PHONE)
     page.wait_for_selector(f'{CELL.format(id="p.chat", col="state")}[data-state="ready"]')
     page.wait_for_selector("[data-gpu]")
-    overflow = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
-    assert overflow[0] <= overflow[1], f"page wider than the screen: {overflow}"
+    assert_fits_the_screen(page)
     # The table scrolls inside its own box instead.
     wrap = page.evaluate(
         "() => { const w = document.querySelector('#engines').closest('.table-wrap');"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.browser.conftest import Dashboard, screenshot
+from tests.browser.conftest import PHONE, Dashboard, screenshot
+from tests.browser.layout import assert_fits_the_screen
 from tests.integration.conftest import fake_preset, free_port
 
 TOKENS = 12
@@ -105,10 +106,11 @@ def test_chat_streams_tokens_one_by_one_and_embeddings_show_size_and_norm(
 
 
 def test_playground_says_the_gateway_is_disabled_in_the_api_words(dashboard: Dashboard):
-    page = dashboard.open("playground")
+    page = dashboard.open("playground", viewport=PHONE)
     error = page.wait_for_selector("#pg-model-error")
     assert error is not None
     text = error.inner_text()
     assert "the gateway is disabled; set gateway.enabled: true in config.yaml" in text
     assert "409" in text
     assert page.is_disabled("#pg-model")
+    assert_fits_the_screen(page)

@@ -97,6 +97,15 @@ def test_chat_streams_tokens_one_by_one_and_embeddings_show_size_and_norm(
     page.select_option("#pg-model", "fake/model-1B")
     screenshot(page, "playground")
 
+    # With the gateway running, the Overview shows its line and each engine's in-flight and
+    # queued counts from the gateway's reports (numbers, not the dash of no report).
+    page = dashboard.open("overview")
+    page.wait_for_selector('#gateway-line [data-state="ready"]')
+    assert "requests" in page.inner_text("#gateway-line")
+    for col in ("inflight", "queued"):
+        cell = page.inner_text(f'tr[data-engine="p.chat"] td[data-col="{col}"]')
+        assert cell.isdigit(), (col, cell)
+
     # The gateway has an engine page of its own: its state and its log (a line per request).
     page = dashboard.open("engine/gateway")
     page.wait_for_selector('#engine-details [data-field="state"] [data-state="ready"]')

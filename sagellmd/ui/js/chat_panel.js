@@ -51,7 +51,14 @@ export class ChatPanel {
       { class: "chat-form", onsubmit: (event) => (event.preventDefault(), this.ask()) },
       h("label", { class: "grow" }, "System prompt", this.system),
       h("label", { class: "grow" }, "Message", this.prompt),
-      h("div", { class: "row" }, h("label", {}, "Max tokens", this.maxTokens), this.send, this.stop, this.clear),
+      h(
+        "div",
+        { class: "row" },
+        h("label", {}, "Max tokens", this.maxTokens),
+        this.send,
+        this.stop,
+        this.clear,
+      ),
       this.errors.element,
     );
     this.element = h("div", { id: "pg-chat" }, this.transcript, this.form, this.stats);
@@ -59,9 +66,8 @@ export class ChatPanel {
 
   bubble(role, text) {
     const content = h("div", { class: "content" }, text);
-    this.transcript.append(
-      h("div", { class: `msg ${role}`, dataset: { role } }, h("div", { class: "who" }, role === "user" ? "You" : this.model()), content),
-    );
+    const who = h("div", { class: "who" }, role === "user" ? "You" : this.model());
+    this.transcript.append(h("div", { class: `msg ${role}`, dataset: { role } }, who, content));
     return content;
   }
 
@@ -73,7 +79,8 @@ export class ChatPanel {
     if (!text || this.running) return;
     const system = this.system.value.trim();
     const question = { role: "user", content: text };
-    const messages = [...(system ? [{ role: "system", content: system }] : []), ...this.history, question];
+    const preamble = system ? [{ role: "system", content: system }] : [];
+    const messages = [...preamble, ...this.history, question];
     const body = { model, messages, stream: true, stream_options: { include_usage: true } };
     const maxTokens = Number(this.maxTokens.value);
     if (Number.isInteger(maxTokens) && maxTokens > 0) body.max_tokens = maxTokens;

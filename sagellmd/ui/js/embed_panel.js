@@ -5,6 +5,13 @@ import { post, v1 } from "./api.js";
 import { h, errorBox } from "./dom.js";
 
 const EMBEDDINGS = v1("gateway/openai/v1/embeddings");
+const HEADS = ["#", "Text", "Size", "L2 norm", "First values"];
+const SHOWN_VALUES = 4;
+
+function firstValues(vector) {
+  const shown = vector.slice(0, SHOWN_VALUES).map((value) => value.toFixed(3));
+  return `${shown.join(", ")}${vector.length > SHOWN_VALUES ? ", …" : ""}`;
+}
 
 export function l2norm(vector) {
   return Math.sqrt(vector.reduce((sum, value) => sum + value * value, 0));
@@ -35,11 +42,7 @@ export class EmbedPanel {
         h(
           "table",
           { id: "pg-embed-results", "aria-label": "Embeddings" },
-          h(
-            "thead",
-            {},
-            h("tr", {}, ["#", "Text", "Size", "L2 norm", "First values"].map((title) => h("th", { scope: "col" }, title))),
-          ),
+          h("thead", {}, h("tr", {}, HEADS.map((title) => h("th", { scope: "col" }, title)))),
           this.body,
         ),
       ),
@@ -65,13 +68,14 @@ export class EmbedPanel {
           h("td", { class: "wrap" }, texts[item.index] ?? ""),
           h("td", { dataset: { col: "dims" } }, String(vector.length)),
           h("td", { dataset: { col: "norm" } }, l2norm(vector).toFixed(4)),
-          h("td", { dataset: { col: "values" } }, h("code", {}, vector.slice(0, 4).map((v) => v.toFixed(3)).join(", "), vector.length > 4 ? ", …" : "")),
+          h("td", { dataset: { col: "values" } }, h("code", {}, firstValues(vector))),
         );
       });
       this.body.replaceChildren(...rows);
       const ms = Math.round(performance.now() - started);
       const tokens = answer.usage ? `, ${answer.usage.prompt_tokens} tokens` : "";
-      this.summary.textContent = `${rows.length} vectors from ${answer.model || model} in ${ms} ms${tokens}`;
+      const from = answer.model || model;
+      this.summary.textContent = `${rows.length} vectors from ${from} in ${ms} ms${tokens}`;
     } catch (error) {
       this.errors.show(error);
     } finally {

@@ -78,6 +78,8 @@ function buildRow(engine, now) {
   const estimate = engine.memory_estimate;
   const started = uptimeOf(engine);
   const memory = cell("memory", memoryText(engine));
+  const label = engine.label ? h("span", { class: "muted" }, ` (${engine.label})`) : null;
+  const uptime = started ? since(started, now) : "";
   if (estimate && estimate.detail) memory.title = `${estimate.source}: ${estimate.detail}`;
   return h(
     "tr",
@@ -85,13 +87,13 @@ function buildRow(engine, now) {
     cell("id", h("a", { href: `#/engine/${encodeURIComponent(engine.id)}` }, engine.id)),
     stateCell(engine.state, engine.message),
     h("td", { class: "wrap", dataset: { col: "message" } }, messageOf(engine)),
-    cell("model", engine.model || "", engine.label ? h("span", { class: "muted" }, ` (${engine.label})`) : null),
+    cell("model", engine.model || "", label),
     cell("pid", engine.pid ?? ""),
     cell("port", engine.port ?? ""),
     cell("gpus", (engine.gpus || []).join(", ")),
     memory,
     cell("restarts", String(engine.restarts ?? 0)),
-    h("td", { dataset: { col: "uptime", since: started || "" } }, started ? since(started, now) : ""),
+    h("td", { dataset: { col: "uptime", since: started || "" } }, uptime),
     cell("inflight", countText(engine.inflight)),
     cell("queued", countText(engine.queued)),
   );
@@ -102,6 +104,7 @@ export class EngineTable {
     this.rows = new Map(); // id -> {row, signature}
     this.body = h("tbody");
     this.empty = h("p", { class: "muted", hidden: true }, "no engines: apply a preset in Presets");
+    const heads = COLUMNS.map(([col, title]) => h("th", { scope: "col", dataset: { col } }, title));
     this.element = h(
       "div",
       {},
@@ -111,7 +114,7 @@ export class EngineTable {
         h(
           "table",
           { id: "engines", "aria-label": "Engines" },
-          h("thead", {}, h("tr", {}, COLUMNS.map(([col, title]) => h("th", { scope: "col", dataset: { col } }, title)))),
+          h("thead", {}, h("tr", {}, heads)),
           this.body,
         ),
       ),

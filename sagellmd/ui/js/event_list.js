@@ -52,7 +52,9 @@ export class EventList {
       this.ids.add(event.id);
       // Usually the newest, so the first row is where it goes; an older one finds its place.
       let before = this.body.firstElementChild;
-      while (before && Number(before.dataset.eventId) > event.id) before = before.nextElementSibling;
+      while (before && Number(before.dataset.eventId) > event.id) {
+        before = before.nextElementSibling;
+      }
       this.body.insertBefore(eventRow(event, this.showEngine), before);
     }
     while (this.body.children.length > this.limit) {

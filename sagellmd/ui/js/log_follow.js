@@ -30,7 +30,8 @@ export class LogView {
     });
     this.state = h("p", { class: "muted", id: "log-state", role: "status" }, "reading the log…");
     this.path = h("span", { class: "muted" });
-    this.element = h("div", {}, this.pre, h("div", { class: "row log-foot" }, this.state, this.path));
+    const foot = h("div", { class: "row log-foot" }, this.state, this.path);
+    this.element = h("div", {}, this.pre, foot);
   }
 
   atBottom() {

@@ -20,23 +20,31 @@ function exitText(exit) {
   return `${how} at ${clock(exit.at)}`;
 }
 
+const gpuNames = (gpus) => (gpus || []).map((index) => `GPU${index}`).join(", ");
+
+function startedText(iso) {
+  return iso ? `${clock(iso)} (${since(iso)} ago)` : "";
+}
+
 function details(entry) {
   const address = entry.address;
+  const has = (key) => entry[key] !== undefined;
+  const state = h("span", { class: "state", dataset: { state: entry.state || "" } }, entry.state);
   return [
-    field("state", "State", h("span", { class: "state", dataset: { state: entry.state || "" } }, entry.state || "")),
+    field("state", "State", state),
     field("message", "Reason", entry.message),
-    entry.model !== undefined ? field("model", "Model", entry.model) : null,
+    has("model") ? field("model", "Model", entry.model) : null,
     entry.kind ? field("kind", "Kind", `${entry.kind} (${entry.runtime})`) : null,
     field("pid", "PID", entry.pid),
-    entry.port !== undefined ? field("port", "Port", entry.port) : null,
+    has("port") ? field("port", "Port", entry.port) : null,
     entry.url ? field("url", "URL", entry.url) : null,
-    entry.gpus !== undefined ? field("gpus", "GPUs", (entry.gpus || []).map((i) => `GPU${i}`).join(", ") || "none") : null,
+    has("gpus") ? field("gpus", "GPUs", gpuNames(entry.gpus) || "none") : null,
     field("restarts", "Restarts", String(entry.restarts ?? 0)),
-    entry.started_at !== undefined
-      ? field("started", "Started", entry.started_at ? `${clock(entry.started_at)} (${since(entry.started_at)} ago)` : "")
+    has("started_at") ? field("started", "Started", startedText(entry.started_at)) : null,
+    has("last_exit") ? field("last-exit", "Last exit", exitText(entry.last_exit) || "none") : null,
+    address
+      ? field("address", "Address", `${address.base_url} (${(address.endpoints || []).join(", ")})`)
       : null,
-    entry.last_exit !== undefined ? field("last-exit", "Last exit", exitText(entry.last_exit) || "none") : null,
-    address ? field("address", "Address", `${address.base_url} (${(address.endpoints || []).join(", ")})`) : null,
     entry.retiring_pid ? field("retiring-pid", "Retiring PID", entry.retiring_pid) : null,
   ];
 }
@@ -59,10 +67,15 @@ function memory(entry) {
         "Reserved",
         reserved === null || reserved === undefined
           ? "nothing (no process holds GPUs)"
-          : `${gb(reserved)} on each of ${(entry.gpus || []).map((i) => `GPU${i}`).join(", ")}`,
+          : `${gb(reserved)} on each of ${gpuNames(entry.gpus)}`,
       ),
     ),
   ];
+}
+
+function section(name, title, ...children) {
+  const heading = h("h2", { id: `${name}-title` }, title);
+  return h("section", { "aria-labelledby": `${name}-title` }, heading, ...children);
 }
 
 /** The page's view of the engine: its status entry, or the gateway's part of status. */
@@ -136,15 +149,11 @@ export function render(container, params) {
       errors.element,
       result,
     ),
-    h("section", { "aria-labelledby": "details-title" }, h("h2", { id: "details-title" }, "Details"), info),
-    id === GATEWAY
-      ? null
-      : h("section", { "aria-labelledby": "memory-title" }, h("h2", { id: "memory-title" }, "Memory"), memoryBox),
-    id === GATEWAY
-      ? null
-      : h("section", { "aria-labelledby": "spec-title" }, h("h2", { id: "spec-title" }, "Spec"), spec),
-    h("section", { "aria-labelledby": "events-title" }, h("h2", { id: "events-title" }, "Events"), eventsError.element, events.element),
-    h("section", { "aria-labelledby": "log-title" }, h("h2", { id: "log-title" }, "Log"), log.element),
+    section("details", "Details", info),
+    id === GATEWAY ? null : section("memory", "Memory", memoryBox),
+    id === GATEWAY ? null : section("spec", "Spec", spec),
+    section("events", "Events", eventsError.element, events.element),
+    section("log", "Log", log.element),
   );
 
   let shown = null;
@@ -153,7 +162,9 @@ export function render(container, params) {
     const entry = entryOf(status, id);
     gone.hidden = entry !== null;
     if (!entry) {
-      gone.textContent = `no engine ${id} in the desired state now (removed, or never declared); its events and log stay below while they exist`;
+      gone.textContent =
+        `no engine ${id} in the desired state now (removed, or never declared);` +
+        " its events and log stay below while they exist";
       title.textContent = "";
       restart.disabled = true;
       remove.disabled = true;

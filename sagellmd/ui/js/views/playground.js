@@ -39,8 +39,13 @@ export function render(container) {
   const describe = () => {
     const entry = models.find((model) => model.id === picker.value);
     if (!entry) return fill(about, "");
-    const engines = (entry.engines || []).map((engine) => `${engine.id} (${engine.state})`).join(", ");
-    fill(about, `served by ${engines || "no engine"}`, entry.names ? `; also called ${entry.names.filter((n) => n !== entry.id).join(", ") || "nothing else"}` : "");
+    const engines = (entry.engines || []).map((engine) => `${engine.id} (${engine.state})`);
+    const others = (entry.names || []).filter((name) => name !== entry.id);
+    fill(
+      about,
+      `served by ${engines.join(", ") || "no engine"}`,
+      others.length ? `; also called ${others.join(", ")}` : "",
+    );
   };
   picker.addEventListener("change", () => {
     const entry = models.find((model) => model.id === picker.value);
@@ -91,7 +96,13 @@ export function render(container) {
     h(
       "section",
       { "aria-label": "Model" },
-      h("div", { class: "row" }, h("label", {}, "Model", picker), h("label", {}, "Mode", mode), reload),
+      h(
+        "div",
+        { class: "row" },
+        h("label", {}, "Model", picker),
+        h("label", {}, "Mode", mode),
+        reload,
+      ),
       modelErrors.element,
       about,
     ),

@@ -123,3 +123,47 @@ def test_playground_says_the_gateway_is_disabled_in_the_api_words(dashboard: Das
     assert "409" in text
     assert page.is_disabled("#pg-model")
     assert_fits_the_screen(page)
+
+
+# A comment, CRLF line ends, an event of two data lines, characters of several bytes.
+SSE_TEXT = (
+    ': loading p.chat 3 s\n\ndata: {"a": 1}\r\n\r\n'
+    "data: one\ndata: two\n\ndata: é ü\n\ndata: [DONE]\n\n"
+)
+SSE_EVENTS = [
+    {"comment": "loading p.chat 3 s"},
+    {"data": '{"a": 1}'},
+    {"data": "one\ntwo"},
+    {"data": "é ü"},
+    {"data": "[DONE]"},
+]
+
+# Reads each chunking of the bytes through the Playground's SSE reader.
+READ_CHUNKINGS = """async (chunkings) => {
+  const { serverSentEvents } = await import("/ui/js/sse.js");
+  const results = [];
+  for (const chunks of chunkings) {
+    const body = new ReadableStream({
+      start(controller) {
+        for (const chunk of chunks) controller.enqueue(new Uint8Array(chunk));
+        controller.close();
+      },
+    });
+    const events = [];
+    for await (const event of serverSentEvents(new Response(body))) events.push(event);
+    results.push(events);
+  }
+  return results;
+}"""
+
+
+def test_the_stream_reader_finds_the_same_events_wherever_the_chunks_break(
+    dashboard: Dashboard,
+):
+    page = dashboard.open("playground")
+    raw = SSE_TEXT.encode()
+    chunkings = [[list(raw)], [[byte] for byte in raw]]
+    chunkings += [[list(raw[:cut]), list(raw[cut:])] for cut in range(1, len(raw))]
+    results = page.evaluate(READ_CHUNKINGS, chunkings)
+    for chunks, events in zip(chunkings, results, strict=True):
+        assert events == SSE_EVENTS, [bytes(chunk) for chunk in chunks]

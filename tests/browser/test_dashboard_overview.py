@@ -94,6 +94,13 @@ def test_overview_shows_gpus_engines_events_and_a_killed_engine_within_a_second(
     page.wait_for_selector('table.events tr[data-type="ready"]')
     assert "disabled" in page.inner_text("#gateway-line")
     screenshot(page, "overview-desktop")
+    # Dark and light follow the system's setting.
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    light = page.evaluate(background)
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate(background) != light
+    screenshot(page, "overview-dark")
+    page.emulate_media(color_scheme="light")
 
     before = page.evaluate(WATCH_RESTARTS, "p.chat")
     killed_at = time.time() * 1000

@@ -11,10 +11,12 @@ from starlette.responses import Response
 from sagellmd.api import (
     desired_routes,
     events_routes,
+    gateway_relay,
     gateway_routes,
     management_routes,
     models_routes,
     read_routes,
+    ui_auth,
 )
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -33,6 +35,7 @@ class RouteDoc:
     body: str | None = None
     body_required: bool = True
     media_type: str = "application/json"
+    body_media_types: tuple[str, ...] = ("application/json",)
     # A read that needs the token even on a loopback bind (what only the gateway reads).
     token: bool = False
 
@@ -106,7 +109,11 @@ ENDPOINTS: list[Endpoint] = [
         "GET",
         "/v1/engines/{engine_id}/logs",
         read_routes.engine_logs,
-        RouteDoc("The engine's log tail", errors=(400, 404), params=("tail",)),
+        RouteDoc(
+            "The engine's log tail, or the lines after a byte offset (long-polled)",
+            errors=(400, 404),
+            params=("tail", "after", "wait"),
+        ),
     ),
     Endpoint(
         "GET",
@@ -131,6 +138,7 @@ ENDPOINTS: list[Endpoint] = [
             ("new_preset_name", "dry_run", "rollback"),
             "Preset",
             body_required=False,
+            body_media_types=("application/json", "application/yaml"),
         ),
     ),
     Endpoint(
@@ -273,6 +281,50 @@ ENDPOINTS: list[Endpoint] = [
             {"200": "Any"},
             (400, 404, 409),
             ("revision", "dry_run"),
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/ui/codes",
+        ui_auth.create_code,
+        RouteDoc(
+            "A one-time dashboard sign-in code (120 s) and the /ui/ URL carrying it",
+            {"200": "UiCode"},
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/gateway/openai/v1/chat/completions",
+        gateway_relay.relay,
+        RouteDoc(
+            "Relayed to the gateway's /v1/chat/completions, its answer streamed back as sent"
+            " (SSE stays SSE); 409 while the gateway is disabled",
+            {"200": "Any"},
+            (400, 409, 413, 502),
+            body="Object",
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/gateway/openai/v1/embeddings",
+        gateway_relay.relay,
+        RouteDoc(
+            "Relayed to the gateway's /v1/embeddings; 409 while the gateway is disabled",
+            {"200": "Any"},
+            (400, 409, 413, 502),
+            body="Object",
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/gateway/openai/v1/models",
+        gateway_relay.relay,
+        RouteDoc(
+            "Relayed to the gateway's /v1/models (needs the token even though a GET: the"
+            " relay carries the gateway's API key); 409 while the gateway is disabled",
+            {"200": "Any"},
+            (409, 502),
+            token=True,
         ),
     ),
 ]

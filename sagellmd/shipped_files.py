@@ -20,3 +20,8 @@ def migrations_dir() -> Path:
 
 def builtin_presets_dir() -> Path:
     return _shipped("_presets", "presets")
+
+
+def ui_dir() -> Path:
+    """The dashboard's static files (sagellmd/ui/, inside the package in both cases)."""
+    return _PACKAGE / "ui"

@@ -13,12 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from sagellmd.api.auth import require_token
 from sagellmd.api.body import check_query_not_repeated
 from sagellmd.api.context import ApiContext
 from sagellmd.api.errors import error_response, sagellm_error_handler
 from sagellmd.api.openapi import openapi_document
 from sagellmd.api.route_table import ENDPOINTS, Handler
+from sagellmd.api.ui_auth import authorize_api
+from sagellmd.api.ui_pages import UI_ROUTES, is_ui_path
 from sagellmd.errors import SagellmError
 from sagellmd.spec import GATEWAY_RUNTIME
 from sagellmd.store.failures import is_storage_failure, storage_error
@@ -43,6 +44,8 @@ def _routes() -> list[Route]:
 
 
 ROUTES = _routes()
+# The dashboard's pages check their session themselves (a page answers with a sign-in form).
+ALL_ROUTES = [*ROUTES, *UI_ROUTES]
 # Reads that need the token on any bind (fixed paths, no parameters).
 TOKEN_READS = frozenset(e.path for e in ENDPOINTS if e.doc.token and not e.mutating)
 
@@ -51,7 +54,7 @@ def _route_template(request: Request) -> str:
     """The route's path template (bounded label values), also for requests refused early."""
     route = request.scope.get("route")
     if route is None:
-        for candidate in ROUTES:
+        for candidate in ALL_ROUTES:
             match, _ = candidate.matches(request.scope)
             if match is not Match.NONE:
                 route = candidate
@@ -60,16 +63,16 @@ def _route_template(request: Request) -> str:
 
 
 class AuthMiddleware(BaseHTTPMiddleware):
-    """Checks the token, and counts every request by route and status for /metrics."""
+    """Checks the token (or the dashboard's session), and counts every request by route and
+    status for /metrics."""
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         ctx: ApiContext = request.app.state.ctx
         response: Response | None = None
         try:
-            if request.url.path != "/healthz":
-                require_token(
-                    request, ctx.token, ctx.settings.api_host, request.url.path in TOKEN_READS
-                )
+            path = request.url.path
+            if path != "/healthz" and not is_ui_path(path):
+                authorize_api(request, ctx, path in TOKEN_READS)
             check_query_not_repeated(request)
         except SagellmError as exc:
             response = error_response(exc.http_status, exc.code, exc.message, exc.details)
@@ -108,7 +111,7 @@ async def storage_error_handler(request: Request, exc: Exception) -> Response:
 
 def create_app(ctx: ApiContext) -> Starlette:
     app = Starlette(
-        routes=ROUTES,
+        routes=ALL_ROUTES,
         middleware=[Middleware(AuthMiddleware)],
         exception_handlers={
             SagellmError: sagellm_error_handler,

@@ -8,6 +8,7 @@ from sagellmd.api.auth import TokenFile
 from sagellmd.api.gateway_activity import GatewayActivity
 from sagellmd.api.route_entries import RouteVersions
 from sagellmd.api.status_document import StatusDocuments
+from sagellmd.api.ui_sessions import UiSessions
 from sagellmd.config import Settings
 from sagellmd.events import EventHub
 from sagellmd.instance import Instance
@@ -27,6 +28,7 @@ class ApiContext:
     status_documents: StatusDocuments = field(default_factory=StatusDocuments)
     gateway_activity: GatewayActivity = field(default_factory=GatewayActivity)
     route_versions: RouteVersions = field(default_factory=RouteVersions)
+    ui: UiSessions = field(default_factory=UiSessions)
 
     def engine_instances(self) -> dict[str, Instance]:
         """The instances of user engines: the gateway's own is shown apart (status.gateway)."""

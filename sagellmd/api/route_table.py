@@ -15,6 +15,7 @@ from sagellmd.api import (
     management_routes,
     models_routes,
     read_routes,
+    ui_auth,
 )
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -273,6 +274,15 @@ ENDPOINTS: list[Endpoint] = [
             {"200": "Any"},
             (400, 404, 409),
             ("revision", "dry_run"),
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/ui/codes",
+        ui_auth.create_code,
+        RouteDoc(
+            "A one-time dashboard sign-in code (120 s) and the /ui/ URL carrying it",
+            {"200": "UiCode"},
         ),
     ),
 ]

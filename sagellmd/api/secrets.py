@@ -1,4 +1,5 @@
-"""Engine `env` values (tokens, keys) go only to requests that carry the bearer token."""
+"""Engine `env` values (tokens, keys) go only to requests that carry the bearer token (or
+the dashboard's session, which only the token could start)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 
 from sagellmd.api.auth import presents_token
+from sagellmd.api.ui_auth import request_session
 
 # Keys stay visible (what is set is not secret, and it tells a user why an engine differs).
 HIDDEN = "<hidden: send the token to read env values>"
@@ -15,7 +17,9 @@ HIDDEN = "<hidden: send the token to read env values>"
 
 def shows_secrets(request: Request) -> bool:
     """Unauthenticated reads are allowed on loopback, but any local user can make them."""
-    return presents_token(request, request.app.state.ctx.token)
+    if presents_token(request, request.app.state.ctx.token):
+        return True
+    return "authorization" not in request.headers and request_session(request) is not None
 
 
 def hidden_env(env: Mapping[str, Any]) -> dict[str, Any]:

@@ -215,6 +215,9 @@ def response_schemas(action_types: tuple[str, ...]) -> dict[str, dict[str, Any]]
             {"engine_id": STRING, "generation": INTEGER, "plan": PLAN},
             ("engine_id", "generation", "plan"),
         ),
+        "UiCode": _object(
+            {"code": STRING, "url": STRING, "expires_at": STRING}, ("code", "url", "expires_at")
+        ),
         "SeedStatus": _object(
             {"gpus": ref("Gpus"), "engines": ENGINES, "instances": _array(OPEN_OBJECT)},
             ("gpus", "engines", "instances"),

@@ -97,13 +97,15 @@ export function followRollout(container, number, planned = []) {
   fill(container, section);
   let status = null;
   let stopped = false;
+  let undoneBy = null; // the generation that rolled this one back
 
   function drawEngines() {
     const present = new Map((status ? status.engines : []).map((engine) => [engine.id, engine]));
     for (const id of engines) {
       const engine = present.get(id);
-      const state = engine ? engine.state : removed.has(id) ? "removed" : "absent";
-      const message = engine ? engine.message || "" : removed.has(id) ? "removed by this change" : "";
+      const gone = removed.has(id) ? "removed by this change" : undoneBy ? `removed by generation ${undoneBy}` : "";
+      const state = engine ? engine.state : gone ? "removed" : "absent";
+      const message = engine ? engine.message || "" : gone;
       const row = h("tr", { dataset: { engine: id } }, h("td", {}, id), stateCell(state, message), h("td", { class: "wrap" }, message));
       if (rows.has(id)) rows.get(id).replaceWith(row);
       else body.append(row);
@@ -139,6 +141,8 @@ export function followRollout(container, number, planned = []) {
       if (generation.state === "failed") {
         const undo = await findRollback();
         if (stopped) return;
+        undoneBy = undo ? undo.id : null;
+        drawEngines();
         fill(
           rollback,
           undo

@@ -47,50 +47,44 @@ export async function render(container) {
     if (found) nameInput.value = found[1];
   });
 
-  fill(
-    container,
-    h("h1", {}, "Presets"),
+  const listSection = h(
+    "section",
+    { "aria-labelledby": "presets-title" },
+    h("h2", { id: "presets-title" }, "Built-in, file and active presets"),
+    listError.element,
     h(
-      "section",
-      { "aria-labelledby": "presets-title" },
-      h("h2", { id: "presets-title" }, "Built-in, file and active presets"),
-      listError.element,
+      "div",
+      { class: "table-wrap" },
       h(
-        "div",
-        { class: "table-wrap" },
+        "table",
+        { id: "presets" },
         h(
-          "table",
-          { id: "presets" },
-          h(
-            "thead",
-            {},
-            h("tr", {}, ["Name", "Source", "Active", "Engines", "Description", "Actions"].map((t) => h("th", { scope: "col" }, t))),
-          ),
-          tableBody,
+          "thead",
+          {},
+          h("tr", {}, ["Name", "Source", "Active", "Engines", "Description", "Actions"].map((t) => h("th", { scope: "col" }, t))),
         ),
+        tableBody,
       ),
     ),
-    viewer,
-    h(
-      "section",
-      { "aria-labelledby": "editor-title" },
-      h("h2", { id: "editor-title" }, "Apply a preset document"),
-      h(
-        "p",
-        { class: "muted" },
-        "Paste or edit a preset document (YAML). A dry run shows the plan first; nothing changes until you apply it.",
-      ),
-      h("div", { class: "row" }, h("label", { for: "preset-name" }, "Preset name", nameInput)),
-      h("label", { for: "preset-yaml", style: { display: "flex", marginTop: "8px" } }, "Preset document (YAML)", editor),
-      editorError.element,
-      h("div", { class: "row" }, dryRunButton),
-    ),
-    planArea,
-    rolloutArea,
   );
+  const editorSection = h(
+    "section",
+    { "aria-labelledby": "editor-title" },
+    h("h2", { id: "editor-title" }, "Apply a preset document"),
+    h(
+      "p",
+      { class: "muted" },
+      "Paste or edit a preset document (YAML). A dry run shows the plan first; nothing changes until you apply it.",
+    ),
+    h("div", { class: "row" }, h("label", { for: "preset-name" }, "Preset name", nameInput)),
+    h("label", { for: "preset-yaml", style: { display: "flex", marginTop: "8px" } }, "Preset document (YAML)", editor),
+    editorError.element,
+    h("div", { class: "row" }, dryRunButton),
+  );
+  fill(container, h("h1", {}, "Presets"), listSection, viewer, editorSection, planArea, rolloutArea);
 
-  /** The dry run of `change`; its plan with the button that applies it for real. */
-  async function dryRun(change, problem) {
+  /** The dry run of `change`; its plan (shown after `anchor`) with the button that applies it. */
+  async function dryRun(change, problem, anchor) {
     problem.clear();
     planArea.hidden = true;
     let answer;
@@ -114,7 +108,7 @@ export async function render(container) {
         const done = await setPreset(change, false);
         planArea.hidden = true;
         fill(planArea);
-        showRollout(done.generation, (done.plan || []).map((item) => item.engine));
+        showRollout(done.generation, (done.plan || []).map((item) => item.engine), anchor);
       } catch (error) {
         applyError.show(error);
         apply.disabled = false;
@@ -128,13 +122,18 @@ export async function render(container) {
       h("div", { class: "row", style: { marginTop: "8px" } }, apply, cancel),
       applyError.element,
     );
+    anchor.after(planArea);
     planArea.hidden = false;
+    planArea.scrollIntoView({ block: "nearest" });
     apply.focus();
   }
 
-  function showRollout(generation, engines) {
+  // The rollout is shown after what started it (the list, the shown preset or the editor).
+  function showRollout(generation, engines, anchor) {
     if (stopRollout) stopRollout();
+    anchor.after(rolloutArea);
     stopRollout = followRollout(rolloutArea, generation, engines);
+    rolloutArea.scrollIntoView({ block: "nearest" });
   }
 
   async function showPreset(name) {
@@ -154,7 +153,7 @@ export async function render(container) {
     const edit = h("button", { type: "button", id: "show-edit" }, "Edit a copy");
     // Unedited, a built-in or file preset is applied by name (it stays "builtin"/"file").
     const change = preset.source === "builtin" || preset.source === "file" ? { name } : { name, yaml };
-    apply.addEventListener("click", () => dryRun(change, problem));
+    apply.addEventListener("click", () => dryRun(change, problem, viewer));
     edit.addEventListener("click", () => {
       editor.value = yaml;
       nameInput.value = name;
@@ -175,7 +174,7 @@ export async function render(container) {
     if (!(await confirmAction(`Unset preset ${name}? Its engines are stopped and removed.`, `Unset ${name}`))) return;
     try {
       const done = await del(presetPath(name, false));
-      showRollout(done.generation, (done.plan || []).map((item) => item.engine));
+      showRollout(done.generation, (done.plan || []).map((item) => item.engine), listSection);
     } catch (error) {
       problem.show(error);
     }
@@ -225,7 +224,7 @@ export async function render(container) {
       nameInput.focus();
       return;
     }
-    dryRun({ name, yaml: editor.value }, editorError);
+    dryRun({ name, yaml: editor.value }, editorError, editorSection);
   });
 
   // Active presets change with every generation: re-read the list when it moves on.

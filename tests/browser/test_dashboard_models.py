@@ -9,6 +9,7 @@ from typing import Any
 from playwright.sync_api import expect
 
 from tests.browser.conftest import PHONE, Dashboard, screenshot
+from tests.browser.fake_hub import FakeRepo, fake_hub
 from tests.integration.test_models import closed_port
 from tests.unit.test_models import EMBEDDER, LLM, fake_cache
 
@@ -118,3 +119,28 @@ def test_an_offline_daemon_downloads_from_its_cache_or_says_why_not(
     expect(job).to_have_attribute("data-state", "done", timeout=TIMEOUT)
     expect(job.locator('[data-col="message"]')).to_contain_text("done in")
     expect(page.locator("#download-error")).to_be_empty()
+
+
+def test_a_download_shows_its_progress_live_and_the_model_arrives(
+    make_dashboard: Callable[..., Dashboard], tmp_path: Path
+) -> None:
+    # Two files of 1 MB, done after 5.5 s and 6.5 s: the daemon reports progress at most
+    # every 5 s, so the first one finishing gives one progress event at 50 %.
+    weights = {"a.safetensors": b"\0" * 1_000_000, "b.safetensors": b"\1" * 1_000_000}
+    repo = FakeRepo("acme/slow", weights, {"a.safetensors": 5.5, "b.safetensors": 6.5})
+    with fake_hub(repo) as endpoint:
+        dashboard = models_dashboard(make_dashboard, fake_cache(tmp_path), HF_ENDPOINT=endpoint)
+        page = dashboard.open("models")
+        page.get_by_label("Model id").fill("acme/slow")
+        page.get_by_role("button", name="Download").click()
+        job = page.locator('#downloads tr[data-model="acme/slow"]')
+        expect(job).to_have_attribute("data-state", "running", timeout=TIMEOUT)
+        expect(job.locator('[data-col="message"]')).to_contain_text("started")
+        progress = job.locator('[data-col="progress"]')
+        expect(progress).to_contain_text("50% (1.0 MB of 2.0 MB)", timeout=TIMEOUT)
+        expect(job.locator('[data-col="message"]')).to_contain_text("50%")
+        screenshot(page, "models-download")
+        expect(job).to_have_attribute("data-state", "done", timeout=TIMEOUT)
+        expect(progress.locator("progress")).to_have_attribute("value", "100")
+        arrived = model_row(page, "acme/slow")
+        expect(arrived.locator('[data-col="size"]')).to_have_text("2.0 MB", timeout=TIMEOUT)

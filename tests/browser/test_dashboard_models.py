@@ -55,6 +55,7 @@ def test_models_are_listed_and_delete_is_refused_while_an_engine_uses_one(
     refusal = llm.locator(".api-error")
     expect(refusal).to_contain_text("tiny", timeout=TIMEOUT)
     expect(refusal).to_contain_text("conflict")
+    screenshot(page, "models-refused")
     snapshot_dir = cache / "models--acme--tiny-llm"
     assert snapshot_dir.is_dir()
 
@@ -65,10 +66,12 @@ def test_models_are_listed_and_delete_is_refused_while_an_engine_uses_one(
     expect(embedder).to_have_count(0, timeout=TIMEOUT)
     assert not (cache / "models--acme--tiny-embedder").exists()
     expect(llm).to_be_visible()
+    expect(refusal).to_contain_text("tiny")  # the list was drawn again; the reason stays
 
     # Once the engine is gone the model is free: its engines cell empties live.
     assert daemon.delete("/v1/engines/tiny").status_code == 200
     expect(llm.locator('[data-col="engines"]')).to_have_text("", timeout=TIMEOUT)
+    expect(refusal).to_be_empty()
 
 
 def test_a_cancelled_delete_keeps_the_model(

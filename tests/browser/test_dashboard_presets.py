@@ -124,7 +124,7 @@ def test_a_file_preset_is_shown_applied_by_name_and_unset(dashboard: Dashboard) 
 def test_a_failing_rollout_shows_its_rollback(dashboard: Dashboard) -> None:
     daemon = dashboard.daemon
     file_preset(daemon, "crashy", {"name": "boom", "env": {"FAKE_VLLM_CRASH_AFTER": "0.2"}})
-    page = dashboard.open("presets")
+    page = dashboard.open("presets", viewport=PHONE)
     page.locator('#presets tr[data-preset="crashy"]').get_by_role("button", name="Show").click()
     page.locator("#show-dry-run").click()
     page.locator("#plan-apply").click()
@@ -134,7 +134,7 @@ def test_a_failing_rollout_shows_its_rollback(dashboard: Dashboard) -> None:
     undo = page.locator("#rollout-rollback [data-rollback-generation]")
     expect(undo).to_have_attribute("data-rollback-generation", "2", timeout=TIMEOUT)
     expect(undo).to_contain_text("rollback of 1")
-    screenshot(page, "presets-rollback")
+    screenshot(page, "presets-rollback-phone")
     # The rollback removed the preset it set.
     expect(rollout_engine(page, "crashy.boom")).to_have_attribute(
         "data-state", "removed", timeout=TIMEOUT

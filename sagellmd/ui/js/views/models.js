@@ -52,6 +52,9 @@ export async function render(container) {
   downloadError.element.id = "download-error";
   // Messages of download events newer than the last listing, by job id.
   const lastMessage = new Map();
+  // A refused delete stays next to its button when the list is drawn again.
+  const refusals = new Map();
+  const keyOf = (model) => `${model.id}@${model.revision || ""}`;
   let reading = null;
   let readAgain = false;
   let knownGeneration = null;
@@ -92,7 +95,7 @@ export async function render(container) {
             h(
               "tr",
               {},
-              ["Model", "Revision", "Source", "Kind", "Size", "Last used", "Engines", "Delete"].map((t) => h("th", { scope: "col" }, t)),
+              ["Model", "Delete", "Size", "Engines", "Last used", "Source", "Kind"].map((t) => h("th", { scope: "col" }, t)),
             ),
           ),
           modelsBody,
@@ -120,6 +123,7 @@ export async function render(container) {
 
   async function remove(model, button, problem) {
     problem.clear();
+    refusals.delete(keyOf(model));
     const what = model.revision ? `${model.id} (revision ${model.revision.slice(0, 8)}, ${bytes(model.size_bytes)})` : model.id;
     if (!(await confirmAction(`Delete ${what} from the disk?`, "Delete"))) return;
     button.disabled = true;
@@ -127,6 +131,7 @@ export async function render(container) {
       await del(modelPath(model));
       await load();
     } catch (error) {
+      refusals.set(keyOf(model), { error, usedBy: JSON.stringify(model.used_by) });
       problem.show(error);
       button.disabled = false;
     }
@@ -138,6 +143,10 @@ export async function render(container) {
     if (model.deletable) {
       const button = h("button", { type: "button", class: "danger", dataset: { action: "delete" }, "aria-label": `Delete ${model.id}` }, "Delete");
       button.addEventListener("click", () => remove(model, button, problem));
+      const refused = refusals.get(keyOf(model));
+      // Shown until the engines using the model change (the reason may be gone then).
+      if (refused && refused.usedBy === JSON.stringify(model.used_by)) problem.show(refused.error);
+      else refusals.delete(keyOf(model));
       cell.append(button, problem.element);
     } else {
       cell.append(h("span", { class: "muted" }, model.note || `kept: ${model.source} models are not deleted here`));
@@ -146,14 +155,19 @@ export async function render(container) {
     return h(
       "tr",
       { dataset: { model: model.id, revision: model.revision || "", source: model.source } },
-      h("td", { class: "wrap", title: model.path || "" }, model.id),
-      h("td", {}, revisionText(model)),
-      h("td", { dataset: { col: "source" } }, model.source),
-      h("td", {}, model.kind || ""),
-      h("td", { dataset: { col: "size" } }, bytes(model.size_bytes)),
-      h("td", { dataset: { col: "last-used" }, title: model.last_used || "" }, model.last_used ? `${since(model.last_used)} ago` : "never"),
-      h("td", { class: "wrap", dataset: { col: "engines" } }, usedBy === null || usedBy === undefined ? "" : usedBy.join(", ")),
+      // The id with its revision, and the delete button next to it: narrow screens see both.
+      h(
+        "td",
+        { class: "wrap", title: model.path || "", dataset: { col: "model" } },
+        h("strong", {}, model.id),
+        model.revision ? h("div", { class: "muted", style: { fontSize: "13px" } }, `revision ${revisionText(model)}`) : null,
+      ),
       cell,
+      h("td", { dataset: { col: "size" } }, bytes(model.size_bytes)),
+      h("td", { class: "wrap", dataset: { col: "engines" } }, usedBy === null || usedBy === undefined ? "" : usedBy.join(", ")),
+      h("td", { dataset: { col: "last-used" }, title: model.last_used || "" }, model.last_used ? `${since(model.last_used)} ago` : "never"),
+      h("td", { dataset: { col: "source" } }, model.source),
+      h("td", { dataset: { col: "kind" } }, model.kind || ""),
     );
   }
 
@@ -178,7 +192,7 @@ export async function render(container) {
     const models = answer.models || [];
     fill(
       modelsBody,
-      models.length ? models.map(modelRow) : h("tr", {}, h("td", { colspan: "8", class: "notice" }, "no model on this machine")),
+      models.length ? models.map(modelRow) : h("tr", {}, h("td", { colspan: "7", class: "notice" }, "no model on this machine")),
     );
     const jobs = (answer.downloads || []).slice().reverse();
     for (const job of jobs) if (job.state !== "running") lastMessage.delete(job.id);

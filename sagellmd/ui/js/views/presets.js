@@ -61,7 +61,7 @@ export async function render(container) {
         h(
           "thead",
           {},
-          h("tr", {}, ["Name", "Source", "Active", "Engines", "Description", "Actions"].map((t) => h("th", { scope: "col" }, t))),
+          h("tr", {}, ["Preset", "Actions", "Source", "Active", "Engines"].map((t) => h("th", { scope: "col" }, t))),
         ),
         tableBody,
       ),
@@ -167,6 +167,7 @@ export async function render(container) {
       h("div", { class: "row", style: { marginTop: "8px" } }, apply, edit),
       problem.element,
     );
+    viewer.scrollIntoView({ block: "nearest" });
   }
 
   async function unset(name, problem) {
@@ -184,7 +185,7 @@ export async function render(container) {
     const problem = errorBox();
     const show = h("button", { type: "button", dataset: { action: "show" }, "aria-label": `Show preset ${preset.name}` }, "Show");
     show.addEventListener("click", () => showPreset(preset.name));
-    const actions = h("td", { class: "wrap" }, h("div", { class: "row" }, show));
+    const actions = h("td", {}, h("div", { class: "row" }, show));
     if (preset.active) {
       const unsetButton = h(
         "button",
@@ -198,12 +199,17 @@ export async function render(container) {
     return h(
       "tr",
       { dataset: { preset: preset.name, active: String(Boolean(preset.active)) } },
-      h("td", {}, preset.name),
+      // The description under the name, and the actions next to it: narrow screens see both.
+      h(
+        "td",
+        { class: "wrap", dataset: { col: "name" } },
+        h("strong", {}, preset.name),
+        preset.description ? h("div", { class: "muted", style: { fontSize: "13px" } }, preset.description) : null,
+      ),
+      actions,
       h("td", { dataset: { col: "source" } }, preset.source),
       h("td", { dataset: { col: "active" } }, preset.active ? "active" : ""),
       h("td", { class: "wrap" }, (preset.engines || []).join(", ")),
-      h("td", { class: "wrap muted" }, preset.description || ""),
-      actions,
     );
   }
 

@@ -8,6 +8,7 @@ import math
 import re
 from typing import Any
 
+import yaml
 from starlette.requests import Request
 
 from sagellmd.errors import BadInputError, PayloadTooLargeError
@@ -21,17 +22,35 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _NUMBER = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 NO_BODY: Any = object()
+YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
+
+
+class _BodyLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: `*a` repeats a node by reference, and a few lines of them
+    (a "billion laughs") make a document far too large to check or store."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted in a request body", event.start_mark
+            )
+        return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(
+            f"body: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start});"
+            f" send {what} encoded as UTF-8"
+        ) from None
 
 
 def parse_json_body(raw: bytes) -> Any:
     """Strict JSON: UTF-8, finite numbers, no lone surrogates, at most MAX_JSON_DEPTH deep."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadInputError(
-            f"body: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start});"
-            " send JSON encoded as UTF-8"
-        ) from None
+    text = _utf8(raw, "JSON")
     try:
         data = loads(text)
     except RecursionError:
@@ -47,8 +66,38 @@ def parse_json_body(raw: bytes) -> Any:
     return data
 
 
-async def read_json(request: Request, required: bool = True) -> Any:
-    """The JSON body, or NO_BODY when it is empty and not required (JSON null is None)."""
+def parse_yaml_body(raw: bytes) -> Any:
+    """One YAML document held to what a JSON body may hold (string keys, finite numbers, no
+    dates, MAX_JSON_DEPTH deep), so the checks after it are those of a JSON body."""
+    text = _utf8(raw, "YAML")
+    try:
+        data = yaml.load(text, Loader=_BodyLoader)  # a SafeLoader: plain data only
+    except RecursionError:
+        raise BadInputError(f"body: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "a syntax error"
+        raise BadInputError(
+            f"body: not valid YAML{where}: {problem}",
+            {"line": mark.line + 1, "column": mark.column + 1} if mark else {},
+        ) from None
+    except yaml.YAMLError as exc:
+        raise BadInputError(f"body: not valid YAML: {exc}") from None
+    problems = json_value_problems(data, "body")
+    if problems:
+        raise BadInputError("; ".join(problems), {"errors": problems})
+    return data
+
+
+def is_yaml(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media_type in YAML_TYPES
+
+
+async def read_json(request: Request, required: bool = True, yaml_ok: bool = False) -> Any:
+    """The JSON body, or NO_BODY when it is empty and not required (JSON null is None);
+    with `yaml_ok`, a YAML one when the Content-Type says YAML."""
     declared = request.headers.get("content-length")
     if declared and _INTEGER.fullmatch(declared) and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"body: larger than the limit of {MAX_BODY_BYTES} bytes")
@@ -64,6 +113,8 @@ async def read_json(request: Request, required: bool = True) -> Any:
         if required:
             raise BadInputError("body: a JSON object is required")
         return NO_BODY
+    if yaml_ok and is_yaml(request):
+        return parse_yaml_body(raw)
     return parse_json_body(raw)
 
 

@@ -218,7 +218,7 @@ async def put_preset(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     name = request.path_params["name"]
     options = ChangeOptions.of(request)
-    data = await read_json(request, required=False)
+    data = await read_json(request, required=False, yaml_ok=True)
     result = preset_set_change(ctx, name, data, options)
     return JSONResponse(answer_change(ctx, result, preset=name))
 

@@ -42,7 +42,8 @@ QUERY_DESCRIPTIONS = {
     "dry_run": "Compute the plan; change nothing.",
     "rollback": "Roll a failed rollout back (default true).",
     "tail": "Lines",
-    "after": "Events after this id (/v1/events); the route table version held (/v1/routes)",
+    "after": "Events after this id (/v1/events); the route table version held (/v1/routes);"
+    " the byte offset to read after (logs)",
     "wait": "Long-poll seconds",
     "limit": "Max",
     "engine": "Only this engine",
@@ -85,10 +86,10 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     if doc.params:
         operation["parameters"] = [PARAMETERS[name] for name in doc.params]
     if doc.body is not None:
-        operation["requestBody"] = {
-            "required": doc.body_required,
-            "content": _content("application/json", doc.body),
-        }
+        content: dict[str, Any] = {}
+        for media_type in doc.body_media_types:
+            content.update(_content(media_type, doc.body))
+        operation["requestBody"] = {"required": doc.body_required, "content": content}
     if endpoint.needs_token:
         operation["security"] = [{"bearer": []}]
     return operation

@@ -16,6 +16,7 @@ from sagellmd.api.body import query_parameter
 from sagellmd.api.context import ApiContext
 from sagellmd.api.gateway_routes import gateway_section
 from sagellmd.api.gpu_views import gpus_document
+from sagellmd.api.log_follow import follow_log
 from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries, engine_entry
 from sagellmd.desired import DesiredEngine
@@ -130,12 +131,27 @@ async def get_engine(request: Request) -> JSONResponse:
 
 
 async def engine_logs(request: Request) -> JSONResponse:
+    """The log's tail (`?tail=N`), or with `?after=OFFSET&wait=S` the lines written after
+    byte OFFSET, long-polled; every answer's `offset` is where to continue."""
     ctx = _ctx(request)
     engine_id = request.path_params["engine_id"]
     if engine_id != GATEWAY_ENGINE_ID:  # the gateway has a log too, though it is no engine
         find_engine(ctx, engine_id)
     tail = int(query_parameter(request, "tail", 100) or 0)
+    after = query_parameter(request, "after", None)
+    wait = float(query_parameter(request, "wait", 0) or 0)
     path = log_path(ctx.settings.logs_dir, engine_id)
+    if after is not None:
+        chunk = await follow_log(request, ctx.hub, path, int(after), wait)
+        return JSONResponse(
+            {
+                "engine": engine_id,
+                "path": str(path),
+                "lines": chunk.lines,
+                "offset": chunk.offset,
+                "reset": chunk.reset,
+            }
+        )
     # A thread, not the event loop: a log is as big as the engine made it, and the loop
     # also serves /healthz and runs the reconcile passes.
     found = await asyncio.to_thread(read_tail, path, tail)
@@ -145,6 +161,7 @@ async def engine_logs(request: Request) -> JSONResponse:
         "lines": found.lines,
         "truncated": found.truncated,
         "max_bytes": found.max_bytes,
+        "offset": found.size,
     }
     if found.truncated:
         body["message"] = (

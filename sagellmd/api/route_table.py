@@ -34,6 +34,7 @@ class RouteDoc:
     body: str | None = None
     body_required: bool = True
     media_type: str = "application/json"
+    body_media_types: tuple[str, ...] = ("application/json",)
     # A read that needs the token even on a loopback bind (what only the gateway reads).
     token: bool = False
 
@@ -107,7 +108,11 @@ ENDPOINTS: list[Endpoint] = [
         "GET",
         "/v1/engines/{engine_id}/logs",
         read_routes.engine_logs,
-        RouteDoc("The engine's log tail", errors=(400, 404), params=("tail",)),
+        RouteDoc(
+            "The engine's log tail, or the lines after a byte offset (long-polled)",
+            errors=(400, 404),
+            params=("tail", "after", "wait"),
+        ),
     ),
     Endpoint(
         "GET",
@@ -132,6 +137,7 @@ ENDPOINTS: list[Endpoint] = [
             ("new_preset_name", "dry_run", "rollback"),
             "Preset",
             body_required=False,
+            body_media_types=("application/json", "application/yaml"),
         ),
     ),
     Endpoint(

@@ -21,6 +21,7 @@ from sagellmd.cli.model_commands import model_app
 from sagellmd.cli.preset_commands import preset_app
 from sagellmd.cli.render import engines_table, gateway_line, gpus_line, print_json, print_table
 from sagellmd.cli.run_command import run
+from sagellmd.cli.ui_command import ui
 from sagellmd.cli.watch import watch_status
 from sagellmd.errors import SagellmError, SpecError
 
@@ -125,6 +126,7 @@ app.command("gateway")(gateway)
 app.command("run")(run)
 app.command("chat")(chat)
 app.command("embed")(embed)
+app.command("ui")(ui)
 
 
 def main() -> None:

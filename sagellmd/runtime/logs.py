@@ -34,11 +34,13 @@ def open_log(path: Path) -> int:
 
 @dataclass(frozen=True)
 class LogTail:
-    """The last lines of a log; `truncated` when the byte cap cut what was asked for."""
+    """The last lines of a log; `truncated` when the byte cap cut what was asked for;
+    `size` the file's size when read (where a follower continues)."""
 
     lines: list[str]
     truncated: bool
     max_bytes: int
+    size: int = 0
 
 
 def read_tail(
@@ -49,14 +51,14 @@ def read_tail(
     Linear in the bytes read, and they are bounded: a single 80 MB line costs one
     `max_bytes` read, not a quadratic rescan of everything read so far.
     """
-    if count <= 0:
-        return LogTail([], False, max_bytes)
     try:
         handle = path.open("rb")
     except (FileNotFoundError, NotADirectoryError):
         return LogTail([], False, max_bytes)
     with handle:
-        end = os.fstat(handle.fileno()).st_size
+        end = size = os.fstat(handle.fileno()).st_size
+        if count <= 0:
+            return LogTail([], False, max_bytes, size)
         chunks: list[bytes] = []
         read = 0
         breaks = 0
@@ -83,7 +85,47 @@ def read_tail(
         else:
             truncated = True  # one line longer than the cap: its end is what we have
     lines = [part.decode(errors="replace") for part in parts[-count:]]
-    return LogTail(lines, truncated, max_bytes)
+    return LogTail(lines, truncated, max_bytes, size)
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """The complete lines written after an offset, and the offset past them; `reset` when
+    the log shrank (rotated, truncated, removed) and was read from its start instead."""
+
+    lines: list[str]
+    offset: int
+    reset: bool
+
+
+def log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+
+
+def read_after(path: Path, offset: int, max_bytes: int = MAX_TAIL_BYTES) -> LogChunk:
+    """The lines that end after byte `offset` (at most `max_bytes` of them); a line not yet
+    ended stays for the next read, unless it alone fills `max_bytes`."""
+    try:
+        handle = path.open("rb")
+    except (FileNotFoundError, NotADirectoryError):
+        return LogChunk([], 0, offset > 0)
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        reset = size < offset
+        start = 0 if reset else offset
+        handle.seek(start)
+        data = handle.read(min(size - start, max_bytes))
+    # A lone `\r` at the end may be the first half of a `\r\n` still being written.
+    end = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+    if end == 0 and len(data) >= max_bytes:
+        end = len(data)  # one line longer than the cap: hand it on in pieces
+    parts = LINE_BREAK.split(data[:end])
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return LogChunk([part.decode(errors="replace") for part in parts], start + end, reset)
 
 
 def tail_lines(path: Path, count: int, max_bytes: int = MAX_TAIL_BYTES) -> list[str]:

@@ -185,7 +185,7 @@ export async function render(container) {
     const problem = errorBox();
     const show = h("button", { type: "button", dataset: { action: "show" }, "aria-label": `Show preset ${preset.name}` }, "Show");
     show.addEventListener("click", () => showPreset(preset.name));
-    const actions = h("td", {}, h("div", { class: "row" }, show));
+    const actions = h("td", {}, h("div", { class: "row", style: { flexWrap: "nowrap" } }, show));
     if (preset.active) {
       const unsetButton = h(
         "button",

@@ -41,6 +41,9 @@ def test_a_rollback_from_history_makes_a_new_generation_and_changes_the_engines(
     expect(row(page, second).locator('[data-col="engines"]')).to_have_text("2")
     expect(row(page, second).locator('[data-col="state"]')).to_have_text("healthy", timeout=TIMEOUT)
     screenshot(page, "history")
+    page.emulate_media(color_scheme="dark")
+    screenshot(page, "history-dark")
+    page.emulate_media(color_scheme="light")
 
     row(page, first).get_by_role("button", name=f"Roll back to generation {first}").click()
     page.locator("#confirm-yes").click()
@@ -49,6 +52,12 @@ def test_a_rollback_from_history_makes_a_new_generation_and_changes_the_engines(
     expect(row(page, third).locator('[data-col="cause"]')).to_contain_text("rollback")
     expect(row(page, third).locator('[data-col="engines"]')).to_have_text("1")
     expect(page.locator("#rollback-notice")).to_contain_text(f"back to generation {first}")
+    # The rollback's own rollout: p.b leaves, and the generation is judged healthy.
+    rollout = page.locator("#rollout")
+    expect(rollout).to_have_attribute("data-generation", str(third))
+    removed = rollout.locator('tr[data-engine="p.b"] [data-col="state"]')
+    expect(removed).to_have_attribute("data-state", "removed", timeout=TIMEOUT)
+    expect(rollout).to_have_attribute("data-state", "healthy", timeout=TIMEOUT)
     assert daemon.get("/v1/status").json()["generation"] == third
     daemon.wait_for(lambda: desired_engines(daemon) == {"p.a"}, 10, "p.b to leave")
 
@@ -61,8 +70,11 @@ def test_a_cancelled_rollback_changes_nothing(dashboard: Dashboard) -> None:
     expect(row(page, second)).to_be_visible(timeout=TIMEOUT)
     # The current generation is where a rollback would go already.
     expect(row(page, second).get_by_role("button", name="Roll back to generation")).to_be_disabled()
-    row(page, first).get_by_role("button", name=f"Roll back to generation {first}").click()
-    page.locator("#confirm-no").click()
+    # By keyboard: focus the button, Enter opens the confirmation, Escape cancels it.
+    row(page, first).get_by_role("button", name=f"Roll back to generation {first}").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("dialog")).to_be_visible()
+    page.keyboard.press("Escape")
     expect(page.locator("dialog")).to_have_count(0)
     assert daemon.get("/v1/status").json()["generation"] == second
 

@@ -51,7 +51,9 @@ def test_a_pasted_preset_is_planned_then_applied_until_every_engine_is_ready(
     assert generation(daemon) == 0 and daemon.get("/v1/status").json()["engines"] == []
     screenshot(page, "presets-plan")
 
-    page.locator("#plan-apply").click()
+    # The plan's apply button has the focus: Enter applies it, no mouse needed.
+    expect(page.locator("#plan-apply")).to_be_focused()
+    page.keyboard.press("Enter")
     rollout = page.locator("#rollout")
     expect(rollout).to_have_attribute("data-generation", "1", timeout=TIMEOUT)
     for engine in ("duo.chat", "duo.coder"):

@@ -27,6 +27,11 @@ export function generationStateCell(generation, tag = "td") {
   );
 }
 
+/** A link to an engine's own view. */
+export function engineLink(id) {
+  return h("a", { href: `#/engine/${encodeURIComponent(id)}` }, id);
+}
+
 function gpuText(item) {
   if (!item.gpus || !item.gpus.length) return item.action === "start" ? "CPU" : "";
   const each = item.gpu_bytes ? ` (${(item.gpu_bytes / 2 ** 30).toFixed(1)} GiB each)` : "";
@@ -106,7 +111,8 @@ export function followRollout(container, number, planned = []) {
       const gone = removed.has(id) ? "removed by this change" : undoneBy ? `removed by generation ${undoneBy}` : "";
       const state = engine ? engine.state : gone ? "removed" : "absent";
       const message = engine ? engine.message || "" : gone;
-      const row = h("tr", { dataset: { engine: id } }, h("td", {}, id), stateCell(state, message), h("td", { class: "wrap" }, message));
+      const name = engine ? engineLink(id) : id;
+      const row = h("tr", { dataset: { engine: id } }, h("td", {}, name), stateCell(state, message), h("td", { class: "wrap" }, message));
       if (rows.has(id)) rows.get(id).replaceWith(row);
       else body.append(row);
       rows.set(id, row);

@@ -5,7 +5,7 @@ import { get, post, v1 } from "../api.js";
 import { clock, confirmAction, errorBox, fill, h, since } from "../dom.js";
 import { diffGenerations } from "../gendiff.js";
 import { onEvents, onStatus } from "../live.js";
-import { generationStateCell } from "../rollout.js";
+import { followRollout, generationStateCell } from "../rollout.js";
 
 const SHOWN = 50;
 
@@ -71,6 +71,8 @@ export async function render(container) {
   const tableBody = h("tbody");
   const notice = h("p", { id: "rollback-notice", role: "status", "aria-live": "polite" });
   const diffArea = h("section", { id: "diff", "aria-labelledby": "diff-title" });
+  const rolloutArea = h("div", { id: "rollout-area" });
+  let stopRollout = null;
   let generations = [];
   let picked = [];
   let reading = null;
@@ -83,6 +85,7 @@ export async function render(container) {
     h("p", { class: "muted" }, "Every change makes a generation. Pick two to see what differs between them."),
     listError.element,
     notice,
+    rolloutArea,
     h(
       "div",
       { class: "table-wrap" },
@@ -138,6 +141,10 @@ export async function render(container) {
       const answer = await post(v1("rollback"), { to: generation.id });
       fill(notice, `generation ${answer.generation}: back to generation ${answer.to}`);
       notice.dataset.generation = String(answer.generation);
+      // The rollback is a change like any other: its engines followed until healthy.
+      if (stopRollout) stopRollout();
+      stopRollout = followRollout(rolloutArea, answer.generation, (answer.plan || []).map((item) => item.engine));
+      notice.scrollIntoView({ block: "nearest" });
       await load();
     } catch (error) {
       problem.show(error);
@@ -233,5 +240,6 @@ export async function render(container) {
   if (knownGeneration === null) await load();
   return () => {
     for (const undo of unsubscribe) undo();
+    if (stopRollout) stopRollout();
   };
 }

@@ -4,6 +4,7 @@
 import { del, get, post, v1 } from "../api.js";
 import { bytes, confirmAction, errorBox, fill, h, since } from "../dom.js";
 import { onEvents, onStatus } from "../live.js";
+import { engineLink } from "../rollout.js";
 
 // The events a model change or a download's progress comes as (engine: null).
 const MODEL_EVENTS = new Set(["model_download", "model_deleted"]);
@@ -164,7 +165,11 @@ export async function render(container) {
       ),
       cell,
       h("td", { dataset: { col: "size" } }, bytes(model.size_bytes)),
-      h("td", { class: "wrap", dataset: { col: "engines" } }, usedBy === null || usedBy === undefined ? "" : usedBy.join(", ")),
+      h(
+        "td",
+        { class: "wrap", dataset: { col: "engines" } },
+        (usedBy || []).flatMap((id, index) => (index ? [", ", engineLink(id)] : [engineLink(id)])),
+      ),
       h("td", { dataset: { col: "last-used" }, title: model.last_used || "" }, model.last_used ? `${since(model.last_used)} ago` : "never"),
       h("td", { dataset: { col: "source" } }, model.source),
       h("td", { dataset: { col: "kind" } }, model.kind || ""),

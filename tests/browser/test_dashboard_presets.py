@@ -73,7 +73,12 @@ def test_a_bad_document_shows_the_field_error_next_to_the_editor_and_changes_not
 ) -> None:
     daemon = dashboard.daemon
     page = dashboard.open("presets", viewport=PHONE)
+    paste(page, fake_preset("bad", {"name": "chat"}))
+    page.get_by_role("button", name="Dry run", exact=True).click()
+    expect(page.locator("#plan-apply")).to_be_visible(timeout=TIMEOUT)
+    # Editing the text makes that plan stale: it goes, the new text needs its own dry run.
     paste(page, fake_preset("bad", {"name": "chat", "tensor_parallel": 0}))
+    expect(page.locator("#plan-section")).to_be_hidden()
     page.get_by_role("button", name="Dry run", exact=True).click()
     error = page.locator("#preset-yaml + .api-error, #preset-error")
     expect(page.locator("#preset-error")).to_contain_text(

@@ -9,6 +9,13 @@ import { followRollout, generationStateCell } from "../rollout.js";
 
 const SHOWN = 50;
 
+/** The time of day for today's generations, the date and time for older ones. */
+function when(iso) {
+  const date = new Date(iso);
+  if (!iso || Number.isNaN(date.getTime())) return iso || "";
+  return date.toDateString() === new Date().toDateString() ? clock(iso) : date.toLocaleString();
+}
+
 function valueText(value) {
   return value === undefined ? "(not set)" : JSON.stringify(value);
 }
@@ -180,7 +187,7 @@ export async function render(container) {
       { dataset: { generation: String(generation.id), current: String(current) } },
       h("td", {}, h("label", { for: box.id, class: "inline" }, box, h("span", { class: "muted" }, `compare ${generation.id}`))),
       h("td", { dataset: { col: "id" } }, String(generation.id), current ? h("span", { class: "muted" }, " (current)") : null),
-      h("td", { title: generation.ts || "" }, clock(generation.ts), h("span", { class: "muted" }, ` ${since(generation.ts)} ago`)),
+      h("td", { title: generation.ts || "" }, when(generation.ts), h("span", { class: "muted" }, ` ${since(generation.ts)} ago`)),
       h("td", { class: "wrap", dataset: { col: "cause" } }, generation.cause || ""),
       generationStateCell(generation),
       h("td", { class: "wrap", dataset: { col: "verdict" } }, generation.verdict || ""),

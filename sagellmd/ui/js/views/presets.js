@@ -45,6 +45,8 @@ export async function render(container) {
   editor.addEventListener("input", () => {
     const found = TOP_NAME.exec(editor.value);
     if (found) nameInput.value = found[1];
+    // A plan of the editor's text is stale once the text changes: dry-run it again.
+    if (planArea.dataset.from === "editor") hidePlan();
   });
 
   const listSection = h(
@@ -83,10 +85,16 @@ export async function render(container) {
   );
   fill(container, h("h1", {}, "Presets"), listSection, viewer, editorSection, planArea, rolloutArea);
 
+  function hidePlan() {
+    planArea.hidden = true;
+    delete planArea.dataset.from;
+    fill(planArea);
+  }
+
   /** The dry run of `change`; its plan (shown after `anchor`) with the button that applies it. */
   async function dryRun(change, problem, anchor) {
     problem.clear();
-    planArea.hidden = true;
+    hidePlan();
     let answer;
     try {
       answer = await setPreset(change, true);
@@ -97,17 +105,13 @@ export async function render(container) {
     const applyError = errorBox();
     const apply = h("button", { type: "button", id: "plan-apply", class: "primary" }, `Apply ${change.name}`);
     const cancel = h("button", { type: "button", id: "plan-cancel" }, "Cancel");
-    cancel.addEventListener("click", () => {
-      planArea.hidden = true;
-      fill(planArea);
-    });
+    cancel.addEventListener("click", hidePlan);
     apply.addEventListener("click", async () => {
       apply.disabled = true;
       applyError.clear();
       try {
         const done = await setPreset(change, false);
-        planArea.hidden = true;
-        fill(planArea);
+        hidePlan();
         showRollout(done.generation, (done.plan || []).map((item) => item.engine), anchor);
       } catch (error) {
         applyError.show(error);
@@ -123,6 +127,7 @@ export async function render(container) {
       applyError.element,
     );
     anchor.after(planArea);
+    planArea.dataset.from = anchor === editorSection ? "editor" : "list";
     planArea.hidden = false;
     planArea.scrollIntoView({ block: "nearest" });
     apply.focus();

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from sagellmd.api import (
     desired_routes,
     events_routes,
+    gateway_relay,
     gateway_routes,
     management_routes,
     models_routes,
@@ -289,6 +290,41 @@ ENDPOINTS: list[Endpoint] = [
         RouteDoc(
             "A one-time dashboard sign-in code (120 s) and the /ui/ URL carrying it",
             {"200": "UiCode"},
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/gateway/openai/v1/chat/completions",
+        gateway_relay.relay,
+        RouteDoc(
+            "Relayed to the gateway's /v1/chat/completions, its answer streamed back as sent"
+            " (SSE stays SSE); 409 while the gateway is disabled",
+            {"200": "Any"},
+            (400, 409, 413, 502),
+            body="Object",
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/gateway/openai/v1/embeddings",
+        gateway_relay.relay,
+        RouteDoc(
+            "Relayed to the gateway's /v1/embeddings; 409 while the gateway is disabled",
+            {"200": "Any"},
+            (400, 409, 413, 502),
+            body="Object",
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/gateway/openai/v1/models",
+        gateway_relay.relay,
+        RouteDoc(
+            "Relayed to the gateway's /v1/models (needs the token even though a GET: the"
+            " relay carries the gateway's API key); 409 while the gateway is disabled",
+            {"200": "Any"},
+            (409, 502),
+            token=True,
         ),
     ),
 ]

@@ -4,6 +4,7 @@ the logs follow, and YAML preset bodies."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -97,6 +98,30 @@ def test_a_logs_follow_ends_when_the_daemon_stops(daemon: Daemon):
     assert time.monotonic() - started < 10
     assert answers and answers[0].status_code == 200
     assert answers[0].json()["lines"] == []
+
+
+def answered_follows(daemon: Daemon) -> float:
+    """How many logs reads the daemon has answered (its request counter, by route)."""
+    total = 0.0
+    for line in daemon.get("/metrics").text.splitlines():
+        if line.startswith("sagellm_api_requests_total{") and "/logs" in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_logs_follow_ends_when_its_client_goes_away(daemon: Daemon):
+    daemon.put("/v1/engines/solo", {"model": "fake/solo-1B"})
+    daemon.wait_state("solo", "ready")
+    offset = logs(daemon, "solo")["offset"]
+    before = answered_follows(daemon)
+    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+        sock.sendall(
+            f"GET /v1/engines/solo/logs?after={offset}&wait=60 HTTP/1.1\r\nhost: x\r\n\r\n".encode()
+        )
+        time.sleep(0.5)
+    closed_at = time.monotonic()
+    daemon.wait_for(lambda: answered_follows(daemon) > before, 5, "the follow to end")
+    assert time.monotonic() - closed_at < 2
 
 
 def test_logs_follow_parameters_are_checked(daemon: Daemon):

@@ -86,6 +86,8 @@ def test_without_a_session_every_page_is_the_signin_form_and_every_file_401(daem
     client = browser(daemon)
     redirect = client.get("/ui")
     assert (redirect.status_code, redirect.headers["location"]) == (308, "/ui/")
+    with_code = client.get("/ui", params={"code": "abc"})
+    assert with_code.headers["location"] == "/ui/?code=abc"
     for path in ("/ui/", "/ui/index.html", "/ui/nothing-here.html"):
         page = assert_signin_page(client.get(path))
         assert 'id="sign-in-error"' not in page
@@ -120,6 +122,9 @@ def test_with_a_session_the_files_are_served_with_their_headers(daemon: Daemon):
     assert zipped.headers["content-encoding"] == "gzip"
     assert gzip.decompress(body) == script.content
     assert client.get("/ui/app.css").headers["content-type"] == "text/css; charset=utf-8"
+    head = client.head("/ui/js/main.js", headers={"accept-encoding": "identity"})
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(script.content))
     assert client.get("/ui/missing.js").status_code == 404
     escape = client.get(httpx.URL(f"{daemon.url}/ui/%2e%2e/api/app.py"))
     assert escape.status_code == 404

@@ -117,3 +117,32 @@ def test_the_difference_between_two_generations(dashboard: Dashboard) -> None:
     expect(diff.locator('li[data-diff="removed"][data-engine="p.a"]')).to_be_visible()
     expect(diff.locator('li[data-diff="added"]')).to_have_count(0)
     expect(diff.locator('tr[data-diff="changed"]')).to_have_count(0)
+
+
+def test_the_diff_compares_values_not_key_order(dashboard: Dashboard) -> None:
+    page = dashboard.open("history")
+    found = page.evaluate(
+        """async () => {
+          const { diffGenerations } = await import("./js/gendiff.js");
+          const engine = (id, spec) => ({ id, preset: null, spec });
+          const from = { engines: [
+            engine("x", { model: "m", env: { A: "1", B: "2" }, extra_args: ["--a", "--b"] }),
+            engine("y", { model: "m", metadata: { team: "a" } }),
+          ] };
+          const to = { engines: [
+            engine("x", { env: { B: "2", A: "1" }, model: "m", extra_args: ["--a", "--b"] }),
+            engine("y", { model: "m", metadata: { team: "b" }, label: "new" }),
+          ] };
+          return diffGenerations(from, to);
+        }"""
+    )
+    assert found["added"] == [] and found["removed"] == []
+    assert found["changed"] == [
+        {
+            "id": "y",
+            "fields": [
+                {"field": "label", "before": None, "after": "new"},  # not set before
+                {"field": "metadata", "before": {"team": "a"}, "after": {"team": "b"}},
+            ],
+        }
+    ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from sagellmd.api.body import path_integer, query_parameter
+from sagellmd.api.body import path_integer, query_bool, query_parameter
 from sagellmd.api.context import ApiContext
 from sagellmd.api.long_poll import long_poll
 from sagellmd.api.secrets import generation_for_reader, shows_secrets
@@ -18,15 +20,25 @@ async def events(request: Request) -> JSONResponse:
     wait = float(query_parameter(request, "wait", 0) or 0)
     limit = int(query_parameter(request, "limit", 100) or 100)
     engine = request.query_params.get("engine") or None
-    found = await long_poll(
+    # `load`: also answer when the gateway's in-flight or queued counts change, which are
+    # no events (they change many times a second) but show in status.
+    follow_load = query_bool(request, "load", False)
+    load_seen = ctx.gateway_activity.load_version
+    found, load_version = await long_poll(
         request,
         ctx.hub,
         wait,
-        lambda: ctx.store.events(int(after) if after is not None else None, limit, engine),
-        lambda events: bool(events) or after is None,
+        lambda: (
+            ctx.store.events(int(after) if after is not None else None, limit, engine),
+            ctx.gateway_activity.load_version,
+        ),
+        lambda read: bool(read[0]) or after is None or (follow_load and read[1] != load_seen),
     )
     last_id = found[-1].id if found else (int(after) if after is not None else 0)
-    return JSONResponse({"events": [event.to_dict() for event in found], "last_id": last_id})
+    answer: dict[str, Any] = {"events": [event.to_dict() for event in found], "last_id": last_id}
+    if follow_load:
+        answer["load_changed"] = load_version != load_seen
+    return JSONResponse(answer)
 
 
 async def generations(request: Request) -> JSONResponse:

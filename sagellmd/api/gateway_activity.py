@@ -13,18 +13,26 @@ FRESH_FOR_S = 10.0
 
 @dataclass
 class GatewayActivity:
-    """The last report and when it came; `version` counts reports (status cache key)."""
+    """The last report and when it came; `version` counts reports (status cache key),
+    `load_version` the reports that changed an engine's in-flight or queued count."""
 
     clock: Callable[[], float] = time.time
     fresh_for_s: float = FRESH_FOR_S
     report: Mapping[str, Any] | None = None
     received_at: float | None = None
     version: int = 0
+    load_version: int = 0
 
-    def receive(self, report: Mapping[str, Any]) -> None:
+    def receive(self, report: Mapping[str, Any]) -> bool:
+        """Keeps the report; True when it changed the load some engine shows."""
+        before = self.load()
         self.report = report
         self.received_at = self.clock()
         self.version += 1
+        if self.load() == before:
+            return False
+        self.load_version += 1
+        return True
 
     def fresh(self) -> Mapping[str, Any] | None:
         """The last report if it is recent enough to describe the load now."""

@@ -60,7 +60,9 @@ async def activity(request: Request) -> Response:
             " ({pid, started_at, route_version, engines, models, totals}, see docs/api.md)",
             {"field": where},
         )
-    ctx.gateway_activity.receive(data)
+    if ctx.gateway_activity.receive(data):
+        # Long-polls that follow the load (GET /v1/events?load=true: the dashboard) answer.
+        ctx.hub.notify()
     # Demand starts engines and an end of load lets them go idle: the loop looks at once.
     ctx.reconciler.wake()
     return Response(status_code=204)

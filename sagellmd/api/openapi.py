@@ -47,6 +47,7 @@ QUERY_DESCRIPTIONS = {
     "wait": "Long-poll seconds",
     "limit": "Max",
     "engine": "Only this engine",
+    "load": "Also answer when the gateway's in-flight or queued counts change (load_changed)",
 }
 PARAMETERS = {
     "new_engine_id": NEW_ENGINE_ID,

@@ -155,7 +155,7 @@ ENDPOINTS: list[Endpoint] = [
             "Events, optionally long-polled",
             {"200": "EventPage"},
             (400,),
-            ("after", "wait", "limit", "engine"),
+            ("after", "wait", "limit", "engine", "load"),
         ),
     ),
     Endpoint(

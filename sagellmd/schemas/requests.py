@@ -22,6 +22,7 @@ QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
     "wait": {"type": "number", "minimum": 0, "maximum": 60},
     "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
     "engine": {"type": "string"},
+    "load": {"type": "boolean"},
     "revision": {"type": "string"},
 }
 OBJECT: dict[str, Any] = {"type": "object"}

@@ -208,7 +208,8 @@ def response_schemas(action_types: tuple[str, ...]) -> dict[str, dict[str, Any]]
         ),
         "GatewayStatus": GATEWAY_STATUS,
         "EventPage": _object(
-            {"events": _array(ref("Event")), "last_id": INTEGER}, ("events", "last_id")
+            {"events": _array(ref("Event")), "last_id": INTEGER, "load_changed": BOOLEAN},
+            ("events", "last_id"),
         ),
         "GenerationList": _object({"generations": _array(ref("Generation"))}, ("generations",)),
         "SeedStarted": _object(

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -199,3 +200,47 @@ def test_activity_reports_need_the_token_and_a_report_shape(daemon: Daemon):
     assert bad.json()["error"]["message"].startswith("engines.x.inflight:")
     not_object = daemon.client.post("/v1/gateway/activity", json=[1], headers=daemon.auth())
     assert not_object.status_code == 400
+
+
+def _report(inflight: int, requests: int) -> dict:
+    return {
+        "pid": 1,
+        "started_at": 1700000000.0,
+        "route_version": 1,
+        "engines": {"p.chat": {"inflight": inflight, "queued": 0, "requests": requests}},
+        "models": {},
+        "totals": {"requests": requests, "rejected": 0, "retries": 0, "errors": 0},
+    }
+
+
+def test_an_events_long_poll_with_load_answers_when_the_load_changes(daemon: Daemon):
+    """The dashboard's feed: a change of in-flight counts ends `?load=true` long-polls (and
+    only those); a report that changes no count wakes nobody."""
+    assert daemon.put("/v1/presets/p", fake_preset("p", {"name": "chat"})).status_code == 200
+    daemon.wait_state("p.chat", "ready")
+    daemon.wait_for(
+        lambda: daemon.get("/v1/generations").json()["generations"][0]["state"] == "healthy",
+        10,
+        "the rollout's verdict (its event must come before the long-polls start)",
+    )
+    last_id = daemon.get("/v1/events").json()["last_id"]
+    post = lambda report: daemon.client.post(  # noqa: E731
+        "/v1/gateway/activity", json=report, headers=daemon.auth()
+    )
+    assert post(_report(1, 1)).status_code == 204
+    with ThreadPoolExecutor(3) as pool:
+        following = pool.submit(daemon.get, f"/v1/events?after={last_id}&wait=20&load=true")
+        plain = pool.submit(daemon.get, f"/v1/events?after={last_id}&wait=3")
+        time.sleep(0.5)
+        assert post(_report(1, 2)).status_code == 204  # counts unchanged: nobody wakes
+        time.sleep(0.5)
+        assert not following.done()
+        started = time.monotonic()
+        assert post(_report(4, 3)).status_code == 204
+        answer = following.result(10).json()
+        woke_after = time.monotonic() - started
+        assert answer == {"events": [], "last_id": last_id, "load_changed": True}
+        assert woke_after < 5, woke_after
+        assert plain.result(10).json() == {"events": [], "last_id": last_id}
+    status = daemon.get("/v1/status").json()
+    assert [e["inflight"] for e in status["engines"] if e["id"] == "p.chat"] == [4]

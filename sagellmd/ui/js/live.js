@@ -63,7 +63,8 @@ async function followEvents() {
   let failures = 0;
   for (;;) {
     try {
-      const query = lastId === null ? "limit=50" : `after=${lastId}&wait=25&limit=500`;
+      const query =
+        lastId === null ? "limit=50" : `after=${lastId}&wait=25&limit=500&load=true`;
       const answer = await get(v1(`events?${query}`));
       failures = 0;
       indicate("live", true);
@@ -73,6 +74,8 @@ async function followEvents() {
         lastId = answer.last_id ?? (events.length ? events[events.length - 1].id : 0);
         continue;
       }
+      // The gateway's in-flight and queued counts changed: they show in status only.
+      if (answer.load_changed && !events.length) refreshStatus().catch(() => {});
       if (!events.length) continue;
       lastId = answer.last_id ?? events[events.length - 1].id;
       recent = recent.concat(events).slice(-RECENT_KEPT);

@@ -132,7 +132,13 @@ class UiSessions:
 
 def same_origin_problem(origin: str | None, own_origin: str, fetch_site: str | None) -> str | None:
     """Why a cookie-carrying mutation may come from another site, or None. Browsers send
-    `Origin` on every cross-origin POST and `Sec-Fetch-Site` on every request they make."""
+    `Origin` on every cross-origin POST and `Sec-Fetch-Site` on every request they make.
+
+    Under `Referrer-Policy: no-referrer` (the dashboard's) a browser sends `Origin: null` with
+    its own forms; that counts as same-origin only when `Sec-Fetch-Site` says so too.
+    """
+    if origin == "null" and fetch_site == "same-origin":
+        return None
     if origin is not None and origin != own_origin:
         return f"Origin {origin!r:.100} is not this daemon's origin {own_origin!r}"
     if fetch_site is not None and fetch_site not in ("same-origin", "none"):

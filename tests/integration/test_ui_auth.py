@@ -210,6 +210,19 @@ def test_the_signin_form(daemon: Daemon):
     )
     assert_signin_page(foreign, 403)
     assert "set-cookie" not in foreign.headers
+    framed = client.post(
+        "/ui/signin",
+        data={"token": daemon.token},
+        headers={"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+    )
+    assert_signin_page(framed, 403)
+    # What Chromium sends with the form itself under Referrer-Policy: no-referrer.
+    own_form = browser(daemon).post(
+        "/ui/signin",
+        data={"token": daemon.token},
+        headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"},
+    )
+    assert own_form.status_code == 303
     elsewhere = client.post("/ui/signin", data={"token": daemon.token, "next": "https://x.y/"})
     assert (elsewhere.status_code, elsewhere.headers["location"]) == (303, "/ui/")
     right = browser(daemon).post(

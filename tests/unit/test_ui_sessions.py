@@ -123,6 +123,9 @@ def test_cookie_names_carry_the_port():
         ("http://localhost:8765", None, True),
         ("http://127.0.0.1:8766", None, True),
         ("null", None, True),
+        ("null", "same-origin", False),  # a form's POST under Referrer-Policy: no-referrer
+        ("null", "cross-site", True),
+        ("null", "none", True),
         (None, "same-site", True),
         (None, "cross-site", True),
     ],

@@ -111,6 +111,8 @@ class UiSessions:
     codes: OneTimeCodes = field(default_factory=OneTimeCodes)
     # sid -> the cookie's expiry: past that the cookie is refused anyway, so it can go.
     _revoked: dict[str, float] = field(default_factory=dict)
+    # Called with every sign-out's new list, so it outlives a daemon restart.
+    persist: Callable[[dict[str, float]], None] | None = None
 
     def start(self) -> Session:
         return new_session(self.clock())
@@ -128,6 +130,8 @@ class UiSessions:
         for sid in [sid for sid, expiry in self._revoked.items() if expiry <= now]:
             del self._revoked[sid]
         self._revoked[session.sid] = session.expires_at
+        if self.persist is not None:
+            self.persist(dict(self._revoked))
 
 
 def same_origin_problem(origin: str | None, own_origin: str, fetch_site: str | None) -> str | None:

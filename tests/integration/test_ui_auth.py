@@ -246,6 +246,18 @@ def test_signout_clears_the_cookie_and_revokes_the_session(daemon: Daemon):
     assert answer.status_code == 401
 
 
+def test_a_signed_out_session_stays_refused_after_a_daemon_restart(daemon: Daemon):
+    client, _ = signed_in(daemon)
+    value = cookie_of(client, daemon)
+    kept, _ = signed_in(daemon)
+    assert client.post("/ui/signout").status_code == 303
+    daemon.stop()
+    daemon.start()
+    assert browser(daemon, value).get("/ui/session").status_code == 401
+    assert kept.get("/ui/session").status_code == 200  # other sessions go on
+    assert (daemon.home / "ui-signed-out.json").stat().st_mode & 0o077 == 0
+
+
 def test_a_session_survives_a_restart_and_ends_with_a_new_token(daemon: Daemon):
     client, csrf = signed_in(daemon)
     daemon.stop()

@@ -29,7 +29,10 @@ UI_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline';"
     " img-src 'self' data:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under that policy Chromium sends `Origin: null` on the page's own
+    # POSTs (the sign-in form, fetch mutations), which the same-origin checks refuse.
+    # same-origin still sends nothing to other sites.
+    "Referrer-Policy": "same-origin",
 }
 MAX_FORM_BYTES = 16 * 1024
 FILES = StaticFiles(ui_dir())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -28,4 +28,19 @@ def pick_port(
     for port in range(start, end + 1):
         if port not in taken and port_is_free(port):
             return port
+    return None
+
+
+def pick_port_block(
+    start: int,
+    end: int,
+    taken: Collection[int],
+    count: int,
+    is_free: Callable[[int], bool] = port_is_free,
+) -> int | None:
+    """The lowest port of the range that begins `count` free ports not taken (KV side ports)."""
+    for first in range(start, end - count + 2):
+        block = range(first, first + count)
+        if not any(port in taken for port in block) and all(map(is_free, block)):
+            return first
     return None

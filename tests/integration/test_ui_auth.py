@@ -96,7 +96,7 @@ def test_without_a_session_every_page_is_the_signin_form_and_every_file_401(daem
         assert refused.status_code == 401, path
         assert refused.headers["content-type"].startswith("text/plain")
         assert refused.headers["x-content-type-options"] == "nosniff"
-        assert refused.headers["referrer-policy"] == "no-referrer"
+        assert refused.headers["referrer-policy"] == "same-origin"
     session = client.get("/ui/session")
     assert session.status_code == 401 and session.json()["error"]["code"] == "unauthorized"
 
@@ -109,7 +109,7 @@ def test_with_a_session_the_files_are_served_with_their_headers(daemon: Daemon):
     assert index.headers["cache-control"] == "no-cache"
     assert index.headers["content-security-policy"] == CSP
     assert index.headers["x-content-type-options"] == "nosniff"
-    assert index.headers["referrer-policy"] == "no-referrer"
+    assert index.headers["referrer-policy"] == "same-origin"
     assert index.text == client.get("/ui/index.html").text
     script = client.get("/ui/js/main.js", headers={"accept-encoding": "identity"})
     assert script.headers["content-type"] == "text/javascript; charset=utf-8"

@@ -138,8 +138,8 @@ def same_origin_problem(origin: str | None, own_origin: str, fetch_site: str | N
     """Why a cookie-carrying mutation may come from another site, or None. Browsers send
     `Origin` on every cross-origin POST and `Sec-Fetch-Site` on every request they make.
 
-    Under `Referrer-Policy: no-referrer` (the dashboard's) a browser sends `Origin: null` with
-    its own forms; that counts as same-origin only when `Sec-Fetch-Site` says so too.
+    Under `Referrer-Policy: no-referrer` (a proxy may add it) Chromium sends `Origin: null`
+    with a page's own POSTs; that counts as same-origin only when `Sec-Fetch-Site` says so.
     """
     if origin == "null" and fetch_site == "same-origin":
         return None

@@ -23,6 +23,7 @@ from sagellmd.api.app import create_app
 from sagellmd.api.auth import TokenFile
 from sagellmd.api.connections import ConnectionGuard, raise_open_files_limit
 from sagellmd.api.context import ApiContext
+from sagellmd.api.ui_signed_out import sessions_in_home
 from sagellmd.config import Settings, default_home, load_settings
 from sagellmd.errors import AlreadyRunningError, ConfigError, SagellmError
 from sagellmd.events import EventHub
@@ -117,7 +118,9 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     notifier = Notifier()
     if notifier.watchdog_interval_s:
         reconciler.set_heartbeat(notifier.watchdog, notifier.watchdog_interval_s / 2)
-    ctx = ApiContext(settings, store, hub, reconciler, token, time.time())
+    ctx = ApiContext(
+        settings, store, hub, reconciler, token, time.time(), ui=sessions_in_home(settings.home)
+    )
     # Demand and idleness come from the gateway's reports, which the API receives.
     reconciler.world.activity = ctx.gateway_activity.fresh
     guard = ConnectionGuard.for_descriptors(settings.api_header_timeout_s, raise_open_files_limit())

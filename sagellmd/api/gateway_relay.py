@@ -5,7 +5,10 @@ request, so the gateway cancels the engine's work."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import aiohttp
 from starlette.requests import Request
@@ -13,6 +16,7 @@ from starlette.responses import Response, StreamingResponse
 
 from sagellmd.api.body import parse_json_body
 from sagellmd.api.context import ApiContext
+from sagellmd.api.long_poll import client_gone
 from sagellmd.errors import BadInputError, ConflictError, PayloadTooLargeError, SagellmError
 
 PREFIX = "/v1/gateway/openai"
@@ -21,6 +25,8 @@ MAX_RELAY_BODY_BYTES = 16 * 1024 * 1024
 # Headers of the gateway's answer the client needs (the rest are hop-by-hop or the relay's).
 PASSED_BACK = ("content-type", "x-request-id", "retry-after", "cache-control")
 CONNECT_TIMEOUT_S = 5.0
+# Nobody reads it; it marks the request in the API's metrics (nginx's "client closed").
+CLIENT_GONE = 499
 
 
 class GatewayUnreachableError(SagellmError):
@@ -54,6 +60,27 @@ def _upstream_headers(request: Request, ctx: ApiContext) -> dict[str, str]:
     return headers
 
 
+async def _send_unless_gone(
+    request: Request, sending: Coroutine[Any, Any, aiohttp.ClientResponse]
+) -> aiohttp.ClientResponse | None:
+    """The gateway's answer head, or None if the client left first (a request can wait in
+    the gateway's queue for a while, with no byte to stream that would notice)."""
+    task = asyncio.ensure_future(sending)
+    gone = asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
 async def relay(request: Request) -> Response:
     ctx: ApiContext = request.app.state.ctx
     settings = ctx.settings
@@ -69,9 +96,15 @@ async def relay(request: Request) -> Response:
         auto_decompress=False,
     )
     try:
-        upstream = await session.request(
-            request.method, url, data=body, headers=_upstream_headers(request, ctx)
+        upstream = await _send_unless_gone(
+            request,
+            session.request(
+                request.method, url, data=body, headers=_upstream_headers(request, ctx)
+            ),
         )
+        if upstream is None:
+            await session.close()  # the gateway drops the request it may still be queueing
+            return Response(status_code=CLIENT_GONE)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()
         raise GatewayUnreachableError(

@@ -13,7 +13,13 @@ from starlette.routing import Route
 from sagellmd.api.context import ApiContext
 from sagellmd.api.errors import error_response
 from sagellmd.api.ui_auth import own_origin, request_session
-from sagellmd.api.ui_sessions import SESSION_LIFETIME_S, Session, cookie_name, csrf_for
+from sagellmd.api.ui_sessions import (
+    SESSION_LIFETIME_S,
+    Session,
+    cookie_name,
+    csrf_for,
+    same_origin_problem,
+)
 from sagellmd.api.ui_signin import USED_CODE, signin_page
 from sagellmd.api.ui_static import StaticFiles, accepts_gzip, is_html_path
 from sagellmd.shipped_files import ui_dir
@@ -130,8 +136,11 @@ async def _form(request: Request) -> dict[str, str] | None:
 
 
 def _foreign_origin(request: Request) -> bool:
-    origin = request.headers.get("origin")
-    return origin is not None and origin != own_origin(request)
+    """The sign-in and sign-out forms were sent by another site's page."""
+    problem = same_origin_problem(
+        request.headers.get("origin"), own_origin(request), request.headers.get("sec-fetch-site")
+    )
+    return problem is not None
 
 
 async def signin(request: Request) -> Response:

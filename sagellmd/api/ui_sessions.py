@@ -111,6 +111,8 @@ class UiSessions:
     codes: OneTimeCodes = field(default_factory=OneTimeCodes)
     # sid -> the cookie's expiry: past that the cookie is refused anyway, so it can go.
     _revoked: dict[str, float] = field(default_factory=dict)
+    # Called with every sign-out's new list, so it outlives a daemon restart.
+    persist: Callable[[dict[str, float]], None] | None = None
 
     def start(self) -> Session:
         return new_session(self.clock())
@@ -128,11 +130,19 @@ class UiSessions:
         for sid in [sid for sid, expiry in self._revoked.items() if expiry <= now]:
             del self._revoked[sid]
         self._revoked[session.sid] = session.expires_at
+        if self.persist is not None:
+            self.persist(dict(self._revoked))
 
 
 def same_origin_problem(origin: str | None, own_origin: str, fetch_site: str | None) -> str | None:
     """Why a cookie-carrying mutation may come from another site, or None. Browsers send
-    `Origin` on every cross-origin POST and `Sec-Fetch-Site` on every request they make."""
+    `Origin` on every cross-origin POST and `Sec-Fetch-Site` on every request they make.
+
+    Under `Referrer-Policy: no-referrer` (a proxy may add it) Chromium sends `Origin: null`
+    with a page's own POSTs; that counts as same-origin only when `Sec-Fetch-Site` says so.
+    """
+    if origin == "null" and fetch_site == "same-origin":
+        return None
     if origin is not None and origin != own_origin:
         return f"Origin {origin!r:.100} is not this daemon's origin {own_origin!r}"
     if fetch_site is not None and fetch_site not in ("same-origin", "none"):

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from typing import Any
 
 from tests.integration.conftest import Daemon, fake_preset
-from tests.integration.test_gateway_requests import MODEL, engine_stats, gateway_daemon
+from tests.integration.test_gateway_requests import (
+    MODEL,
+    Gateway,
+    engine_stats,
+    gateway_daemon,
+)
 from tests.integration.test_ui_auth import signed_in
 
 RELAY = "/v1/gateway/openai/v1"
@@ -82,14 +88,7 @@ def test_a_client_leaving_the_relay_cancels_the_engine_request(make_daemon):
     env = {"FAKE_VLLM_STREAM_TOKENS": "500", "FAKE_VLLM_TOKEN_INTERVAL_MS": "20"}
     daemon, _ = gateway_daemon(make_daemon, fake_preset("p", {"name": "chat", "env": env}))
     relay_ready(daemon)
-    body = json.dumps(chat_body(stream=True)).encode()
-    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
-        sock.sendall(
-            f"POST {RELAY}/chat/completions HTTP/1.1\r\nhost: x\r\n"
-            f"authorization: Bearer {daemon.token}\r\ncontent-type: application/json\r\n"
-            f"x-request-id: leaving\r\ncontent-length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+    with send_raw(daemon, chat_body(stream=True), "leaving") as sock:
         received = b""
         while received.count(b"data:") < 3:
             received += sock.recv(65536)
@@ -99,6 +98,38 @@ def test_a_client_leaving_the_relay_cancels_the_engine_request(make_daemon):
     )
     assert stats[0]["x_request_id"] == "leaving"
     assert stats[0]["t"] - closed_at < 1.0, stats[0]["t"] - closed_at
+
+
+def send_raw(daemon: Daemon, body: dict[str, Any], request_id: str) -> socket.socket:
+    raw = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", daemon.port))
+    sock.sendall(
+        f"POST {RELAY}/chat/completions HTTP/1.1\r\nhost: x\r\n"
+        f"authorization: Bearer {daemon.token}\r\ncontent-type: application/json\r\n"
+        f"x-request-id: {request_id}\r\ncontent-length: {len(raw)}\r\n\r\n".encode()
+        + raw
+    )
+    return sock
+
+
+def test_a_client_leaving_while_queued_never_reaches_the_engine(make_daemon):
+    env = {"FAKE_VLLM_STREAM_TOKENS": "60", "FAKE_VLLM_TOKEN_INTERVAL_MS": "25"}
+    preset = fake_preset("p", {"name": "chat", "env": env, "max_concurrent_requests": 1})
+    daemon, gateway = gateway_daemon(make_daemon, preset)
+    relay_ready(daemon)
+
+    def occupy() -> None:
+        Gateway(daemon).chat(MODEL, headers={"x-request-id": "first"}, stream=True)
+
+    first = threading.Thread(target=occupy)
+    first.start()
+    daemon.wait_for(lambda: engine_stats(daemon, "p.chat")["inflight"] == 1, 10, "the first")
+    with send_raw(daemon, chat_body(stream=True), "leaver"):
+        time.sleep(0.5)  # queued behind the first (the engine's cap is 1)
+    first.join(20)
+    time.sleep(1.0)  # a request still queued in the gateway would now reach the engine
+    seen = [r["x_request_id"] for r in engine_stats(daemon, "p.chat")["received"]]
+    assert "first" in seen and "leaver" not in seen, seen
 
 
 def test_the_relay_answers_409_with_the_gateway_disabled(daemon: Daemon):

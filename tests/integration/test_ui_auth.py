@@ -210,6 +210,19 @@ def test_the_signin_form(daemon: Daemon):
     )
     assert_signin_page(foreign, 403)
     assert "set-cookie" not in foreign.headers
+    framed = client.post(
+        "/ui/signin",
+        data={"token": daemon.token},
+        headers={"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+    )
+    assert_signin_page(framed, 403)
+    # What Chromium sends with the form itself under Referrer-Policy: no-referrer.
+    own_form = browser(daemon).post(
+        "/ui/signin",
+        data={"token": daemon.token},
+        headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"},
+    )
+    assert own_form.status_code == 303
     elsewhere = client.post("/ui/signin", data={"token": daemon.token, "next": "https://x.y/"})
     assert (elsewhere.status_code, elsewhere.headers["location"]) == (303, "/ui/")
     right = browser(daemon).post(
@@ -231,6 +244,18 @@ def test_signout_clears_the_cookie_and_revokes_the_session(daemon: Daemon):
     assert replay.get("/ui/session").status_code == 401
     answer = replay.put("/v1/engines/solo", json=SPEC, headers={"X-Sagellm-CSRF": csrf})
     assert answer.status_code == 401
+
+
+def test_a_signed_out_session_stays_refused_after_a_daemon_restart(daemon: Daemon):
+    client, _ = signed_in(daemon)
+    value = cookie_of(client, daemon)
+    kept, _ = signed_in(daemon)
+    assert client.post("/ui/signout").status_code == 303
+    daemon.stop()
+    daemon.start()
+    assert browser(daemon, value).get("/ui/session").status_code == 401
+    assert kept.get("/ui/session").status_code == 200  # other sessions go on
+    assert (daemon.home / "ui-signed-out.json").stat().st_mode & 0o077 == 0
 
 
 def test_a_session_survives_a_restart_and_ends_with_a_new_token(daemon: Daemon):

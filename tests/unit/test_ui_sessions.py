@@ -19,6 +19,7 @@ from sagellmd.api.ui_sessions import (
     parse_cookie,
     same_origin_problem,
 )
+from sagellmd.api.ui_signed_out import load, save
 from sagellmd.api.ui_static import StaticFiles, accepts_gzip, is_html_path, resolve
 
 
@@ -123,6 +124,9 @@ def test_cookie_names_carry_the_port():
         ("http://localhost:8765", None, True),
         ("http://127.0.0.1:8766", None, True),
         ("null", None, True),
+        ("null", "same-origin", False),  # a form's POST under Referrer-Policy: no-referrer
+        ("null", "cross-site", True),
+        ("null", "none", True),
         (None, "same-site", True),
         (None, "cross-site", True),
     ],
@@ -175,3 +179,19 @@ def test_html_paths_and_next():
     assert safe_next("/ui/index.html?x=1") == "/ui/index.html?x=1"
     for bad in (None, "", "https://evil.example/", "//evil.example/ui/", "/v1/status", "/ui/\n"):
         assert safe_next(bad) == "/ui/"
+
+
+def test_signed_out_ids_are_saved_and_loaded_until_they_expire(tmp_path: Path):
+    path = tmp_path / "ui-signed-out.json"
+    saved: list[dict[str, float]] = []
+    sessions = UiSessions(clock=Clock(1000.0), persist=saved.append)
+    session = sessions.start()
+    sessions.revoke(session)
+    assert saved == [{session.sid: session.expires_at}]
+    save(path, {"old": 1500.0, "new": 3000.0})
+    assert load(path, 2000.0) == {"new": 3000.0}
+    assert load(tmp_path / "missing.json", 0) == {}
+    path.write_text("{not json")
+    assert load(path, 0) == {}
+    path.write_text('["a list"]')
+    assert load(path, 0) == {}

@@ -38,7 +38,10 @@ def _why_no_browser() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API runs it holds an event loop that
+# counts as running in this thread, and a later test of another module on the same xdist
+# worker could not asyncio.run(); pytest ends a module's fixtures before the next module.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     reason = _why_no_browser()
     if reason:

@@ -143,7 +143,8 @@ def test_run_embeds_a_text_with_an_embedding_model(make_daemon: Any):
 
 def test_run_waits_for_a_starting_engine_and_starts_an_idle_one_again(make_daemon: Any):
     daemon = gateway_daemon(make_daemon)
-    slow = {"model": MODEL, "env": {"FAKE_VLLM_STARTUP_DELAY": "1.5"}}
+    # Long enough that a CLI slow to start on a loaded machine still finds it starting.
+    slow = {"model": MODEL, "env": {"FAKE_VLLM_STARTUP_DELAY": "4"}}
     assert daemon.put("/v1/engines/slow", slow).status_code == 201
     waited = daemon.cli("run", "slow", "hi")
     assert waited.returncode == 0, waited.stderr

@@ -254,7 +254,22 @@ def _model_paths(value: Any, where: str) -> tuple[Path, ...]:
     return tuple(result)
 
 
+# The one key reserved for a feature that is designed but not built: refused with the
+# reason, rather than "unknown key" (which would read as a typo) or silently ignored (which
+# would run everything on this box while the user expects a cluster).
+NOT_BUILT_YET = {
+    "cluster": (
+        "multi-node (cluster: {backend: ray, ...}) is not built yet: sagellmd runs on this"
+        " machine only. The design is docs/multi-node.md (issue 17). Remove the cluster"
+        " section to start"
+    ),
+}
+
+
 def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> Settings:
+    for key, reason in NOT_BUILT_YET.items():
+        if key in data:
+            raise ConfigError(f"{where}: {key}: {reason}")
     _refuse_unknown(data, CONFIG_SCHEMA, f"{where}: ")
     changes = _scalars(data, where)
     if "gpus" in changes:

@@ -146,6 +146,12 @@ def test_home_is_expanded_and_resolved(tmp_path):
 BAD = [
     ("unknown-key", "colour: red\n", {}, "unknown key(s) colour; known: api,"),
     (
+        "cluster-not-built-yet",
+        "cluster: {backend: ray, address: auto}\n",
+        {},
+        "cluster: multi-node (cluster: {backend: ray, ...}) is not built yet",
+    ),
+    (
         "ports-end-before-start",
         "ports: {start: 200, end: 100}\n",
         {},

@@ -253,3 +253,10 @@ def reserved_name_problem(name: str, where: str) -> str | None:
         f"{where}: {name!r} is reserved in presets for the instances of disaggregated engines"
         " (<engine>.prefill-N, <engine>.decode-N); choose another name"
     )
+
+
+def group_of(engine_id: str) -> str | None:
+    """The disaggregated engine `engine_id` is an instance of (`p.chat` of `p.chat.decode-1`),
+    or None; reserved names make the answer certain."""
+    group, dot, tail = engine_id.rpartition(INSTANCE_SEPARATOR)
+    return group if dot and RESERVED_NAME.match(tail) else None

@@ -39,7 +39,7 @@ def place_group(
     taken = {gpu for member_gpus in (held or {}).values() for gpu in member_gpus}
     planned: list[Reservation] = []
     placed: dict[str, Placed] = {}
-    order = sorted(starts, key=lambda s: (-s.count, -s.per_gpu_bytes, s.engine_id))
+    order = sorted(starts, key=lambda s: (-s.count, -s.per_gpu_bytes))
     for start in order:
         free = [gpu for gpu in gpus if gpu.index not in taken]
         outcome = place(

@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from sagellmd.disaggregated_block import RESERVED_NAME
-from sagellmd.disaggregation import INSTANCE_SEPARATOR
+from sagellmd.disaggregated_block import group_of
 from sagellmd.gpu.group_placement import GroupStart, place_group
 from sagellmd.gpu.placement import GpuView, Placed, Reservation, describe_need
 from sagellmd.instance import Instance, InstanceState
@@ -16,8 +15,7 @@ from sagellmd.reconcile.actions import Action, Pend, Start
 
 def is_member(engine_id: str, group: str) -> bool:
     """Whether `engine_id` is an instance (`group.prefill-0`, ...) of `group`."""
-    parent, dot, tail = engine_id.rpartition(INSTANCE_SEPARATOR)
-    return bool(dot) and parent == group and RESERVED_NAME.match(tail) is not None
+    return group_of(engine_id) == group
 
 
 def held_by_siblings(

@@ -107,6 +107,16 @@ def test_the_entry_becomes_prefill_and_decode_processes_on_different_gpus(
     assert routes[DECODE]["names"] == ["fake/model-1B", "p.chat", DECODE]
     assert all(route["ready"] for route in routes.values())
 
+    # `sagellm status`: the engine, then its instances indented under it with their role.
+    shown = daemon.cli("status")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("p.chat "))
+    assert lines[row].split()[:4] == ["p.chat", "llm", "fake/model-1B", "ready"]
+    assert lines[row + 1].split()[:2] == [PREFILL, "prefill"]
+    assert lines[row + 2].split()[:2] == [DECODE, "decode"]
+    assert lines[row + 1].startswith("  ") and lines[row + 2].startswith("  ")
+
 
 def test_a_killed_prefill_restarts_alone_and_the_engine_waits_for_it(daemon: Daemon):
     daemon.put("/v1/presets/p", fake_preset("p", chat()))
@@ -212,7 +222,8 @@ def test_a_change_whose_decode_crash_loops_fails_the_set_and_is_rolled_back(daem
 
 
 def test_removing_the_preset_stops_every_instance(daemon: Daemon):
-    daemon.put("/v1/presets/p", fake_preset("p", chat(decode={"replicas": 1})))
+    response = daemon.put("/v1/presets/p", fake_preset("p", chat()))
+    assert response.status_code == 200, response.text
     daemon.wait_state("p.chat", "ready")
     assert len(engine_processes(daemon.home)) == 2
     response = daemon.delete("/v1/presets/p")
@@ -237,3 +248,44 @@ def test_a_daemon_restart_adopts_the_instances(daemon: Daemon, tmp_path: Path):
     assert any(event["type"] == "adopted" for event in daemon.events(PREFILL))
     # Each instance started once: adoption started nothing.
     assert len(record.read_text().splitlines()) == 2
+
+
+def refused(daemon: Daemon, document: dict[str, Any]) -> str:
+    """The 400 a preset is answered with; nothing of it is stored or started."""
+    before = daemon.get("/v1/status").json()["generation"]
+    response = daemon.put("/v1/presets/p", document)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    status = daemon.get("/v1/status").json()
+    assert status["generation"] == before and status["engines"] == [] and status["presets"] == []
+    return error["message"]
+
+
+def test_bad_declarations_are_refused_naming_the_field_and_change_nothing(daemon: Daemon):
+    three = refused(daemon, fake_preset("p", chat(decode={"replicas": 2})))
+    assert three.startswith(
+        "engines[0].disaggregated: disaggregated needs 3 GPUs (prefill 1 replica x 1 GPU +"
+        " decode 2 replicas x 1 GPU): this box has 2"
+    ), three
+    nccl = refused(daemon, fake_preset("p", chat(connector="p2p-nccl")))
+    assert nccl.startswith("engines[0].disaggregated.connector: only nixl is supported so far")
+    reserved = refused(daemon, fake_preset("p", {"name": "decode-0"}))
+    assert reserved.startswith("engines[0].name: 'decode-0' is reserved in presets"), reserved
+    embedding = refused(
+        daemon, fake_preset("p", {**chat(), "kind": "embedding", "runtime": "vllm"})
+    )
+    assert embedding.startswith("engines[0].disaggregated: only llm engines"), embedding
+    owned = refused(daemon, fake_preset("p", chat(prefill={"extra_args": ["--port", "1"]})))
+    assert owned.startswith("engines[0].disaggregated.prefill.extra_args[0]: sagellm sets --port")
+
+
+def test_one_gpu_is_too_few_for_any_set(make_daemon):
+    daemon = make_daemon(gpus="simulate:1x80")
+    message = refused(daemon, fake_preset("p", chat()))
+    assert message.startswith(
+        "engines[0].disaggregated: disaggregated needs at least 2 GPUs (prefill and decode"
+        " never share one): this box has 1"
+    ), message
+    response = daemon.put("/v1/engines/solo", {"model": "fake/m", "disaggregated": {}})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("solo.disaggregated: disaggregated")

@@ -57,8 +57,11 @@ def group_entry(
     members = []
     for member in expand_engine(engine):
         assert member.pd is not None
-        entry = entry_of(member.id, member, instances.get(member.id))
-        members.append({**entry, "role": member.pd.role})
+        instance = instances.get(member.id)
+        entry = entry_of(member.id, member, instance)
+        # The KV side-channel ports it was started with (its peers' handshake goes there).
+        side_ports = list(instance.side_ports) if instance is not None else []
+        members.append({**entry, "role": member.pd.role, "side_ports": side_ports})
     state, message = derived_state(members)
     if engine.invalid:
         message = parent["message"].rsplit("; ", 1)[0] + f"; {message}"

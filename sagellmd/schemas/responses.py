@@ -59,6 +59,7 @@ ENGINE_ENTRY = _object(
         "disaggregated": {"type": ["object", "null"]},
         "instances": _array(ref("EngineEntry")),
         "role": enum(("prefill", "decode")),
+        "side_ports": _array(INTEGER),
         # /v1/status only: the gateway's last report (null without a recent one).
         "inflight": NULLABLE_INT,
         "queued": NULLABLE_INT,

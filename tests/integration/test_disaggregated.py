@@ -245,6 +245,13 @@ def test_a_daemon_restart_adopts_the_instances(daemon: Daemon, tmp_path: Path):
     after = instances_by_id(daemon.wait_state("p.chat", "ready"))
     assert {i: m["pid"] for i, m in after.items()} == {i: m["pid"] for i, m in before.items()}
     assert all(member["restarts"] == 0 for member in after.values())
+    # The side-channel ports are the instance's, kept across the restart.
+    started = records(record)
+    for engine_id, member in after.items():
+        assert member["side_ports"] == before[engine_id]["side_ports"]
+        assert member["side_ports"] == [
+            int(started[engine_id]["env"]["VLLM_NIXL_SIDE_CHANNEL_PORT"])
+        ]
     assert any(event["type"] == "adopted" for event in daemon.events(PREFILL))
     # Each instance started once: adoption started nothing.
     assert len(record.read_text().splitlines()) == 2

@@ -20,6 +20,7 @@ from sagellmd.api.log_follow import follow_log
 from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries, engine_entry
 from sagellmd.desired import DesiredEngine
+from sagellmd.disaggregated_block import group_of
 from sagellmd.errors import NotFoundError
 from sagellmd.pd_expand import expand_desired
 from sagellmd.runtime.kinds import wants_gpu
@@ -127,7 +128,8 @@ async def list_engines(request: Request) -> JSONResponse:
 def find_engine(ctx: ApiContext, engine_id: str, secrets: bool = False) -> dict[str, object]:
     """One engine: a declared one, an instance of a disaggregated one, or one being removed."""
     desired = ctx.store.desired_engine(engine_id)
-    if desired is None:
+    if desired is None and group_of(engine_id) is not None:
+        # Not a stored row: the loop's expansion of the engine it belongs to.
         desired = ctx.reconciler.world.desired_engine(engine_id)
     instances = ctx.engine_instances()
     instance = instances.get(engine_id)

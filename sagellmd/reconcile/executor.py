@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import memory_fraction
 from sagellmd.instance import (
-    RESERVING_STATES,
     Instance,
     InstanceState,
     StopIntent,
@@ -42,15 +41,15 @@ from sagellmd.reconcile.actions import (
     Wait,
     Wake,
 )
+from sagellmd.reconcile.engine_ports import choose_port, taken_ports
 from sagellmd.reconcile.observe import Prober, on_exit
-from sagellmd.reconcile.side_ports import choose_side_ports, side_ports_taken
+from sagellmd.reconcile.side_ports import choose_side_ports
 from sagellmd.reconcile.sleep_mode import SleepMode
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
 from sagellmd.runtime.kinds import kind_for
 from sagellmd.runtime.kinds.base import RuntimeKind
 from sagellmd.runtime.logs import log_path
-from sagellmd.runtime.ports import pick_port, port_is_free
 from sagellmd.runtime.process import RUN_MARKER, Markers, new_run_marker, spawn
 from sagellmd.spec import EngineSpec
 
@@ -110,52 +109,6 @@ class Executor:
         elif isinstance(action, Wait):
             pass  # the loop turns waits into timers
 
-    def _taken_ports(self, engine_id: str, surge: bool = False) -> set[int]:
-        taken = {
-            instance.port
-            for instance in self._world.instances.values()
-            if (instance.engine_id != engine_id or surge)
-            and instance.port is not None
-            and (instance.state in RESERVING_STATES or instance.asleep)
-        }
-        # The daemon's own engines (the gateway) have fixed ports no other engine may pick.
-        own = {
-            engine.spec.port
-            for own_id, engine in self._world.own_engines.items()
-            if own_id != engine_id and engine.spec.port is not None
-        }
-        return (
-            taken
-            | own
-            | side_ports_taken(self._world.instances, engine_id, surge)
-            | {
-                instance.retiring.port
-                for instance in self._world.instances.values()
-                if instance.retiring is not None and instance.retiring.port is not None
-            }
-        )
-
-    def _choose_port(self, engine: DesiredEngine, surge: bool) -> tuple[int | None, str]:
-        settings = self._world.settings
-        taken = self._taken_ports(engine.id, surge)
-        fixed = engine.spec.port
-        if fixed is not None:
-            if fixed in taken:
-                return None, f"port {fixed} is held by another engine"
-            if not port_is_free(fixed):
-                return None, f"port {fixed} is in use by another process"
-            return fixed, ""
-        current = self._world.instances.get(engine.id)
-        port = pick_port(
-            settings.port_start,
-            settings.port_end,
-            taken,
-            preferred=current.port if current and not surge else None,
-        )
-        if port is None:
-            return None, f"no free port in {settings.port_start}-{settings.port_end}"
-        return port, ""
-
     def _idle(self, engine: DesiredEngine, generation: int, reason: str) -> None:
         current = self._world.instances.get(engine.id)
         self._world.record(
@@ -200,7 +153,7 @@ class Executor:
 
     def _start_port(self, engine: DesiredEngine, generation: int, surge: bool) -> int | None:
         """The port to start on; None (and the engine pending or replaced) when there is none."""
-        port, why = self._choose_port(engine, surge)
+        port, why = choose_port(self._world, engine, surge)
         if port is None and surge:
             self._stop(engine.id, StopIntent.DELIBERATE, f"replacing (no room for both: {why})")
         elif port is None:
@@ -212,7 +165,7 @@ class Executor:
     ) -> tuple[int, ...] | None:
         """A prefill or decode instance's KV side ports; None (pending) when none are free."""
         settings = self._world.settings
-        taken = self._taken_ports(engine.id, surge) | {port}
+        taken = taken_ports(self._world, engine.id, surge) | {port}
         current = self._world.instances.get(engine.id)
         ports, why = choose_side_ports(
             engine.spec, current, taken, (settings.port_start, settings.port_end), surge

@@ -66,6 +66,8 @@ def test_the_entry_becomes_prefill_and_decode_processes_on_different_gpus(
     assert members[PREFILL]["role"] == "prefill" and members[DECODE]["role"] == "decode"
     assert all(member["state"] == "ready" for member in members.values())
     assert set(members[PREFILL]["gpus"]).isdisjoint(members[DECODE]["gpus"])
+    one = daemon.engine(PREFILL)
+    assert one["state"] == "ready" and one["pid"] == members[PREFILL]["pid"]
     # Status lists the instances under the engine only.
     ids = [entry["id"] for entry in daemon.get("/v1/status").json()["engines"]]
     assert ids == ["p.chat"]

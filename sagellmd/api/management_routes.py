@@ -14,6 +14,7 @@ from sagellmd.api.desired_routes import ChangeOptions, answer_change, engine_put
 from sagellmd.api.read_routes import estimates_for, gpu_summary
 from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries
+from sagellmd.disaggregated_block import group_of
 from sagellmd.errors import BadInputError, SpecError
 from sagellmd.schemas.requests import SEED_FIELDS, TEXT, seed_start_body
 from sagellmd.schemas.validator import is_valid
@@ -80,7 +81,8 @@ async def stop_engine(request: Request) -> JSONResponse:
 def _instance_entry(instance: Any) -> dict[str, Any]:
     return {
         "instance_id": instance.engine_id,
-        "engine_id": instance.engine_id,
+        # An instance of a disaggregated engine belongs to that engine.
+        "engine_id": group_of(instance.engine_id) or instance.engine_id,
         "state": instance.state.value,
         "pid": instance.pid,
         "port": instance.port,

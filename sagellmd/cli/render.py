@@ -80,14 +80,24 @@ def load_text(engine: Mapping[str, Any]) -> Text:
     return cell(None if inflight is None else f"{inflight}/{queued if queued is not None else 0}")
 
 
+def with_instances(engines: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], bool]]:
+    """Each engine, then (indented under it) the instances of a disaggregated one."""
+    rows: list[tuple[Mapping[str, Any], bool]] = []
+    for engine in engines:
+        rows.append((engine, False))
+        rows.extend((member, True) for member in engine.get("instances") or [])
+    return rows
+
+
 def engines_table(engines: Iterable[Mapping[str, Any]]) -> FittedTable:
     engines = list(engines)
     with_load = any(engine.get("inflight") is not None for engine in engines)
     rows = []
-    for engine in engines:
+    for engine, member in with_instances(engines):
         row = [
-            cell(engine.get("id")),
-            cell(engine.get("kind")),
+            # An instance shows indented, its role where its engine shows the kind.
+            cell(f"  {engine.get('id')}" if member else engine.get("id")),
+            cell(engine.get("role") if member else engine.get("kind")),
             cell(engine.get("model")),
             state_text(engine.get("state")),
             cell(engine.get("pid")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from sagellmd.cli.render import (
     one_line_text,
     single_line,
     state_text,
+    with_instances,
 )
 from sagellmd.instance import PROCESS_STATES
 
@@ -201,11 +202,15 @@ class Snapshot:
         return (self.status.get("daemon") or {}).get("pid", "?")
 
     def rows(self) -> list[WatchRow]:
-        return [
-            watch_row(entry, self.last_events.get(str(entry.get("id"))))
-            for entry in self.status.get("engines") or []
-            if isinstance(entry, Mapping)
-        ]
+        engines = [e for e in self.status.get("engines") or [] if isinstance(e, Mapping)]
+        rows = []
+        for entry, member in with_instances(engines):
+            row = watch_row(entry, self.last_events.get(str(entry.get("id"))))
+            if member:
+                # An instance of a disaggregated engine: indented under it, its role as kind.
+                row = replace(row, id=f"  {row.id}", kind=str(entry.get("role") or "-"))
+            rows.append(row)
+        return rows
 
 
 def watch_table(rows: Sequence[WatchRow], now: float, dim: bool = False) -> FittedTable:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import memory_fraction
 from sagellmd.instance import (
-    RESERVING_STATES,
     Instance,
     InstanceState,
     StopIntent,
+    Transition,
     begin_start,
     begin_stop,
     begin_surge,
@@ -41,14 +41,15 @@ from sagellmd.reconcile.actions import (
     Wait,
     Wake,
 )
+from sagellmd.reconcile.engine_ports import choose_port, taken_ports
 from sagellmd.reconcile.observe import Prober, on_exit
+from sagellmd.reconcile.side_ports import choose_side_ports
 from sagellmd.reconcile.sleep_mode import SleepMode
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
 from sagellmd.runtime.kinds import kind_for
 from sagellmd.runtime.kinds.base import RuntimeKind
 from sagellmd.runtime.logs import log_path
-from sagellmd.runtime.ports import pick_port, port_is_free
 from sagellmd.runtime.process import RUN_MARKER, Markers, new_run_marker, spawn
 from sagellmd.spec import EngineSpec
 
@@ -67,6 +68,11 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return f"{type(exc).__name__}: {exc}"
+
+
+def _with_side_ports(transition: Transition, side_ports: tuple[int, ...]) -> Transition:
+    # The ports go with the instance record, so an adopting daemon knows them.
+    return replace(transition, instance=replace(transition.instance, side_ports=side_ports))
 
 
 class Executor:
@@ -103,51 +109,6 @@ class Executor:
         elif isinstance(action, Wait):
             pass  # the loop turns waits into timers
 
-    def _taken_ports(self, engine_id: str, surge: bool = False) -> set[int]:
-        taken = {
-            instance.port
-            for instance in self._world.instances.values()
-            if (instance.engine_id != engine_id or surge)
-            and instance.port is not None
-            and (instance.state in RESERVING_STATES or instance.asleep)
-        }
-        # The daemon's own engines (the gateway) have fixed ports no other engine may pick.
-        own = {
-            engine.spec.port
-            for own_id, engine in self._world.own_engines.items()
-            if own_id != engine_id and engine.spec.port is not None
-        }
-        return (
-            taken
-            | own
-            | {
-                instance.retiring.port
-                for instance in self._world.instances.values()
-                if instance.retiring is not None and instance.retiring.port is not None
-            }
-        )
-
-    def _choose_port(self, engine: DesiredEngine, surge: bool) -> tuple[int | None, str]:
-        settings = self._world.settings
-        taken = self._taken_ports(engine.id, surge)
-        fixed = engine.spec.port
-        if fixed is not None:
-            if fixed in taken:
-                return None, f"port {fixed} is held by another engine"
-            if not port_is_free(fixed):
-                return None, f"port {fixed} is in use by another process"
-            return fixed, ""
-        current = self._world.instances.get(engine.id)
-        port = pick_port(
-            settings.port_start,
-            settings.port_end,
-            taken,
-            preferred=current.port if current and not surge else None,
-        )
-        if port is None:
-            return None, f"no free port in {settings.port_start}-{settings.port_end}"
-        return port, ""
-
     def _idle(self, engine: DesiredEngine, generation: int, reason: str) -> None:
         current = self._world.instances.get(engine.id)
         self._world.record(
@@ -182,19 +143,38 @@ class Executor:
         hub = self._hub_check(engine, generation, kind, surge)
         if hub is not None and hub.answer is None:
             return  # the answer wakes the loop
-        starting = self._begin_start(engine, generation, action, port)
+        side_ports = self._side_ports(engine, generation, port, surge)
+        if side_ports is None:
+            return
+        starting = self._begin_start(engine, generation, action, port, side_ports)
         if not self._model_available(starting, engine.spec, kind, hub):
             return
         self._spawn(engine, starting, port, self._assignment(action), kind)
 
     def _start_port(self, engine: DesiredEngine, generation: int, surge: bool) -> int | None:
         """The port to start on; None (and the engine pending or replaced) when there is none."""
-        port, why = self._choose_port(engine, surge)
+        port, why = choose_port(self._world, engine, surge)
         if port is None and surge:
             self._stop(engine.id, StopIntent.DELIBERATE, f"replacing (no room for both: {why})")
         elif port is None:
             self._pend(engine, generation, why)
         return port
+
+    def _side_ports(
+        self, engine: DesiredEngine, generation: int, port: int, surge: bool
+    ) -> tuple[int, ...] | None:
+        """A prefill or decode instance's KV side ports; None (pending) when none are free."""
+        settings = self._world.settings
+        taken = taken_ports(self._world, engine.id, surge) | {port}
+        current = self._world.instances.get(engine.id)
+        ports, why = choose_side_ports(
+            engine.spec, current, taken, (settings.port_start, settings.port_end), surge
+        )
+        if ports is None and surge:
+            self._stop(engine.id, StopIntent.DELIBERATE, f"replacing (no room for both: {why})")
+        elif ports is None:
+            self._pend(engine, generation, why)
+        return ports
 
     def _runtime_configured(self, engine: DesiredEngine, generation: int) -> bool:
         runtimes = self._world.settings.runtimes
@@ -230,26 +210,28 @@ class Executor:
         return HubCheck(endpoint, answer)
 
     def _begin_start(
-        self, engine: DesiredEngine, generation: int, action: Start, port: int
+        self,
+        engine: DesiredEngine,
+        generation: int,
+        action: Start,
+        port: int,
+        side_ports: tuple[int, ...] = (),
     ) -> Instance:
         """Record the start: the intent is on disk before anything is done (a full disk
         raises here)."""
         world, spec = self._world, engine.spec
         current = world.instances.get(engine.id)
         if action.kind is StartKind.SURGE and current is not None:
-            starting = world.record(
-                begin_surge(
-                    current,
-                    spec.spec_hash,
-                    generation,
-                    port,
-                    world.clock(),
-                    action.gpus,
-                    action.gpu_bytes,
-                ),
+            surge = begin_surge(
+                current,
+                spec.spec_hash,
                 generation,
-                intent=True,
+                port,
+                world.clock(),
+                action.gpus,
+                action.gpu_bytes,
             )
+            starting = world.record(_with_side_ports(surge, side_ports), generation, intent=True)
             # The running process keeps serving under another key until the new is ready.
             self._prober.cancel(engine.id)
             world.watcher.rekey(engine.id, retiring_key(engine.id))
@@ -266,7 +248,7 @@ class Executor:
             action.gpu_bytes,
             action.reason if action.waiting else None,
         )
-        return world.record(transition, generation, intent=True)
+        return world.record(_with_side_ports(transition, side_ports), generation, intent=True)
 
     def _model_available(
         self, starting: Instance, spec: EngineSpec, kind: RuntimeKind, hub: HubCheck | None
@@ -310,9 +292,10 @@ class Executor:
         world, settings, spec = self._world, self._world.settings, engine.spec
         command = "the engine"
         try:
-            argv = build_argv(spec, settings, engine.id, port, assignment)
+            side_port = starting.side_ports[0] if starting.side_ports else None
+            argv = build_argv(spec, settings, engine.id, port, assignment, side_port)
             command = argv[0] if argv else command
-            env = build_env(spec, settings, engine.id, port, assignment)
+            env = build_env(spec, settings, engine.id, port, assignment, side_port)
             env[RUN_MARKER] = new_run_marker()
             popen = spawn(argv, env, log_path(settings.logs_dir, engine.id))
         except Exception as exc:

@@ -20,6 +20,7 @@ from sagellmd.gpu.estimate import EstimateSettings
 from sagellmd.gpu.inventory import read_inventory
 from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
+from sagellmd.pd_expand import expand_desired
 from sagellmd.reconcile.actions import Pend, Plan, Stop, Wait
 from sagellmd.reconcile.demand import Activity
 from sagellmd.reconcile.executor import Executor
@@ -131,7 +132,8 @@ class Reconciler:
     def plan_for(self, desired: list[DesiredEngine]) -> Plan:
         """What a pass would do for this desired set (no inventory read: the last one stands),
         without the actions on the daemon's own engines (the gateway)."""
-        desired = [e for e in desired if e.id not in self.world.own_engines]
+        # A dry run passes the stored engines: disaggregated ones become their instances.
+        desired = [e for e in expand_desired(desired) if e.id not in self.world.own_engines]
         desired += list(self.world.own_engines.values())
         needs = gpu_needs(desired, self.estimates)
         plan = self._plan(desired, dataclasses.replace(self.world.gpu_view, needs=needs))

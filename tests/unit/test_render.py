@@ -16,7 +16,7 @@ from sagellmd.cli.render import (
     print_table,
 )
 from sagellmd.cli.watch_screen import COLUMNS as WATCH_COLUMNS
-from sagellmd.cli.watch_screen import watch_row, watch_table
+from sagellmd.cli.watch_screen import Snapshot, watch_row, watch_table
 
 ENGINES = [
     {"id": "qwen-mini.chat", "kind": "llm", "model": "Qwen/Qwen2.5-0.5B-Instruct",
@@ -159,3 +159,37 @@ def test_an_event_with_a_multi_line_message_prints_as_one_line():
     row = watch_row({"id": "x", "state": "backoff"}, event)
     assert "\n" not in row.line(now=0.0)
     assert row.last_event.endswith("exited exited 1; it said: Traceback (most recent call last)")
+
+
+PD_ENGINE = {
+    "id": "pd.chat", "kind": "llm", "model": "Qwen/Qwen3-8B", "state": "ready", "pid": None,
+    "port": None, "restarts": 0, "label": None, "message": "1 prefill and 1 decode ready",
+    "instances": [
+        {"id": "pd.chat.prefill-0", "role": "prefill", "kind": "llm", "model": "Qwen/Qwen3-8B",
+         "state": "ready", "pid": 11, "port": 30001, "restarts": 0, "label": None,
+         "message": "healthy", "gpus": [0]},
+        {"id": "pd.chat.decode-0", "role": "decode", "kind": "llm", "model": "Qwen/Qwen3-8B",
+         "state": "starting", "pid": 12, "port": 30002, "restarts": 1, "label": None,
+         "message": "starting", "gpus": [1]},
+    ],
+}  # fmt: skip
+
+
+def test_a_disaggregated_engine_lists_its_instances_indented_with_their_role(
+    capsys: pytest.CaptureFixture[str],
+):
+    print_table(engines_table([PD_ENGINE]))
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[:4] for line in lines] == [
+        ["pd.chat", "llm", "Qwen/Qwen3-8B", "ready"],
+        ["pd.chat.prefill-0", "prefill", "Qwen/Qwen3-8B", "ready"],
+        ["pd.chat.decode-0", "decode", "Qwen/Qwen3-8B", "starting"],
+    ]
+    assert not lines[0].startswith(" ")
+    assert lines[1].startswith("  pd.chat.prefill-0") and lines[2].startswith("  pd.chat.decode")
+    rows = Snapshot({"engines": [PD_ENGINE]}, cursor=0).rows()
+    assert [(row.id, row.kind, row.gpus) for row in rows] == [
+        ("pd.chat", "llm", ()),
+        ("  pd.chat.prefill-0", "prefill", (0,)),
+        ("  pd.chat.decode-0", "decode", (1,)),
+    ]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from sagellmd.errors import ConflictError, NotFoundError
 from sagellmd.instance import Instance, InstanceState
+from sagellmd.pd_expand import expand_desired
 from sagellmd.reconcile.review import review
 from sagellmd.reconcile.rollout import CRASH_LIMIT
 from sagellmd.spec import parse_engine, parse_preset
@@ -342,3 +343,37 @@ def test_reverting_a_preset_set_restores_the_preset_beside_later_ones():
         assert "q.embed" not in store.generation(4).verdict
         assert sorted(desired_view(store)) == ["m.embed"]
         assert [p.name for p in store.active_presets()] == ["m"]
+
+
+def test_a_disaggregated_change_is_judged_on_its_instances_and_reverted_as_one():
+    """The change is the declared engine's; its verdict waits for every instance and fails
+    with any (reconcile/rollout_set.py)."""
+
+    def member(engine_id: str, state: InstanceState, failures: int = 0) -> Instance:
+        (expanded,) = [e for e in expand_desired(store.desired()) if e.id == engine_id]
+        return Instance(
+            engine_id, store.current_generation(), expanded.spec.spec_hash, state,
+            failures=failures, last_exit_code=1 if failures else None,
+        )  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as home:
+        store, clock = new_store(Path(home))
+        block = {**spec("chat", 0), "disaggregated": {}}
+        store.put_engine("chat", parse_engine(block), "put chat")  # 1
+        observed = {"chat.prefill-0": member("chat.prefill-0", InstanceState.READY)}
+        (waiting,) = review(store, observed, clock())
+        assert waiting.verdict.healthy is None
+        observed["chat.decode-0"] = member("chat.decode-0", InstanceState.READY)
+        review(store, observed, clock())
+        assert store.generation(1).healthy is True
+        changed = {**spec("chat", 1), "disaggregated": {}}
+        store.put_engine("chat", parse_engine(changed), "put chat v1")  # 2
+        observed = {
+            "chat.prefill-0": member("chat.prefill-0", InstanceState.READY),
+            "chat.decode-0": member("chat.decode-0", InstanceState.BACKOFF, CRASH_LIMIT),
+        }
+        outcomes = {o.generation: o for o in review(store, observed, clock())}
+        assert outcomes[2].verdict.healthy is False
+        assert outcomes[2].verdict.reason == "chat.decode-0 exited 2 times (last: exit code 1)"
+        assert outcomes[2].reverted == ("chat",)
+        assert desired_view(store) == {"chat": ("org/m0-1B", "l0")}

@@ -360,6 +360,8 @@ FULL_INSTANCE = Instance(
     ready_at=1_700_000_101.5,
     exited_at=1_700_000_050.0,
     stop_intent=StopIntent.FAILURE,
+    # A prefill or decode instance's KV side-channel ports (migration 0007).
+    side_ports=(20101, 20102),
 )
 
 

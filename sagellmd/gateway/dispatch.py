@@ -80,7 +80,7 @@ class Dispatcher:
             queue.names.clear()
             return
         for name in sorted(queue.names):
-            group = self.table.resolve(name)
+            group = self.table.waits_in(name)
             if group is None or group.key == queue.group.key:
                 continue
             target = self._queue_for(group, name)

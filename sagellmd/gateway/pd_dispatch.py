@@ -27,10 +27,13 @@ from sagellmd.gateway.errors import GatewayError
 from sagellmd.gateway.metrics import GatewayMetrics
 from sagellmd.gateway.own_answers import SSE_HEADERS
 from sagellmd.gateway.pd_protocol import (
+    PrefillVerdict,
     decode_body,
-    kv_transfer_params_of,
+    judge_prefill,
     prefill_body,
+    prefill_step_failed,
     wants_prefill,
+    without_accept_encoding,
 )
 from sagellmd.gateway.proxy import fetch_whole, forward
 from sagellmd.gateway.routes import ModelGroup, PdGroup, PdRouting, Route
@@ -45,47 +48,35 @@ PREFILL_ANSWER_LIMIT = 1 << 20
 AcquireLoading = Callable[[ModelGroup, str, Ticket, "bytes | None", Any], Awaitable[Route]]
 
 
-@dataclass(slots=True, frozen=True)
-class PrefillVerdict:
-    """What P's answer means for the request: go on to D, relay P's answer, or try another P."""
+@dataclass(slots=True)
+class PdRequest:
+    """One client request on its way through P and D."""
 
-    params: dict[str, Any] | None = None
-    relay: bool = False  # a 4xx: the request itself is wrong; the client gets P's words
-    retry: str = ""  # why this P failed (connect, 5xx, an answer D cannot use)
+    send: Any
+    request: dict[str, Any]
+    name: str
+    routing: PdRouting
+    ticket: Ticket
+    headers: bytes
+    request_id: bytes
+    path: bytes
+    target: bytes
+    loading: bool  # the gateway began the stream itself: errors become its last event
+    upstream: UpstreamPool
+    queued_s: float = 0.0
 
+    def body_for(self, route: Route) -> dict[str, Any]:
+        return {**self.request, "model": route.served_model}
 
-def judge_prefill(status: int, data: bytes, engine_id: str) -> PrefillVerdict:
-    """Pure: P's status and body to the next step."""
-    if 400 <= status < 500:
-        return PrefillVerdict(relay=True)
-    if status != 200:
-        return PrefillVerdict(retry=f"HTTP {status}")
-    try:
-        answer = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        answer = data
-    try:
-        return PrefillVerdict(params=kv_transfer_params_of(answer, engine_id))
-    except GatewayError as error:
-        return PrefillVerdict(retry=error.message)
-
-
-def prefill_failed(name: str, failures: list[str]) -> GatewayError:
-    return GatewayError(
-        502,
-        "prefill_failed",
-        f"The prefill step for {name!r} failed on every prefill instance tried:"
-        f" {'; '.join(failures)}",
-        type="server_error",
-    )
-
-
-def _without_accept_encoding(headers: bytes) -> bytes:
-    """P's JSON is parsed here: it must not come compressed."""
-    if b"accept-encoding" not in headers:
+    def headers_for(self, route: Route, headers: bytes) -> bytes:
+        if route.takes_request_id(self.request_id):
+            return headers + b"x-request-id: " + self.request_id + b"\r\n"
         return headers
-    lines = headers.split(b"\r\n")
-    return b"\r\n".join(line for line in lines if not line.startswith(b"accept-encoding:"))
+
+    def fresh_ticket(self) -> Ticket:
+        """A ticket of the same arrival, priority and deadline, with no engine tried yet."""
+        ticket = self.ticket
+        return Ticket(ticket.arrived, ticket.priority, ticket.deadline, ticket.client)
 
 
 class PdServer:
@@ -130,8 +121,10 @@ class PdServer:
         headers: bytes,
         request_id: bytes,
     ) -> None:
+        """As GatewayApp._serve: the client leaving cancels the request (ClientGone)."""
         task = asyncio.current_task()
-        assert task is not None
+        upstream = self._upstream()
+        assert task is not None and upstream is not None
         gone = finished = False
 
         async def watch_disconnect() -> None:
@@ -142,29 +135,35 @@ class PdServer:
                 task.cancel()
 
         watcher = asyncio.create_task(watch_disconnect())
-        stream = request.get("stream") is True
-        loading = stream and self._coming_up(routing)
+        path = scope["raw_path"] or scope["path"].encode()
+        query = scope.get("query_string") or b""
+        loading = request.get("stream") is True and self._coming_up(routing)
+        pd = PdRequest(
+            send,
+            request,
+            name,
+            routing,
+            ticket,
+            headers,
+            request_id,
+            path,
+            path + b"?" + query if query else path,
+            loading,
+            upstream,
+        )
         try:
             if loading:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [*SSE_HEADERS, (b"x-request-id", request_id)],
-                    }
-                )
+                sse = [*SSE_HEADERS, (b"x-request-id", request_id)]
+                await send({"type": "http.response.start", "status": 200, "headers": sse})
             try:
-                await self._serve(
-                    scope, send, request, name, routing, ticket, headers, request_id, loading
-                )
+                await self._serve(pd)
             except GatewayError as error:
                 if not loading:
                     raise
                 # The answer began already: the error is the stream's last event.
                 self.metrics.rejected(name, error.code)
-                await send(
-                    {"type": "http.response.body", "body": error.sse_event(), "more_body": True}
-                )
+                event = {"type": "http.response.body", "body": error.sse_event()}
+                await send({**event, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
                 self.access_log.write(request_id, name, "-", error.status, ticket.arrived)
         except asyncio.CancelledError:
@@ -177,180 +176,117 @@ class PdServer:
             watcher.cancel()
 
     async def _acquire(
-        self,
-        pool: ModelGroup,
-        pool_name: str,
-        ticket: Ticket,
-        key: bytes | None,
-        send: Any,
-        loading: bool,
+        self, pd: PdRequest, pool: ModelGroup, pool_name: str, ticket: Ticket, key: bytes | None
     ) -> Route:
-        if loading:
-            return await self._acquire_loading(pool, pool_name, ticket, key, send)
-        return await self.dispatcher.acquire(pool, pool_name, ticket, key)
+        if pd.loading:
+            route = await self._acquire_loading(pool, pool_name, ticket, key, pd.send)
+        else:
+            route = await self.dispatcher.acquire(pool, pool_name, ticket, key)
+        pd.queued_s += ticket.queued_s
+        return route
 
-    async def _serve(
-        self,
-        scope: dict[str, Any],
-        send: Any,
-        request: dict[str, Any],
-        name: str,
-        routing: PdRouting,
-        ticket: Ticket,
-        headers: bytes,
-        request_id: bytes,
-        loading: bool,
-    ) -> None:
-        upstream = self._upstream()
-        assert upstream is not None
-        target = scope["raw_path"] or scope["path"].encode()
-        path = target
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
-        dispatcher = self.dispatcher
-        decode = await self._acquire(
-            routing.decode, routing.decode_name, ticket, None, send, loading
-        )
-        queued_s = ticket.queued_s
+    async def _serve(self, pd: PdRequest) -> None:
+        routing = pd.routing
+        decode = await self._acquire(pd, routing.decode, routing.decode_name, pd.ticket, None)
         group = routing.group_of(decode)
-        params: dict[str, Any] | None = None
         try:
-            if path in PD_PATHS and wants_prefill(request, group.threshold_input_tokens):
-                self.metrics.pd_routed(name, "prefill_decode")
-                prefilled = await self._prefill(
-                    upstream,
-                    group,
-                    request,
-                    name,
-                    ticket,
-                    headers,
-                    request_id,
-                    target,
-                    send,
-                    loading,
-                )
+            if pd.path in PD_PATHS and wants_prefill(pd.request, group.threshold_input_tokens):
+                self.metrics.pd_routed(pd.name, "prefill_decode")
+                verdict = await self._prefill(pd, group)
             else:
-                self.metrics.pd_routed(name, "decode_only")
-                prefilled = (None, 0.0)
+                self.metrics.pd_routed(pd.name, "decode_only")
+                verdict = PrefillVerdict()
         except BaseException:
-            dispatcher.release(decode.id)
+            self.dispatcher.release(decode.id)
             raise
-        if isinstance(prefilled[0], int):  # P's 4xx: the client's request is at fault
-            dispatcher.release(decode.id)
-            status, data = prefilled
-            await self._relay_error(send, status, data, request_id, loading)
-            spent = time.monotonic() - ticket.arrived
-            self.metrics.answered(name, "-", status, queued_s, spent, spent)
-            self.access_log.write(request_id, name, "-", status, ticket.arrived)
+        if isinstance(verdict, tuple):  # P's 4xx: the client's request is at fault
+            self.dispatcher.release(decode.id)
+            await self._relay_error(pd, *verdict)
             return
-        params, prefill_queued_s = prefilled
-        queued_s += prefill_queued_s
-        # D: failover before its first byte to another D that can fetch these blocks.
-        pool, pool_name = (
-            (group.decode, group.decode_name) if params else (routing.decode, routing.decode_name)
-        )
-        d_ticket = Ticket(ticket.arrived, ticket.priority, ticket.deadline, ticket.client)
-        d_ticket.tried.add(decode.id)
+        await self._decode(pd, group, decode, verdict.params)
+
+    async def _decode(
+        self, pd: PdRequest, group: PdGroup, decode: Route, params: dict[str, Any] | None
+    ) -> None:
+        """D's answer relayed; before its first byte a failed D hands over to another D."""
+        # P's blocks are fetched by a D of P's group; without them any D of the name serves.
+        if params is not None:
+            pool, pool_name = group.decode, group.decode_name
+        else:
+            pool, pool_name = pd.routing.decode, pd.routing.decode_name
+        ticket = pd.fresh_ticket()
+        ticket.tried.add(decode.id)
         failures: list[str] = []
         route: Route | None = decode
-        for attempt_number in range(self.settings.retries + 1):
+        retries = self.settings.retries
+        for attempt_number in range(retries + 1):
             if route is None:
-                route = await self._acquire(pool, pool_name, d_ticket, None, send, loading)
-                queued_s += d_ticket.queued_s
-            body = dict(request)
-            body["model"] = route.served_model
-            payload = orjson.dumps(decode_body(body, params))
-            sent_headers = headers
-            if route.takes_request_id(request_id):
-                sent_headers += b"x-request-id: " + request_id + b"\r\n"
+                route = await self._acquire(pd, pool, pool_name, ticket, None)
+            payload = orjson.dumps(decode_body(pd.body_for(route), params))
             sent_at = time.monotonic()
             try:
                 attempt = await forward(
-                    upstream,
+                    pd.upstream,
                     route.address,
-                    target,
-                    sent_headers,
+                    pd.target,
+                    pd.headers_for(route, pd.headers),
                     payload,
-                    request.get("stream") is True,
-                    request_id,
-                    send,
-                    attempt_number == self.settings.retries,
-                    started=loading,
+                    pd.request.get("stream") is True,
+                    pd.request_id,
+                    pd.send,
+                    attempt_number == retries,
+                    started=pd.loading,
                 )
             finally:
-                dispatcher.release(route.id)
+                self.dispatcher.release(route.id)
             if attempt.sent:
-                done = time.monotonic()
-                dispatcher.observe_first_byte(
-                    routing.decode, attempt.first_byte_at - ticket.arrived - queued_s
+                arrived, first_byte_at = pd.ticket.arrived, attempt.first_byte_at
+                self.dispatcher.observe_first_byte(
+                    pd.routing.decode, first_byte_at - arrived - pd.queued_s
                 )
-                self.metrics.decode_first_token(name, attempt.first_byte_at - sent_at)
+                self.metrics.decode_first_token(pd.name, first_byte_at - sent_at)
                 self.metrics.answered(
-                    name,
+                    pd.name,
                     route.id,
                     attempt.status,
-                    queued_s,
-                    attempt.first_byte_at - ticket.arrived,
-                    done - ticket.arrived,
+                    pd.queued_s,
+                    first_byte_at - arrived,
+                    time.monotonic() - arrived,
                 )
                 self.access_log.write(
-                    request_id,
-                    name,
-                    route.id,
-                    attempt.status,
-                    ticket.arrived,
-                    queued_s,
-                    attempt.first_byte_at,
-                )
+                    pd.request_id, pd.name, route.id, attempt.status, arrived, pd.queued_s,
+                    first_byte_at,
+                )  # fmt: skip
                 return
-            dispatcher.mark_suspect(route.id)
+            self.dispatcher.mark_suspect(route.id)
             failures.append(f"{route.id}: {attempt.retryable_detail}")
-            if attempt_number < self.settings.retries:
-                self.metrics.retried(name, route.id)
+            if attempt_number < retries:
+                self.metrics.retried(pd.name, route.id)
             route = None
-        raise errors.engine_unavailable(name, "; ".join(failures))
+        raise errors.engine_unavailable(pd.name, "; ".join(failures))
 
-    async def _prefill(
-        self,
-        upstream: UpstreamPool,
-        group: PdGroup,
-        request: dict[str, Any],
-        name: str,
-        ticket: Ticket,
-        headers: bytes,
-        request_id: bytes,
-        target: bytes,
-        send: Any,
-        loading: bool,
-    ) -> tuple[dict[str, Any] | None, float] | tuple[int, bytes]:
-        """P's kv_transfer_params and the time queued for P; (status, body) of P's 4xx.
+    async def _prefill(self, pd: PdRequest, group: PdGroup) -> PrefillVerdict | tuple[int, bytes]:
+        """P's verdict with its kv_transfer_params, or (status, body) of P's 4xx.
 
         A P that cannot be reached, answers 5xx or answers what D cannot use is suspect,
         and the next P of the group gets the request, up to the gateway's retries.
         """
-        p_headers = _without_accept_encoding(headers)
-        p_ticket = Ticket(ticket.arrived, ticket.priority, ticket.deadline, ticket.client)
-        key = prefix_key(request) if self.dispatcher.balance == "prefix" else None
+        headers = without_accept_encoding(pd.headers)
+        ticket = pd.fresh_ticket()
+        key = prefix_key(pd.request) if self.dispatcher.balance == "prefix" else None
         failures: list[str] = []
-        queued_s = 0.0
-        for attempt_number in range(self.settings.retries + 1):
-            route = await self._acquire(
-                group.prefill, group.prefill_name, p_ticket, key, send, loading
-            )
-            queued_s += p_ticket.queued_s
-            body = dict(request)
-            body["model"] = route.served_model
-            sent_headers = p_headers
-            if route.takes_request_id(request_id):
-                sent_headers += b"x-request-id: " + request_id + b"\r\n"
+        retries = self.settings.retries
+        for attempt_number in range(retries + 1):
+            route = await self._acquire(pd, group.prefill, group.prefill_name, ticket, key)
+            payload = orjson.dumps(prefill_body(pd.body_for(route)))
             sent_at = time.monotonic()
             try:
                 status, data = await fetch_whole(
-                    upstream,
+                    pd.upstream,
                     route.address,
-                    target,
-                    sent_headers,
-                    orjson.dumps(prefill_body(body)),
+                    pd.target,
+                    pd.headers_for(route, headers),
+                    payload,
                     PREFILL_ANSWER_LIMIT,
                 )
                 verdict = judge_prefill(status, data, route.id)
@@ -361,26 +297,28 @@ class PdServer:
             if verdict.relay:
                 return status, data
             if not verdict.retry:
-                self.metrics.prefilled(name, time.monotonic() - sent_at)
-                return verdict.params, queued_s
+                self.metrics.prefilled(pd.name, time.monotonic() - sent_at)
+                return verdict
             self.dispatcher.mark_suspect(route.id)
             failures.append(f"{route.id}: {verdict.retry}")
-            if attempt_number < self.settings.retries:
-                self.metrics.retried(name, route.id)
-        raise prefill_failed(name, failures)
+            if attempt_number < retries:
+                self.metrics.retried(pd.name, route.id)
+        raise prefill_step_failed(pd.name, failures)
 
-    async def _relay_error(
-        self, send: Any, status: int, data: bytes, request_id: bytes, started: bool
-    ) -> None:
-        if started:
+    async def _relay_error(self, pd: PdRequest, status: int, data: bytes) -> None:
+        """P refused the request (4xx): the client gets P's words, as from any engine."""
+        if pd.loading:
             event = b"data: " + data.strip().replace(b"\n", b" ") + b"\n\ndata: [DONE]\n\n"
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(data)).encode()),
-            (b"x-request-id", request_id),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+            await pd.send({"type": "http.response.body", "body": event, "more_body": True})
+            await pd.send({"type": "http.response.body", "body": b""})
+        else:
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"x-request-id", pd.request_id),
+            ]
+            await pd.send({"type": "http.response.start", "status": status, "headers": headers})
+            await pd.send({"type": "http.response.body", "body": data})
+        spent = time.monotonic() - pd.ticket.arrived
+        self.metrics.answered(pd.name, "-", status, pd.queued_s, spent, spent)
+        self.access_log.write(pd.request_id, pd.name, "-", status, pd.ticket.arrived)

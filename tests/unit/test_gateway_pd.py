@@ -1,5 +1,5 @@
 """Owns the tests of the gateway's prefill/decode routing: the pools routes.py builds from `pd`
-entries, the verdict on P's answer (pd_dispatch.judge_prefill), and the pools' queues in the
+entries, the verdict on P's answer (pd_protocol.judge_prefill), and the pools' queues in the
 dispatcher on a fake clock (D first, then P of D's group; least-outstanding in each pool).
 """
 
@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 
 from sagellmd.gateway.dispatch import Dispatcher, Ticket
-from sagellmd.gateway.pd_dispatch import (
+from sagellmd.gateway.pd_protocol import (
     PrefillVerdict,
-    _without_accept_encoding,
     judge_prefill,
-    prefill_failed,
+    prefill_step_failed,
+    without_accept_encoding,
 )
 from sagellmd.gateway.routes import PdMember, PdRouting, RouteTable
 
@@ -199,7 +199,7 @@ def test_a_5xx_or_unusable_answer_of_p_tries_the_next_p():
 
 
 def test_prefill_failed_is_a_502_naming_every_p_tried():
-    error = prefill_failed("M", ["g.prefill-0: HTTP 500", "g.prefill-1: cannot connect"])
+    error = prefill_step_failed("M", ["g.prefill-0: HTTP 500", "g.prefill-1: cannot connect"])
     assert (error.status, error.code, error.type) == (502, "prefill_failed", "server_error")
     assert error.message == (
         "The prefill step for 'M' failed on every prefill instance tried:"
@@ -209,8 +209,8 @@ def test_prefill_failed_is_a_502_naming_every_p_tried():
 
 def test_p_gets_the_clients_headers_but_no_accept_encoding():
     headers = b"content-type: application/json\r\naccept-encoding: gzip\r\nx-a: 1\r\n"
-    assert _without_accept_encoding(headers) == b"content-type: application/json\r\nx-a: 1\r\n"
-    assert _without_accept_encoding(b"x-a: 1\r\n") == b"x-a: 1\r\n"
+    assert without_accept_encoding(headers) == b"content-type: application/json\r\nx-a: 1\r\n"
+    assert without_accept_encoding(b"x-a: 1\r\n") == b"x-a: 1\r\n"
 
 
 # -- the pools in the dispatcher ----------------------------------------------------------

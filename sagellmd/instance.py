@@ -89,6 +89,8 @@ class Instance:
     gpus: tuple[int, ...] = ()
     gpu_bytes: int = 0
     retiring: Retiring | None = None
+    # The KV side-channel ports a prefill or decode instance binds beside its HTTP port.
+    side_ports: tuple[int, ...] = ()
 
     @property
     def asleep(self) -> bool:

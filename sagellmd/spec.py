@@ -14,41 +14,27 @@ from typing import Any
 import jsonschema
 
 from sagellmd.cron import CronError, parse_cron
+from sagellmd.disaggregated_block import (
+    Disaggregation,
+    parse_served_block,
+    reserved_name_problem,
+)
 from sagellmd.errors import SpecError
 from sagellmd.json_values import json_value_problems
 from sagellmd.schemas.engine import (
-    ALIAS_PATTERN,
     ENGINE_SCHEMA,
-    IDLE_ACTIONS,
-    KINDS,
     NAME_PATTERN,
-    NO_CONTROL_PATTERN,
     PRESET_SCHEMA,
-    RESTART_POLICIES,
-    START_POLICIES,
-    TEXT_PATTERN,
 )
 from sagellmd.schemas.validator import Validator, ecma_match
+from sagellmd.spec_rules import CONTROL_RULES, FIELD_RULES
+from sagellmd.spec_rules import CRON_RULE as CRON_RULE  # re-exported: older imports
+from sagellmd.spec_rules import NAME_RULE as NAME_RULE
 
-CONTROL_RULES = {
-    NO_CONTROL_PATTERN: "must not contain control characters (NUL, tab, newline, ESC, ...)",
-    TEXT_PATTERN: (
-        "must not contain control characters other than tab and line breaks (NUL, ESC, ...)"
-    ),
-    ALIAS_PATTERN: "must be one word: no spaces or control characters",
-}
 # The daemon's own gateway process runs as engine `gateway` with runtime kind `gateway`.
 GATEWAY_ENGINE_ID = "gateway"
 GATEWAY_RUNTIME = "gateway"
 
-CRON_RULE = (
-    "must be a cron expression or null: minute (0-59) hour (0-23) day (1-31) month (1-12 or"
-    " jan-dec) weekday (0-7 or sun-sat, 0 and 7 are Sunday), optionally seconds first; each"
-    " field *, a value, a range a-b, a step */n or a-b/n, or a list of them"
-)
-NAME_RULE = (
-    "must be lowercase letters, digits and '-', start and end alphanumeric, at most 63 chars"
-)
 DEFAULT_RUNTIME = {"llm": "vllm", "embedding": "embedding"}
 DEFAULT_STARTUP_TIMEOUT_S = {"llm": 900.0, "embedding": 180.0}
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256
@@ -73,34 +59,6 @@ PROCESS_FIELDS = (
     "extra_args",
     "env",
 )
-
-# What each field allows, in words, for error messages that tell the fix.
-FIELD_RULES = {
-    "name": NAME_RULE,
-    "kind": f"must be one of: {', '.join(KINDS)}",
-    "model": "must be a non-empty string (a Hugging Face id or a local path)",
-    "runtime": "must be a runtime name (vllm, embedding, llama-cpp or one from config runtimes)",
-    "tensor_parallel": "must be an integer >= 1",
-    "pipeline_parallel": "must be an integer >= 1",
-    "port": "must be an integer from 1 to 65535, or null for automatic",
-    "label": "must be a string or null",
-    "aliases": "must be a list of distinct names (one word each) clients may send as `model`",
-    "max_concurrent_requests": "must be an integer >= 1",
-    "use_gpu": "must be true, false or null",
-    "gpu_memory_gb": "must be a number > 0 (GiB per GPU) or null for an estimate",
-    "extra_args": "must be a list of strings",
-    "env": "must be a mapping of VARIABLE_NAME to string",
-    "metadata": "must be a mapping",
-    "restart": f"must be one of: {', '.join(RESTART_POLICIES)}",
-    "startup_timeout_s": "must be a number of seconds > 0",
-    "restart_schedule": CRON_RULE,
-    "start": f"must be one of: {', '.join(START_POLICIES)}",
-    "idle_s": "must be a number of seconds > 0, or null for never idle",
-    "idle_action": f"must be one of: {', '.join(IDLE_ACTIONS)}",
-    "version": "must be 1",
-    "description": "must be a string",
-    "engines": "must be a non-empty list of engine specs",
-}
 
 
 @dataclass(frozen=True)
@@ -131,9 +89,21 @@ class EngineSpec:
     start: str = "always"
     idle_s: float | None = None
     idle_action: str = "stop"
+    # Prefill and decode instances instead of one process (disaggregation.py).
+    disaggregated: Disaggregation | None = None
+    # Set only on the spec of one such instance (pd_expand.py), never stored: its role and
+    # connector give it its kv-transfer flags and make its hash differ from its sibling's.
+    pd_role: str | None = None
+    pd_connector: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["pd_role"], data["pd_connector"]
+        # Left out when unset, so specs and hashes from before the block stay what they were.
+        if self.disaggregated is None:
+            del data["disaggregated"]
+        else:
+            data["disaggregated"] = self.disaggregated.to_dict()
         data["extra_args"] = list(self.extra_args)
         data["aliases"] = list(self.aliases)
         data["env"] = dict(self.env)
@@ -149,6 +119,10 @@ class EngineSpec:
         # so hashes from before these fields stay what they were.
         if self.idle_action == "sleep":
             relevant["idle_action"] = "sleep"
+        if self.disaggregated is not None:
+            relevant["disaggregated"] = data["disaggregated"]
+        if self.pd_role is not None:
+            relevant["pd"] = [self.pd_role, self.pd_connector]
         encoded = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()[:16]
 
@@ -267,7 +241,9 @@ def _validate(data: Any, schema: dict[str, Any], prefix: str) -> None:
         raise SpecError(problems)
 
 
-def _build_engine(data: Mapping[str, Any], startup_timeouts: StartupTimeouts) -> EngineSpec:
+def _build_engine(
+    data: Mapping[str, Any], startup_timeouts: StartupTimeouts, prefix: str = ""
+) -> EngineSpec:
     kind = data.get("kind", "llm")
     values = dict(data)
     values["kind"] = kind
@@ -290,6 +266,9 @@ def _build_engine(data: Mapping[str, Any], startup_timeouts: StartupTimeouts) ->
     values["aliases"] = tuple(values.get("aliases", ()))
     values["env"] = dict(values.get("env", {}))
     values["metadata"] = dict(values.get("metadata", {}))
+    if values.get("disaggregated") is not None:
+        where = _field(prefix, "disaggregated")
+        values["disaggregated"] = parse_served_block(values["disaggregated"], where)
     return EngineSpec(**values)
 
 
@@ -326,7 +305,7 @@ def parse_engine(
 ) -> EngineSpec:
     """Validate one engine spec (a dict from JSON or YAML) and fill in its defaults."""
     _validate(data, ENGINE_SCHEMA, prefix)
-    spec = _build_engine(data, startup_timeouts)
+    spec = _build_engine(data, startup_timeouts, prefix)
     problems = _check_values(spec, prefix)
     if problems:
         raise SpecError(problems)
@@ -349,6 +328,8 @@ def parse_preset(data: Any, startup_timeouts: StartupTimeouts = timeout_by_kind)
                 " engine names must be unique in a preset"
             )
         seen.setdefault(spec.name, index)
+        reserved = reserved_name_problem(spec.name, f"{prefix}.name")
+        problems += [reserved] if reserved else []
         if spec.port is not None:
             if spec.port in ports:
                 problems.append(

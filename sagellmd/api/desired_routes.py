@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from sagellmd.api.body import NO_BODY, query_bool, read_json
 from sagellmd.api.context import ApiContext
+from sagellmd.api.pd_checks import check_gpus_for_sets
 from sagellmd.api.port_checks import check_fixed_ports
 from sagellmd.api.read_routes import find_engine
 from sagellmd.api.secrets import preset_for_reader, shows_secrets
@@ -84,6 +85,7 @@ def engine_put_change(
     spec = parse_engine({**data, "name": engine_id}, startup_timeouts=startup_timeout_for)
     check_runtime_known(spec, ctx.settings.runtimes, engine_id)
     check_spec(spec, engine_id)
+    check_gpus_for_sets({engine_id: spec}, ctx.reconciler.world.inventory)
     _check_ports(ctx, {engine_id: spec})
     return ctx.store.change_put_engine(
         engine_id, spec, f"engine put {engine_id}", **options.store_options()
@@ -98,6 +100,10 @@ def preset_set_change(
     for index, spec in enumerate(preset.engines):
         check_runtime_known(spec, ctx.settings.runtimes, f"engines[{index}]")
         check_spec(spec, f"engines[{index}]")
+    check_gpus_for_sets(
+        {f"engines[{index}]": spec for index, spec in enumerate(preset.engines)},
+        ctx.reconciler.world.inventory,
+    )
     specs = {f"{name}.{spec.name}": spec for spec in preset.engines}
     _check_ports(ctx, specs, preset=name)
     return ctx.store.change_set_preset(

@@ -21,6 +21,7 @@ from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries, engine_entry
 from sagellmd.desired import DesiredEngine
 from sagellmd.errors import NotFoundError
+from sagellmd.pd_expand import expand_desired
 from sagellmd.runtime.kinds import wants_gpu
 from sagellmd.runtime.logs import log_path, read_tail
 from sagellmd.spec import GATEWAY_ENGINE_ID
@@ -37,7 +38,10 @@ def gpu_summary(ctx: ApiContext) -> dict[str, Any]:
 
 
 def estimates_for(ctx: ApiContext, desired: list[DesiredEngine]) -> dict[str, Any]:
-    return {e.id: ctx.reconciler.estimates.get(e) for e in desired if wants_gpu(e.spec)}
+    """Each engine's memory estimate (a disaggregated engine's: each instance's)."""
+    return {
+        e.id: ctx.reconciler.estimates.get(e) for e in expand_desired(desired) if wants_gpu(e.spec)
+    }
 
 
 async def metrics(request: Request) -> Response:
@@ -96,6 +100,12 @@ def with_load(
         counts = load.get(entry["id"], {}) if load is not None else None
         entry["inflight"] = counts.get("inflight", 0) if counts is not None else None
         entry["queued"] = counts.get("queued", 0) if counts is not None else None
+        if "instances" in entry:
+            # A disaggregated engine has what its instances have.
+            with_load(entry["instances"], load)
+            for key in ("inflight", "queued"):
+                if load is not None:
+                    entry[key] += sum(member[key] for member in entry["instances"])
     return entries
 
 
@@ -115,14 +125,18 @@ async def list_engines(request: Request) -> JSONResponse:
 
 
 def find_engine(ctx: ApiContext, engine_id: str, secrets: bool = False) -> dict[str, object]:
+    """One engine: a declared one, an instance of a disaggregated one, or one being removed."""
     desired = ctx.store.desired_engine(engine_id)
-    instance = ctx.engine_instances().get(engine_id)
+    if desired is None:
+        desired = ctx.reconciler.world.desired_engine(engine_id)
+    instances = ctx.engine_instances()
+    instance = instances.get(engine_id)
     if desired is None and instance is None:
         raise NotFoundError(f"no engine {engine_id!r}; `sagellm engine list` shows the engines")
-    estimate = (
-        ctx.reconciler.estimates.get(desired) if desired and wants_gpu(desired.spec) else None
+    estimates = estimates_for(ctx, [desired]) if desired else {}
+    return engine_entry(
+        engine_id, desired, instance, estimates.get(engine_id), secrets, instances, estimates
     )
-    return engine_entry(engine_id, desired, instance, estimate, secrets)
 
 
 async def get_engine(request: Request) -> JSONResponse:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from sagellmd.desired import DesiredEngine
 from sagellmd.instance import Instance, InstanceState
+from sagellmd.pd_expand import expand_desired
 from sagellmd.runtime.kinds import kind_for
 from sagellmd.spec import GATEWAY_ENGINE_ID
 
@@ -23,9 +24,12 @@ def _origin(base_url: str) -> str:
 
 
 def _names(served: Iterable[str], engine: DesiredEngine) -> list[str]:
-    """Served names, engine id, label, aliases: in that order, each once."""
+    """Served names, engine id, label, aliases: in that order, each once. An instance of a
+    disaggregated engine answers to its engine's names, then to its own id."""
     spec = engine.spec
-    candidates = [*served, engine.id, spec.label, *spec.aliases]
+    group = [engine.pd.group] if engine.pd is not None else []
+    own = [engine.id]
+    candidates = [*served, *(group or own), spec.label, *spec.aliases, *(own if group else [])]
     return list(dict.fromkeys(name for name in candidates if name))
 
 
@@ -67,16 +71,19 @@ def route_entry(engine: DesiredEngine, instance: Instance | None) -> dict[str, A
         "idle_s": spec.idle_s,
         "idle_action": spec.idle_action,
         "message": message,
+        # The gateway serves instances of one disaggregated engine by the P/D protocol.
+        "pd": engine.pd.to_dict() if engine.pd is not None else None,
     }
 
 
 def route_entries(
     desired: Iterable[DesiredEngine], instances: Mapping[str, Instance]
 ) -> list[dict[str, Any]]:
-    """Every desired engine but the gateway itself, by id."""
+    """Every desired engine but the gateway itself (disaggregated ones as their instances),
+    by id."""
     return [
         route_entry(engine, instances.get(engine.id))
-        for engine in sorted(desired, key=lambda engine: engine.id)
+        for engine in sorted(expand_desired(desired), key=lambda engine: engine.id)
         if engine.id != GATEWAY_ENGINE_ID
     ]
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sagellmd.api.pd_views import group_entry
 from sagellmd.api.secrets import spec_for_reader
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.estimate import GIB, MemoryEstimate
 from sagellmd.instance import Instance, InstanceState
+from sagellmd.pd_expand import expand_engine
 from sagellmd.runtime.kinds import kind_for
 from sagellmd.spec import EngineSpec
 from sagellmd.store.timestamps import iso
@@ -44,8 +46,31 @@ def engine_entry(
     instance: Instance | None,
     estimate: MemoryEstimate | str | None = None,
     secrets: bool = False,
+    all_instances: Mapping[str, Instance] | None = None,
+    estimates: Mapping[str, MemoryEstimate | str] | None = None,
 ) -> dict[str, Any]:
-    """One engine as `/v1/status` and `/v1/engines` show it; env values only with `secrets`."""
+    """One engine as `/v1/status` and `/v1/engines` show it; env values only with `secrets`.
+
+    A disaggregated engine's entry holds its instances' (from `all_instances`)."""
+    if desired is not None and desired.spec.disaggregated is not None:
+        return group_entry(
+            _entry(engine_id, desired, None, estimate, secrets),
+            desired,
+            all_instances or {},
+            lambda member_id, member, instance: engine_entry(
+                member_id, member, instance, (estimates or {}).get(member_id), secrets
+            ),
+        )
+    return _entry(engine_id, desired, instance, estimate, secrets)
+
+
+def _entry(
+    engine_id: str,
+    desired: DesiredEngine | None,
+    instance: Instance | None,
+    estimate: MemoryEstimate | str | None,
+    secrets: bool,
+) -> dict[str, Any]:
     spec = desired.spec if desired else None
     holds = instance is not None and instance.holds_gpus
     last_exit = None
@@ -102,6 +127,8 @@ def engine_entries(
 ) -> list[dict[str, Any]]:
     by_id = {engine.id: engine for engine in desired}
     estimates = estimates or {}
+    # The instances of a disaggregated engine show under it, not beside it.
+    members = {member.id for engine in desired for member in expand_engine(engine)} - set(by_id)
     return [
         engine_entry(
             engine_id,
@@ -109,6 +136,8 @@ def engine_entries(
             instances.get(engine_id),
             estimates.get(engine_id),
             secrets,
+            instances,
+            estimates,
         )
-        for engine_id in sorted(set(by_id) | set(instances))
+        for engine_id in sorted((set(by_id) | set(instances)) - members)
     ]

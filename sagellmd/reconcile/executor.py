@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import memory_fraction
@@ -13,6 +13,7 @@ from sagellmd.instance import (
     Instance,
     InstanceState,
     StopIntent,
+    Transition,
     begin_start,
     begin_stop,
     begin_surge,
@@ -42,6 +43,7 @@ from sagellmd.reconcile.actions import (
     Wake,
 )
 from sagellmd.reconcile.observe import Prober, on_exit
+from sagellmd.reconcile.side_ports import choose_side_ports, side_ports_taken
 from sagellmd.reconcile.sleep_mode import SleepMode
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
@@ -67,6 +69,11 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return f"{type(exc).__name__}: {exc}"
+
+
+def _with_side_ports(transition: Transition, side_ports: tuple[int, ...]) -> Transition:
+    # The ports go with the instance record, so an adopting daemon knows them.
+    return replace(transition, instance=replace(transition.instance, side_ports=side_ports))
 
 
 class Executor:
@@ -120,6 +127,7 @@ class Executor:
         return (
             taken
             | own
+            | side_ports_taken(self._world.instances, engine_id, surge)
             | {
                 instance.retiring.port
                 for instance in self._world.instances.values()
@@ -182,7 +190,10 @@ class Executor:
         hub = self._hub_check(engine, generation, kind, surge)
         if hub is not None and hub.answer is None:
             return  # the answer wakes the loop
-        starting = self._begin_start(engine, generation, action, port)
+        side_ports = self._side_ports(engine, generation, port, surge)
+        if side_ports is None:
+            return
+        starting = self._begin_start(engine, generation, action, port, side_ports)
         if not self._model_available(starting, engine.spec, kind, hub):
             return
         self._spawn(engine, starting, port, self._assignment(action), kind)
@@ -195,6 +206,22 @@ class Executor:
         elif port is None:
             self._pend(engine, generation, why)
         return port
+
+    def _side_ports(
+        self, engine: DesiredEngine, generation: int, port: int, surge: bool
+    ) -> tuple[int, ...] | None:
+        """A prefill or decode instance's KV side ports; None (pending) when none are free."""
+        settings = self._world.settings
+        taken = self._taken_ports(engine.id, surge) | {port}
+        current = self._world.instances.get(engine.id)
+        ports, why = choose_side_ports(
+            engine.spec, current, taken, (settings.port_start, settings.port_end), surge
+        )
+        if ports is None and surge:
+            self._stop(engine.id, StopIntent.DELIBERATE, f"replacing (no room for both: {why})")
+        elif ports is None:
+            self._pend(engine, generation, why)
+        return ports
 
     def _runtime_configured(self, engine: DesiredEngine, generation: int) -> bool:
         runtimes = self._world.settings.runtimes
@@ -230,26 +257,28 @@ class Executor:
         return HubCheck(endpoint, answer)
 
     def _begin_start(
-        self, engine: DesiredEngine, generation: int, action: Start, port: int
+        self,
+        engine: DesiredEngine,
+        generation: int,
+        action: Start,
+        port: int,
+        side_ports: tuple[int, ...] = (),
     ) -> Instance:
         """Record the start: the intent is on disk before anything is done (a full disk
         raises here)."""
         world, spec = self._world, engine.spec
         current = world.instances.get(engine.id)
         if action.kind is StartKind.SURGE and current is not None:
-            starting = world.record(
-                begin_surge(
-                    current,
-                    spec.spec_hash,
-                    generation,
-                    port,
-                    world.clock(),
-                    action.gpus,
-                    action.gpu_bytes,
-                ),
+            surge = begin_surge(
+                current,
+                spec.spec_hash,
                 generation,
-                intent=True,
+                port,
+                world.clock(),
+                action.gpus,
+                action.gpu_bytes,
             )
+            starting = world.record(_with_side_ports(surge, side_ports), generation, intent=True)
             # The running process keeps serving under another key until the new is ready.
             self._prober.cancel(engine.id)
             world.watcher.rekey(engine.id, retiring_key(engine.id))
@@ -266,7 +295,7 @@ class Executor:
             action.gpu_bytes,
             action.reason if action.waiting else None,
         )
-        return world.record(transition, generation, intent=True)
+        return world.record(_with_side_ports(transition, side_ports), generation, intent=True)
 
     def _model_available(
         self, starting: Instance, spec: EngineSpec, kind: RuntimeKind, hub: HubCheck | None
@@ -310,9 +339,10 @@ class Executor:
         world, settings, spec = self._world, self._world.settings, engine.spec
         command = "the engine"
         try:
-            argv = build_argv(spec, settings, engine.id, port, assignment)
+            side_port = starting.side_ports[0] if starting.side_ports else None
+            argv = build_argv(spec, settings, engine.id, port, assignment, side_port)
             command = argv[0] if argv else command
-            env = build_env(spec, settings, engine.id, port, assignment)
+            env = build_env(spec, settings, engine.id, port, assignment, side_port)
             env[RUN_MARKER] = new_run_marker()
             popen = spawn(argv, env, log_path(settings.logs_dir, engine.id))
         except Exception as exc:

@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from sagellmd.gpu.placement import GpuView, Placed, Reservation, describe_need, place
+from sagellmd.gpu.placement import (
+    GpuCapacity,
+    GpuView,
+    Placed,
+    Reservation,
+    describe_need,
+    place,
+)
 from sagellmd.instance import Instance, InstanceState
 from sagellmd.reconcile.actions import Action, Pend, Replace, Start, StartKind, Wake
+from sagellmd.reconcile.group_starts import held_by_siblings, place_group_starts
 from sagellmd.reconcile.make_room import Room
 from sagellmd.runtime.kinds import wants_gpu
 
@@ -66,6 +74,25 @@ def _place_wake(
     return [Pend(action.engine_id, outcome.message)]
 
 
+def _group_start(action: Action) -> bool:
+    return (
+        isinstance(action, Start)
+        and action.engine.pd is not None
+        and action.kind is not StartKind.SURGE
+        and wants_gpu(action.engine.spec)
+    )
+
+
+def _allowed(action: Start, observed: Mapping[str, Instance], view: GpuView) -> list[GpuCapacity]:
+    """The GPUs a start may get: an instance of a disaggregated engine (its surge) none of
+    the GPUs its siblings hold."""
+    if action.engine.pd is None:
+        return list(view.gpus)
+    held = held_by_siblings(observed, action.engine.pd.group, {action.engine_id})
+    taken = {gpu for gpus in held.values() for gpu in gpus}
+    return [gpu for gpu in view.gpus if gpu.index not in taken]
+
+
 def place_starts(
     actions: Sequence[Action],
     observed: Mapping[str, Instance],
@@ -82,7 +109,29 @@ def place_starts(
     placed: list[Action] = []
     planned: list[Reservation] = []
     planned_busy: set[int] = set()
+    # The starts of a disaggregated engine's instances are placed together, where the first
+    # of them is in the plan.
+    groups: dict[str, list[Start]] = {}
     for action in actions:
+        if _group_start(action):
+            assert isinstance(action, Start) and action.engine.pd is not None
+            groups.setdefault(action.engine.pd.group, []).append(action)
+    for action in actions:
+        if _group_start(action):
+            assert isinstance(action, Start) and action.engine.pd is not None
+            starts = groups.pop(action.engine.pd.group, [])
+            if not starts:
+                continue  # placed with the first of its group
+            reservations = _reservations(observed, None) + planned
+            busy = set().union(*(_starting_gpus(observed, s.engine_id) for s in starts))
+            for result in place_group_starts(
+                action.engine.pd.group, starts, observed, view, reservations, busy | planned_busy
+            ):
+                if isinstance(result, Start) and result.gpus:
+                    planned.append(Reservation(result.engine_id, result.gpus, result.gpu_bytes))
+                    planned_busy.update(result.gpus)
+                placed.append(result)
+            continue
         if isinstance(action, Wake) and observed[action.engine_id].gpus:
             instance = observed[action.engine_id]
             reservations = _reservations(observed, action.engine_id) + planned
@@ -115,7 +164,9 @@ def place_starts(
         # A surge runs beside the engine's current process, whose memory stays held.
         reservations = _reservations(observed, None if surge else action.engine_id) + planned
         busy = _starting_gpus(observed, action.engine_id) | planned_busy
-        outcome = place(count, need, view.gpus, reservations, view.headroom, busy)
+        outcome = place(
+            count, need, _allowed(action, observed, view), reservations, view.headroom, busy
+        )
         if not isinstance(outcome, Placed) and room and action.waiting and not surge:
             if not outcome.busy:
                 made = room.evict_for(action.engine_id, count, need, view, reservations, busy)

@@ -10,6 +10,7 @@ from sagellmd.desired import DesiredEngine
 from sagellmd.engine_change import FAILED, HEALTHY
 from sagellmd.instance import Instance
 from sagellmd.reconcile.rollout import Verdict, judge_change, judge_generation
+from sagellmd.reconcile.rollout_set import judge_set
 from sagellmd.store.generations import Settlement
 from sagellmd.store.repository import Store
 
@@ -52,6 +53,10 @@ def review(
             engine = desired.get(change.engine_id)
             if engine is None or engine.spec.spec_hash != change.after_hash:
                 continue  # changed since without a record (cannot happen); nothing to judge
+            if engine.spec.disaggregated is not None:
+                # The change is the declared engine's; its instances carry it out.
+                decided[change.id] = judge_set(engine, generation.ts, instances, now, min_healthy_s)
+                continue
             decided[change.id] = judge_change(
                 change.engine_id,
                 change.after_hash,

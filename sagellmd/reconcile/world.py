@@ -12,11 +12,13 @@ from typing import Any
 from sagellmd.backoff import backoff_delay
 from sagellmd.config import Settings
 from sagellmd.desired import DesiredEngine
+from sagellmd.disaggregation import INSTANCE_SEPARATOR
 from sagellmd.events import EventHub
 from sagellmd.gpu.inventory import GpuInventory
 from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import Instance, InstanceState, Transition
 from sagellmd.metrics import Metrics
+from sagellmd.pd_expand import expand_desired, expand_engine
 from sagellmd.runtime.process import ProcessWatcher
 from sagellmd.store.failures import is_storage_failure
 from sagellmd.store.repository import Store
@@ -46,13 +48,25 @@ class World:
     activity: Callable[[], Mapping[str, Any] | None] = lambda: None
 
     def desired(self) -> list[DesiredEngine]:
-        """What the loop plans over: the stored desired state and the daemon's own engines."""
+        """What the loop plans over: the stored desired state, disaggregated engines as their
+        instances, and the daemon's own engines."""
         stored = [engine for engine in self.store.desired() if engine.id not in self.own_engines]
-        return stored + list(self.own_engines.values())
+        return expand_desired(stored) + list(self.own_engines.values())
 
     def desired_engine(self, engine_id: str) -> DesiredEngine | None:
+        """The desired engine a process runs as (an instance id of a disaggregated engine
+        names its instance; the engine's own id names no process)."""
         own = self.own_engines.get(engine_id)
-        return own if own is not None else self.store.desired_engine(engine_id)
+        if own is not None:
+            return own
+        stored = self.store.desired_engine(engine_id)
+        if stored is not None and stored.spec.disaggregated is None:
+            return stored
+        group, dot, _ = engine_id.rpartition(INSTANCE_SEPARATOR)
+        parent = self.store.desired_engine(group) if dot else None
+        if parent is None or parent.spec.disaggregated is None:
+            return None
+        return next((e for e in expand_engine(parent) if e.id == engine_id), None)
 
     def record(
         self, transition: Transition, generation: int | None = None, intent: bool = False

@@ -92,6 +92,9 @@ ENGINE_SCHEMA: dict[str, Any] = {
         "start": {"enum": list(START_POLICIES)},
         "idle_s": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 31536000},
         "idle_action": {"enum": list(IDLE_ACTIONS)},
+        # Checked field by field by disaggregation.parse_disaggregated, whose messages say
+        # the fix; the schema only lets the block through.
+        "disaggregated": {"type": ["object", "null"]},
     },
 }
 

@@ -55,6 +55,10 @@ ENGINE_ENTRY = _object(
         "message": STRING,
         "spec": {"type": ["object", "null"]},
         "metadata": OPEN_OBJECT,
+        # A disaggregated engine: its block, and each of its instances as an entry of its own.
+        "disaggregated": {"type": ["object", "null"]},
+        "instances": _array(ref("EngineEntry")),
+        "role": enum(("prefill", "decode")),
         # /v1/status only: the gateway's last report (null without a recent one).
         "inflight": NULLABLE_INT,
         "queued": NULLABLE_INT,
@@ -156,10 +160,22 @@ ROUTE_ENTRY = _object(
         "metadata": OPEN_OBJECT,
         "startup_timeout_s": {"type": "number"},
         "message": STRING,
+        # One instance of a disaggregated engine: its group, role and index (null: none).
+        "pd": {
+            "type": ["object", "null"],
+            "properties": {
+                "group": STRING,
+                "role": enum(("prefill", "decode")),
+                "index": INTEGER,
+                "connector": STRING,
+                "threshold_input_tokens": NULLABLE_INT,
+            },
+            "required": ["group", "role", "index", "connector", "threshold_input_tokens"],
+        },
     },
     ("id", "state", "ready", "url", "served_model", "names", "label", "aliases", "kind")
     + ("runtime", "endpoints", "max_concurrent_requests", "metadata", "startup_timeout_s")
-    + ("message",),
+    + ("message", "pd"),
 )
 GATEWAY_STATUS = _object(
     {

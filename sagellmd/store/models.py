@@ -66,6 +66,8 @@ class InstanceRow(Base):
     gpus: Mapped[str] = mapped_column(String(256), default="")
     gpu_bytes: Mapped[int] = mapped_column(Integer, default=0)
     retiring: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Comma-separated KV side-channel ports of a disaggregated engine's instance (0007).
+    side_ports: Mapped[str] = mapped_column(String(256), default="")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     create_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -72,6 +72,7 @@ def _instance_from_row(row: InstanceRow) -> Instance:
         gpus=tuple(int(gpu) for gpu in row.gpus.split(",") if gpu),
         gpu_bytes=row.gpu_bytes,
         retiring=_retiring_from_json(row.retiring),
+        side_ports=tuple(int(port) for port in row.side_ports.split(",") if port),
     )
 
 
@@ -108,6 +109,7 @@ class ObservedStore(StoreSessions):
             "gpus": ",".join(str(gpu) for gpu in instance.gpus),
             "gpu_bytes": instance.gpu_bytes,
             "retiring": _retiring_to_json(instance.retiring),
+            "side_ports": ",".join(str(port) for port in instance.side_ports),
             "pid": instance.pid,
             "create_time": instance.create_time,
             "port": instance.port,

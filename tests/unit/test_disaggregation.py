@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
 
@@ -257,14 +259,41 @@ def test_check_gpu_count_raises_with_the_path():
     check_gpu_count(Disaggregation(), 2, WHERE)
 
 
-def test_a_preset_with_disaggregated_is_still_refused():
-    """Not wired yet: the engine schema knows no such field, so a preset cannot use it."""
+def test_a_preset_engine_declares_the_block_and_spec_keeps_it_round_trip():
+    """spec.py parses the block into the EngineSpec; to_dict gives it back for the store."""
+    preset = parse_preset(
+        {
+            "version": 1,
+            "name": "lab",
+            "engines": [
+                {"name": "chat", "model": "m", "disaggregated": {"decode": {"replicas": 2}}},
+                {"name": "plain", "model": "m"},
+            ],
+        }
+    )
+    chat, plain = preset.engines
+    assert chat.disaggregated == Disaggregation(decode=RoleSpec(replicas=2))
+    assert plain.disaggregated is None and "disaggregated" not in plain.to_dict()
+    again = parse_engine(chat.to_dict())
+    assert again == chat and again.spec_hash == chat.spec_hash
+    assert chat.spec_hash != replace(chat, disaggregated=None).spec_hash
+
+
+@pytest.mark.parametrize("connector", ["p2p-nccl", "lmcache"])
+def test_connectors_the_gateway_cannot_serve_are_refused_naming_the_field(connector):
     with pytest.raises(SpecError) as caught:
-        parse_preset(
-            {
-                "version": 1,
-                "name": "lab",
-                "engines": [{"name": "chat", "model": "m", "disaggregated": {}}],
-            }
+        parse_engine(
+            {"name": "chat", "model": "m", "disaggregated": {"connector": connector}}, "engines[0]"
         )
-    assert caught.value.errors[0].startswith("engines[0]: unknown field 'disaggregated'")
+    assert caught.value.errors == [
+        "engines[0].disaggregated.connector: only nixl is supported so far (p2p-nccl and"
+        " lmcache need a proxy protocol the gateway does not speak yet); use connector: nixl,"
+        f" got {connector!r}"
+    ]
+
+
+@pytest.mark.parametrize("name", ["prefill-0", "decode-12"])
+def test_instance_names_are_reserved_in_presets(name):
+    with pytest.raises(SpecError) as caught:
+        parse_preset({"version": 1, "name": "lab", "engines": [{"name": name, "model": "m"}]})
+    assert caught.value.errors[0].startswith(f"engines[0].name: {name!r} is reserved in presets")

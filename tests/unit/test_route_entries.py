@@ -49,6 +49,7 @@ def test_a_ready_engine_is_routable_by_every_name():
         "idle_s": None,
         "idle_action": "stop",
         "message": "ready",
+        "pd": None,
     }
 
 
@@ -124,3 +125,32 @@ def test_a_later_daemon_never_reuses_an_earlier_version():
         earlier.table(route_entries([desired("chat", label=label)], {}))
     later = RouteVersions(clock=lambda: 1001.0)
     assert later.table([])["version"] > earlier.table([])["version"]
+
+
+def test_a_disaggregated_engine_is_one_entry_per_instance_with_its_group_names_and_pd():
+    engine = desired(
+        "p.chat",
+        label="fast",
+        aliases=["qwen"],
+        disaggregated={"decode": {"replicas": 2}, "threshold_input_tokens": 512},
+    )
+    entries = route_entries(
+        [engine, desired("solo")],
+        {"p.chat.prefill-0": instance("p.chat.prefill-0", InstanceState.READY)},
+    )
+    by_id = {entry["id"]: entry for entry in entries}
+    assert list(by_id) == ["p.chat.decode-0", "p.chat.decode-1", "p.chat.prefill-0", "solo"]
+    prefill = by_id["p.chat.prefill-0"]
+    assert prefill["names"] == ["org/model-1B", "p.chat", "fast", "qwen", "p.chat.prefill-0"]
+    assert prefill["ready"] is True
+    assert prefill["pd"] == {
+        "group": "p.chat",
+        "role": "prefill",
+        "index": 0,
+        "connector": "nixl",
+        "threshold_input_tokens": 512,
+    }
+    assert by_id["p.chat.decode-1"]["pd"]["role"] == "decode"
+    assert by_id["p.chat.decode-1"]["pd"]["index"] == 1
+    assert by_id["p.chat.decode-1"]["state"] == "absent"
+    assert by_id["solo"]["pd"] is None

@@ -279,7 +279,7 @@ MALFORMED = [
         "unknown-engine-field",
         parse_preset,
         with_engine(gpus=2),
-        "engines[1]: unknown field 'gpus'; allowed fields: aliases, env,",
+        "engines[1]: unknown field 'gpus'; allowed fields: aliases, disaggregated, env,",
     ),
     (
         "unknown-field-bare-engine",

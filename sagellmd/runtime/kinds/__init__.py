@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sagellmd.disaggregation import engine_problems
 from sagellmd.errors import SpecError
 from sagellmd.models.resolve import EngineModel
 from sagellmd.runtime.kinds.base import EngineSettings, RuntimeKind
@@ -41,8 +42,12 @@ def check_spec(spec: EngineSpec, where: str) -> None:
             f"idle_action: 'sleep' needs a runtime with sleep mode ({sleepers}); runtime"
             f" {spec.runtime!r} has none, use idle_action: stop"
         )
+    problems = [f"{where}.{problem}" for problem in problems]
+    if spec.disaggregated is not None:
+        # A configured runtime may be a vllm under another name: judged by its kind.
+        problems += engine_problems(spec, where, runtime_kind=kind.name)
     if problems:
-        raise SpecError([f"{where}.{problem}" for problem in problems])
+        raise SpecError(problems)
 
 
 def wants_gpu(spec: EngineSpec) -> bool:

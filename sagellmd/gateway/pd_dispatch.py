@@ -185,6 +185,29 @@ class PdServer:
         pd.queued_s += ticket.queued_s
         return route
 
+    async def _await_news(self, pool: ModelGroup, failed: Route, ticket: Ticket) -> None:
+        """After `failed` could not be reached: wait for the daemon's next table (at most
+        gateway.suspect_s) when the next try would be an instance this request tried.
+
+        A group's only P (or D) that died is still `ready` until the daemon's table says it
+        exited; trying it again at once would spend the retries in a millisecond. Once the
+        table says so, the next try waits in the queue for the restarted instance.
+        """
+        engines = self.dispatcher.table.engines
+        untried = [
+            engine_id
+            for engine_id in pool.engine_ids
+            if engine_id not in ticket.tried and engine_id in engines and engines[engine_id].ready
+        ]
+        if untried or failed.id not in engines:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.dispatcher.table_waiters.append(future)
+        try:
+            await asyncio.wait_for(future, self.settings.suspect_s)
+        except TimeoutError:
+            pass
+
     async def _serve(self, pd: PdRequest) -> None:
         routing = pd.routing
         decode = await self._acquire(pd, routing.decode, routing.decode_name, pd.ticket, None)
@@ -262,6 +285,8 @@ class PdServer:
             failures.append(f"{route.id}: {attempt.retryable_detail}")
             if attempt_number < retries:
                 self.metrics.retried(pd.name, route.id)
+                if not attempt.status:  # no HTTP answer: the process may be gone
+                    await self._await_news(pool, route, ticket)
             route = None
         raise errors.engine_unavailable(pd.name, "; ".join(failures))
 
@@ -291,7 +316,7 @@ class PdServer:
                 )
                 verdict = judge_prefill(status, data, route.id)
             except UpstreamError as exc:
-                verdict = PrefillVerdict(retry=str(exc))
+                verdict = PrefillVerdict(retry=str(exc), unreachable=True)
             finally:
                 self.dispatcher.release(route.id)
             if verdict.relay:
@@ -303,6 +328,8 @@ class PdServer:
             failures.append(f"{route.id}: {verdict.retry}")
             if attempt_number < retries:
                 self.metrics.retried(pd.name, route.id)
+                if verdict.unreachable:
+                    await self._await_news(group.prefill, route, ticket)
         raise prefill_step_failed(pd.name, failures)
 
     async def _relay_error(self, pd: PdRequest, status: int, data: bytes) -> None:

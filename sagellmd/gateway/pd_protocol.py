@@ -109,7 +109,8 @@ class PrefillVerdict:
 
     params: dict[str, Any] | None = None
     relay: bool = False  # a 4xx: the request itself is wrong; the client gets P's words
-    retry: str = ""  # why this P failed (a 5xx, an answer D cannot use)
+    retry: str = ""  # why this P failed (a 5xx, an answer D cannot use, no answer)
+    unreachable: bool = False  # no HTTP answer at all: the process may be gone
 
 
 def judge_prefill(status: int, data: bytes, engine_id: str) -> PrefillVerdict:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 import psutil
+import pytest
 
 from tests.integration.conftest import Daemon, engine_processes, free_port
 
@@ -212,12 +213,15 @@ class StreamingLoad:
             thread.join()
 
 
+@pytest.mark.parametrize("prefills", [2, 1])
 def test_sigkill_of_a_prefill_under_load_fails_no_request_and_it_restarts_alone(
-    make_daemon, tmp_path
+    make_daemon, tmp_path, prefills
 ):
+    """Two P: the other takes over. One P: requests wait for the daemon to restart it."""
     gateway = PdGateway(
         make_daemon,
         tmp_path / "requests.jsonl",
+        prefills,
         FAKE_VLLM_LATENCY_MS="15",
         FAKE_VLLM_TOKEN_INTERVAL_MS="5",
     )
@@ -241,7 +245,7 @@ def test_sigkill_of_a_prefill_under_load_fails_no_request_and_it_restarts_alone(
     assert {i: after[i] for i in gateway.instances if i != victim} == {
         i: before[i] for i in gateway.instances if i != victim
     }
-    # Every request still went P then D, the killed P's share picked up by the other.
+    # Every request still went P then D: to the other P, or to the restarted one.
     routes = by_request(gateway.records())
     for lines in routes.values():
         roles = [line["role"] for line in lines if "refused" not in line]

@@ -300,3 +300,18 @@ def test_waiters_of_a_pool_follow_it_when_a_replica_joins():
         assert waiting.done() and waiting.result().id == "g.decode-1"
 
     asyncio.run(main())
+
+
+def test_a_new_table_wakes_the_requests_waiting_for_news():
+    async def main() -> None:
+        entries = (_instance("g", "prefill", 0), _instance("g", "decode", 0))
+        dispatcher, _ = _dispatcher(*entries)
+        loop = asyncio.get_running_loop()
+        waiting = [loop.create_future(), loop.create_future()]
+        dispatcher.table_waiters.extend(waiting)
+        waiting[1].cancel()  # its request gave up: nothing to wake
+        dispatcher.set_table(_table(*entries, version=2))
+        assert waiting[0].done() and waiting[0].result() is None
+        assert dispatcher.table_waiters == []
+
+    asyncio.run(main())

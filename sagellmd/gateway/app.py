@@ -20,6 +20,7 @@ from sagellmd.gateway.dispatch import Dispatcher, Ticket
 from sagellmd.gateway.errors import GatewayError
 from sagellmd.gateway.metrics import GatewayMetrics
 from sagellmd.gateway.own_answers import SSE_HEADERS, answer, error_answer, not_here
+from sagellmd.gateway.pd_dispatch import PdServer
 from sagellmd.gateway.proxy import DROPPED_REQUEST_HEADERS, forward
 from sagellmd.gateway.settings import GatewaySettings
 from sagellmd.gateway.upstream import UpstreamPool
@@ -51,6 +52,14 @@ class GatewayApp:
             settings, self.dispatcher, lambda: dict(self.metrics.totals), self.access_log.flush
         )
         self.upstream: UpstreamPool | None = None
+        self.pd = PdServer(
+            settings,
+            self.dispatcher,
+            self.metrics,
+            self.access_log,
+            lambda: self.upstream,
+            self._acquire_loading,
+        )
         self._keys = tuple(key.encode() for key in settings.api_keys)
         self._ids = itertools.count(1)
         # Made-up request ids are UUID-shaped: some engines (llama-cpp-python's server)
@@ -196,6 +205,11 @@ class GatewayApp:
                 self._deadline(slo_header, arrived, group),
                 authorization.decode("latin-1"),
             )
+            if group.pd is not None:
+                await self.pd.serve(
+                    scope, receive, send, request, name, group.pd, ticket, forwarded, request_id
+                )
+                return
             await self._serve(
                 scope, receive, send, request, body, name, group, ticket, forwarded, request_id
             )

@@ -54,6 +54,8 @@ class Dispatcher:
         # Called when an engine the daemon may stop when idle gets its first request.
         self.on_busy: Callable[[str], None] = lambda engine_id: None
         self.changes = 0
+        # Requests that found an engine gone and wait for the daemon's next table.
+        self.table_waiters: list[asyncio.Future[None]] = []
 
     # -- the route table -------------------------------------------------------------
 
@@ -73,6 +75,10 @@ class Dispatcher:
             self._follow_names(queue)
         for queue in list(self.queues.values()):
             self._dispatch(queue)
+        waiters, self.table_waiters = self.table_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
 
     def _follow_names(self, queue: GroupQueue) -> None:
         """Waiters whose name now routes to other engines (a replica added) move there."""
@@ -80,7 +86,7 @@ class Dispatcher:
             queue.names.clear()
             return
         for name in sorted(queue.names):
-            group = self.table.resolve(name)
+            group = self.table.waits_in(name)
             if group is None or group.key == queue.group.key:
                 continue
             target = self._queue_for(group, name)

@@ -81,6 +81,28 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Prefill/decode groups: each phase on its own, so TTFT can be tuned where it goes.
+        self._prefill = Histogram(
+            "sagellm_gateway_prefill_seconds",
+            "Prefill step of a disaggregated model: request to P sent to its answer read",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._decode_first_token = Histogram(
+            "sagellm_gateway_decode_first_token_seconds",
+            "Decode step of a disaggregated model: request to D sent to its first byte",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._pd_requests = Counter(
+            "sagellm_gateway_pd_requests",
+            "Requests for a disaggregated model, by route: prefill_decode (P then D) or"
+            " decode_only (a prompt under threshold_input_tokens, or no P step)",
+            ["model", "route"],
+            registry=self.registry,
+        )
         self.registry.register(_Live(queues, inflight))
         self._children: dict[tuple, object] = {}
         self.totals = {"requests": 0, "rejected": 0, "retries": 0, "errors": 0}
@@ -111,6 +133,15 @@ class GatewayMetrics:
     def retried(self, model: str, engine: str) -> None:
         self.totals["retries"] += 1
         self._child(self._retries, model, engine).inc()  # type: ignore[attr-defined]
+
+    def prefilled(self, model: str, seconds: float) -> None:
+        self._child(self._prefill, model).observe(seconds)  # type: ignore[attr-defined]
+
+    def decode_first_token(self, model: str, seconds: float) -> None:
+        self._child(self._decode_first_token, model).observe(seconds)  # type: ignore[attr-defined]
+
+    def pd_routed(self, model: str, route: str) -> None:
+        self._child(self._pd_requests, model, route).inc()  # type: ignore[attr-defined]
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from sagellmd.gateway.errors import GatewayError
 
@@ -98,6 +101,51 @@ def kv_transfer_params_of(answer: Any, engine_id: str) -> dict[str, Any] | None:
             engine_id, "its kv_transfer_params do not ask the decode side for a remote prefill"
         )
     return dict(params)
+
+
+@dataclass(slots=True, frozen=True)
+class PrefillVerdict:
+    """What P's answer means for the request: go on to D, relay P's answer, or try another P."""
+
+    params: dict[str, Any] | None = None
+    relay: bool = False  # a 4xx: the request itself is wrong; the client gets P's words
+    retry: str = ""  # why this P failed (a 5xx, an answer D cannot use, no answer)
+    unreachable: bool = False  # no HTTP answer at all: the process may be gone
+
+
+def judge_prefill(status: int, data: bytes, engine_id: str) -> PrefillVerdict:
+    """P's status and body to the next step."""
+    if 400 <= status < 500:
+        return PrefillVerdict(relay=True)
+    if status != 200:
+        return PrefillVerdict(retry=f"HTTP {status}")
+    try:
+        answer: Any = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        answer = data
+    try:
+        return PrefillVerdict(params=kv_transfer_params_of(answer, engine_id))
+    except GatewayError as error:
+        return PrefillVerdict(retry=error.message)
+
+
+def prefill_step_failed(name: str, failures: list[str]) -> GatewayError:
+    """The client's answer when every prefill instance tried failed (`id: why` each)."""
+    return GatewayError(
+        502,
+        "prefill_failed",
+        f"The prefill step for {name!r} failed on every prefill instance tried:"
+        f" {'; '.join(failures)}",
+        type="server_error",
+    )
+
+
+def without_accept_encoding(headers: bytes) -> bytes:
+    """The client's header lines for P, whose JSON the gateway parses: never compressed."""
+    if b"accept-encoding" not in headers:
+        return headers
+    lines = headers.split(b"\r\n")
+    return b"\r\n".join(line for line in lines if not line.startswith(b"accept-encoding:"))
 
 
 def _text_chars(value: Any) -> tuple[int, int]:

@@ -165,3 +165,35 @@ async def _relay_body(answer: Any, send: Send, attempt: Attempt, event_stream: b
         attempt.status = 502
     await send({"type": "http.response.body", "body": b""})
     return attempt
+
+
+async def fetch_whole(
+    pool: UpstreamPool,
+    address: tuple[str, int],
+    target: bytes,
+    headers: bytes,
+    body: bytes,
+    limit: int,
+) -> tuple[int, bytes]:
+    """POST and read the whole answer (a prefill's small JSON): (status, body).
+
+    UpstreamError when the engine fails before the answer is complete or sends more than
+    `limit` bytes; the connection is given back only after a whole answer.
+    """
+    answer = await pool.post(address, target, headers, body)
+    finished = False
+    try:
+        parts: list[bytes] = []
+        size = 0
+        while (chunk := await answer.read_chunk()) is not None:
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError(f"answer longer than {limit} bytes", before_answer=False)
+            parts.append(chunk)
+        finished = True
+        return answer.status, b"".join(parts)
+    finally:
+        if finished:
+            answer.release()
+        else:
+            answer.close()

@@ -11,7 +11,32 @@ from urllib.parse import urlsplit
 from sagellmd.gateway.queueing import POLICIES
 
 DEFAULT_CAP = 256
+PD_ROLES = ("prefill", "decode")
 UUID_SHAPE = re.compile(rb"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
+
+
+@dataclass(slots=True, frozen=True)
+class PdMember:
+    """What a prefill or decode instance of a disaggregated engine is (`pd` of its entry)."""
+
+    group: str
+    role: str  # "prefill" | "decode"
+    index: int
+    connector: str
+    threshold_input_tokens: int | None
+
+    @classmethod
+    def from_json(cls, data: Any) -> PdMember | None:
+        if not isinstance(data, Mapping) or data.get("role") not in PD_ROLES:
+            return None
+        threshold = data.get("threshold_input_tokens")
+        return cls(
+            group=str(data.get("group") or ""),
+            role=str(data["role"]),
+            index=int(data.get("index") or 0),
+            connector=str(data.get("connector") or "nixl"),
+            threshold_input_tokens=threshold if isinstance(threshold, int) else None,
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -38,6 +63,7 @@ class Route:
     message: str
     # start: on-demand or idle_s set: the daemon may stop (or evict) it when nobody uses it.
     idle_able: bool = False
+    pd: PdMember | None = None
 
     @property
     def runtime_reports_kv(self) -> bool:
@@ -75,6 +101,7 @@ class Route:
             startup_timeout_s=float(entry.get("startup_timeout_s") or 0.0),
             message=str(entry.get("message") or ""),
             idle_able=entry.get("start") == "on-demand" or entry.get("idle_s") is not None,
+            pd=PdMember.from_json(entry.get("pd")),
         )
 
 
@@ -89,6 +116,8 @@ class ModelGroup:
 
     key: tuple[str, ...]  # the sorted engine ids; two names with the same engines share it
     engine_ids: tuple[str, ...]
+    # Set when the name routes to prefill and decode instances: the two-step protocol.
+    pd: PdRouting | None = None
 
     def endpoints(self, table: RouteTable) -> frozenset[str]:
         served: set[str] = set()
@@ -97,11 +126,80 @@ class ModelGroup:
         return frozenset(served)
 
 
+@dataclass(slots=True, frozen=True)
+class PdGroup:
+    """One disaggregated engine: its prefill pool and its decode pool, each with a wait queue."""
+
+    id: str
+    prefill: ModelGroup
+    decode: ModelGroup
+    threshold_input_tokens: int | None
+
+    @property
+    def prefill_name(self) -> str:
+        return f"{self.id} (prefill)"
+
+    @property
+    def decode_name(self) -> str:
+        return f"{self.id} (decode)"
+
+
+@dataclass(slots=True, frozen=True)
+class PdRouting:
+    """How a name served by prefill/decode instances is routed: D first, then P of D's group."""
+
+    name: str
+    decode: ModelGroup  # every decode instance the name routes to
+    groups: tuple[PdGroup, ...]
+
+    @property
+    def decode_name(self) -> str:
+        return f"{self.name} (decode)"
+
+    def group_of(self, route: Route) -> PdGroup:
+        for group in self.groups:
+            if route.pd is not None and group.id == route.pd.group:
+                return group
+        return self.groups[0]
+
+
+def _pool(ids: list[str]) -> ModelGroup:
+    key = tuple(sorted(ids))
+    return ModelGroup(key, key)
+
+
+def _pd_routing(name: str, ids: list[str], engines: Mapping[str, Route]) -> PdRouting | None:
+    """The pools of a name whose engines are prefill and decode instances, else None.
+
+    A name of one role only (an instance's own id) is an ordinary engine: it is served
+    alone, which helps to look at one instance; a name with both roles ignores any ordinary
+    engine among them, whose answers the two-step protocol could not use.
+    """
+    members: dict[str, dict[str, list[str]]] = {}
+    thresholds: dict[str, int | None] = {}
+    for engine_id in ids:
+        pd = engines[engine_id].pd
+        if pd is not None:
+            members.setdefault(pd.group, {}).setdefault(pd.role, []).append(engine_id)
+            thresholds[pd.group] = pd.threshold_input_tokens
+    groups = tuple(
+        PdGroup(group, _pool(roles["prefill"]), _pool(roles["decode"]), thresholds[group])
+        for group, roles in sorted(members.items())
+        if "prefill" in roles and "decode" in roles
+    )
+    if not groups:
+        return None
+    decode = _pool([engine_id for group in groups for engine_id in group.decode.engine_ids])
+    return PdRouting(name, decode, groups)
+
+
 @dataclass(slots=True)
 class RouteTable:
     version: int = -1
     engines: dict[str, Route] = field(default_factory=dict)
     groups: dict[str, ModelGroup] = field(default_factory=dict)
+    # The wait queues of prefill/decode pools by the names their requests wait under.
+    pools: dict[str, ModelGroup] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> RouteTable:
@@ -116,10 +214,17 @@ class RouteTable:
                 if route.id not in ids:
                     ids.append(route.id)
         groups = {}
+        pools: dict[str, ModelGroup] = {}
         for name, ids in by_name.items():
             key = tuple(sorted(ids))
-            groups[name] = ModelGroup(key, key)
-        return cls(int(document.get("version", 0)), engines, groups)
+            pd = _pd_routing(name, ids, engines) if len(ids) > 1 else None
+            groups[name] = ModelGroup(key, key, pd)
+            if pd is not None:
+                pools[pd.decode_name] = pd.decode
+                for group in pd.groups:
+                    pools[group.prefill_name] = group.prefill
+                    pools[group.decode_name] = group.decode
+        return cls(int(document.get("version", 0)), engines, groups, pools)
 
     @property
     def loaded(self) -> bool:
@@ -127,6 +232,19 @@ class RouteTable:
 
     def resolve(self, name: str) -> ModelGroup | None:
         return self.groups.get(name)
+
+    def waits_in(self, name: str) -> ModelGroup | None:
+        """The engines a request waiting under `name` waits for: a model's, or a P/D pool's."""
+        return self.groups.get(name) or self.pools.get(name)
+
+    def pd_routable(self, routing: PdRouting) -> bool:
+        """A P/D name serves when one of its groups has a ready prefill and a ready decode."""
+        engines = self.engines
+        return any(
+            any(engines[i].ready for i in group.prefill.engine_ids)
+            and any(engines[i].ready for i in group.decode.engine_ids)
+            for group in routing.groups
+        )
 
     def routable_names(self) -> list[str]:
         return sorted(self.groups)
@@ -146,7 +264,11 @@ class RouteTable:
                     "object": "model",
                     "created": 0,
                     "owned_by": "sagellm",
-                    "ready": any(engine.ready for engine in engines),
+                    "ready": (
+                        self.pd_routable(group.pd)
+                        if group.pd is not None
+                        else any(engine.ready for engine in engines)
+                    ),
                     # llm or embedding, so a client can pick a model for the call it makes;
                     # null when engines of both kinds answer the name.
                     "kind": kinds.pop() if len(kinds) == 1 else None,

@@ -54,6 +54,7 @@ function exitDescription(exit) {
 /** What a row shows, as one comparable string (uptime ticks on its own). */
 function signature(engine) {
   return JSON.stringify([
+    engine.role,
     engine.state,
     messageOf(engine),
     engine.model,
@@ -74,6 +75,18 @@ function cell(col, ...children) {
   return h("td", { dataset: { col } }, ...children);
 }
 
+/** Engines in order, each disaggregated one followed by its prefill and decode instances. */
+function withInstances(engines) {
+  return engines.flatMap((engine) => [engine, ...(engine.instances || [])]);
+}
+
+function idCell(engine) {
+  const link = h("a", { href: `#/engine/${encodeURIComponent(engine.id)}` }, engine.id);
+  if (!engine.role) return cell("id", link);
+  // An instance of a disaggregated engine: indented under it, its role in words.
+  return cell("id", h("span", { class: "instance-of", "aria-hidden": "true" }, "↳ "), link);
+}
+
 function buildRow(engine, now) {
   const estimate = engine.memory_estimate;
   const started = uptimeOf(engine);
@@ -83,8 +96,8 @@ function buildRow(engine, now) {
   if (estimate && estimate.detail) memory.title = `${estimate.source}: ${estimate.detail}`;
   return h(
     "tr",
-    { dataset: { engine: engine.id } },
-    cell("id", h("a", { href: `#/engine/${encodeURIComponent(engine.id)}` }, engine.id)),
+    { dataset: { engine: engine.id, role: engine.role || "" }, class: engine.role ? "instance" : "" },
+    idCell(engine),
     stateCell(engine.state, engine.message),
     h("td", { class: "wrap", dataset: { col: "message" } }, messageOf(engine)),
     cell("model", engine.model || "", label),
@@ -126,7 +139,7 @@ export class EngineTable {
   update(engines, now = Date.now()) {
     const seen = new Set();
     let position = 0;
-    for (const engine of engines) {
+    for (const engine of withInstances(engines)) {
       seen.add(engine.id);
       const wanted = signature(engine);
       let known = this.rows.get(engine.id);

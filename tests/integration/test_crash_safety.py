@@ -368,8 +368,10 @@ def marked_leaders(home: Path) -> dict[int, str]:
     found = {}
     for process in engine_processes(home):
         try:
-            if os.getpgid(process.pid) == process.pid:
-                found[process.pid] = process.environ()["SAGELLM_ENGINE_ID"]
+            # Read again: a process that exited since it was listed has no environment left.
+            engine_id = process.environ().get("SAGELLM_ENGINE_ID")
+            if engine_id is not None and os.getpgid(process.pid) == process.pid:
+                found[process.pid] = engine_id
         except (ProcessLookupError, psutil.Error):
             continue
     return found

@@ -180,8 +180,25 @@ class Daemon:
         self.client.close()
 
 
+# Engine port ranges lie below the kernel's ephemeral ports (32768-60999 here, where client
+# sockets and free_port() land and would take an engine's port between its choice and its
+# bind), and each xdist worker draws from its own share, so two tests running at once never
+# pick the same range.
+PORT_RANGES_START, PORT_RANGES_END = 20000, 32700
+
+
+def _port_range_start() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker) if worker.isdigit() else 0
+    ranges = (PORT_RANGES_END - PORT_RANGES_START) // 100
+    share = max(1, ranges // max(1, workers))
+    first = PORT_RANGES_START + (index % workers) * share * 100
+    return first + random.randrange(share) * 100
+
+
 def base_config(**overrides: Any) -> dict[str, Any]:
-    start = random.randrange(30000, 59000, 100)
+    start = _port_range_start()
     config: dict[str, Any] = {
         "runtimes": {"vllm": {"command": [sys.executable, str(FAKE_VLLM)]}},
         "ports": {"start": start, "end": start + 99},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import signal
 import time
 from collections.abc import Collection, Mapping
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from sagellmd import __version__
 from sagellmd.runtime.logs import log_path
 from sagellmd.runtime.process import (
     ENGINE_MARKER,
@@ -95,17 +97,43 @@ class AgentCore:
         assert self._wake is not None
         self._wake.set()
 
+    async def about(self) -> dict[str, object]:
+        """Who this agent is: the daemon refuses a node whose versions differ from its own."""
+        return {
+            "node": self.node,
+            "pid": os.getpid(),
+            "sagellm": __version__,
+            "python": platform.python_version(),
+        }
+
     async def spawn(
-        self, engine_id: str, argv: list[str], env: Mapping[str, str], port: int | None
+        self,
+        engine_id: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        port: int | None,
+        inherit_environ: bool = False,
     ) -> AgentEngine:
         """Start one engine run; its markers name this home, this run and this node, so a
-        later agent finds it by its environment alone (adopt)."""
+        later agent finds it by its environment alone (adopt).
+
+        `env` is the whole environment, as the daemon builds it today; with
+        `inherit_environ` it is laid over this agent's own (a remote node's PATH, HOME and
+        CUDA libraries are its own, not the daemon's).
+        """
         watcher = self._watch()
         if engine_id in watcher:
             raise ValueError(
                 f"{engine_id} already runs on {self.node} (pid {self._pid(engine_id)})"
             )
-        env = {**env, ENGINE_MARKER: engine_id, HOME_MARKER: self.home, NODE_MARKER: self.node}
+        base = dict(os.environ) if inherit_environ else {}
+        env = {
+            **base,
+            **env,
+            ENGINE_MARKER: engine_id,
+            HOME_MARKER: self.home,
+            NODE_MARKER: self.node,
+        }
         env[RUN_MARKER] = new_run_marker()
         if port is not None:
             env[PORT_MARKER] = str(port)

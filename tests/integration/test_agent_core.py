@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import signal
 import sys
 import time
@@ -17,6 +18,7 @@ import httpx
 import psutil
 import pytest
 
+import sagellmd
 from sagellmd.cluster.agent_core import AgentCore, AgentEvent
 from tests.integration.conftest import FAKE_VLLM, engine_processes, free_port
 
@@ -221,3 +223,27 @@ def test_spawning_an_engine_id_twice_is_refused(node: Node):
     pid, _ = node.start(agent, "p.chat")
     with pytest.raises(ValueError, match=f"p.chat already runs on node-b \\(pid {pid}\\)"):
         node.run(agent.spawn("p.chat", [sys.executable, "-c", "pass"], dict(os.environ), None))
+
+
+def test_the_agent_says_who_it_is(node: Node):
+    about = node.run(node.agent().about())
+    assert about["node"] == "node-b" and about["pid"] == os.getpid()
+    assert about["sagellm"] == sagellmd.__version__
+    assert about["python"] == platform.python_version()
+
+
+def test_an_engine_may_inherit_the_agents_own_environment(node: Node, monkeypatch):
+    monkeypatch.setenv("SAGELLM_AGENT_ONLY", "from-the-node")
+    agent = node.agent()
+    port = free_port()
+    argv = [sys.executable, str(FAKE_VLLM), "--model", "fake/m", "--port", str(port)]
+    given = {"FAKE_VLLM_RECORD": str(node.record), "PATH": os.environ["PATH"]}
+    node.run(agent.spawn("p.bare", argv, given, port))
+    node.run(agent.spawn("p.merged", [*argv[:-1], str(free_port())], given, None, True))
+    deadline = time.monotonic() + 15
+    while (not node.record.exists() or len(node.records()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    by_id = {r["env"]["SAGELLM_ENGINE_ID"]: r["env"] for r in node.records()}
+    assert "SAGELLM_AGENT_ONLY" not in by_id["p.bare"]
+    assert by_id["p.merged"]["SAGELLM_AGENT_ONLY"] == "from-the-node"
+    assert "SAGELLM_ENGINE_PORT" not in by_id["p.merged"]  # no port given, none claimed

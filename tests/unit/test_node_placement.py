@@ -389,3 +389,60 @@ def test_no_gpu_of_any_node_is_ever_over_its_headroom(cluster):
                 assert not holders or left >= 0, f"{view.name} GPU{index} over headroom"
                 if any(r.whole for r in holders):
                     assert len(holders) == 1, f"{view.name} GPU{index} held whole and shared"
+
+
+def test_spread_nodes_shares_a_node_only_when_no_other_has_room():
+    nodes = [node("a", 80, 80), node("b", 24)]
+    placed = place_group_on_nodes(
+        "p.chat", pd((PREFILL, 1, 40), (DECODE, 1, 40)), nodes, [], H, spread=True
+    )
+    assert isinstance(placed, dict)
+    assert {p.node for p in placed.values()} == {"a"}
+    assert placed[PREFILL].gpus != placed[DECODE].gpus
+
+
+def test_a_restarting_instance_joins_its_partner_on_that_node_when_it_fits():
+    nodes = [node("a", 80, 80), node("b", 80, 80)]
+    partner = {DECODE: ("b", (1,))}
+    taken = [held(DECODE, "b", (1,), 40), held("x", "a", (0,), 60)]
+    # a's GPU0 is the best fit by room, but the set stays together on b.
+    placed = place_group_on_nodes("p.chat", pd((PREFILL, 1, 10)), nodes, taken, H, held=partner)
+    assert isinstance(placed, dict) and placed[PREFILL] == NodePlaced("b", (0,), int(10 * GIB))
+
+
+def test_a_partner_on_a_dead_node_leaves_the_instance_free_to_go_elsewhere():
+    nodes = [node("a", 80), node("b", 80, down="dead")]
+    partner = {DECODE: ("b", (0,))}
+    placed = place_group_on_nodes("p.chat", pd((PREFILL, 1, 10)), nodes, [], H, held=partner)
+    assert isinstance(placed, dict) and placed[PREFILL].node == "a"
+
+
+def test_whole_held_gpus_are_skipped_by_a_set_on_one_node():
+    nodes = [node("a", 80, 80, 80)]
+    taken = [held("big", "a", (0, 1), 10, whole=True)]
+    outcome = place_group_on_nodes("p.chat", pd((PREFILL, 1, 1), (DECODE, 1, 1)), nodes, taken, H)
+    assert isinstance(outcome, NotPlaced)
+    assert "GPU0 held whole by big, GPU1 held whole by big" in outcome.message
+
+
+def test_a_multi_node_engine_skips_gpus_shared_by_memory_and_fails_with_counts():
+    nodes = [node("a", 80, 80), node("b", 80, 80)]
+    taken = [held("x", "a", (0,), 1), held("y", "b", (1,), 1)]
+    outcome = place_on_nodes(need(1, tp=2, pp=2), nodes, taken, H)
+    assert outcome == NotPlaced(
+        "needs 2 nodes x 2 GPUs x 1.0 GiB; a: 1 of 2 GPUs free; b: 1 of 2 GPUs free"
+    )
+    # With one GPU per node (nodes: 2) it fits on the free ones.
+    placed = place_on_nodes(need(1, tp=1, pp=2, nodes=2), nodes, taken, H)
+    assert isinstance(placed, SpreadPlaced)
+    assert {(s.node, s.gpus) for s in placed.shares} == {("a", (1,)), ("b", (0,))}
+
+
+def test_foreign_memory_counts_against_a_gpu_on_every_node():
+    nodes = [node("a", 24, foreign_gib=10), node("b", 24)]
+    placed = place_on_nodes(need(15), nodes, [], H)
+    assert isinstance(placed, NodePlaced) and placed.node == "b"
+    outcome = place_on_nodes(need(23), nodes, [], H)
+    assert outcome == NotPlaced(
+        "needs 1 GPU x 23.0 GiB; a: GPU0 12.8 GiB free; b: GPU0 22.8 GiB free"
+    )

@@ -130,14 +130,14 @@ def _choose(
         for node in usable
     }
     sizes = sorted({gpu.total_bytes for pairs in free.values() for _, gpu in pairs})
-    same_size: list[tuple[int, SpreadPlaced]] = []
+    options: list[tuple[int, SpreadPlaced]] = []
     for size in [*sizes, None]:
-        if size is None and same_size:
+        if size is None and options:
             break  # one size that fits beats any mix
         placed = _pick(need, count, per_node, free, size)
         if placed is not None:
-            same_size.append(placed)
-    return min(same_size, key=lambda option: option[0])[1] if same_size else None
+            options.append(placed)
+    return min(options, key=lambda option: option[0])[1] if options else None
 
 
 def _pick(

@@ -71,3 +71,20 @@ def test_an_entry_module_does_not_import_ray(tmp_path: Path, module: str):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False", f"{module} imported ray"
     assert not marker.exists(), f"{module} imported ray"
+
+
+# The building blocks of the cluster mode that Ray wraps or feeds: pure or plain Python, so
+# the agent's core runs (and is tested) without Ray, and Ray stays an adapter around them.
+RAY_FREE_CLUSTER_PARTS = (
+    "sagellmd.cluster.agent_core",
+    "sagellmd.cluster_config",
+    "sagellmd.gpu.node_placement",
+    "sagellmd.gpu.node_group_placement",
+)
+
+
+@pytest.mark.parametrize("module", RAY_FREE_CLUSTER_PARTS)
+def test_a_cluster_building_block_does_not_import_ray(tmp_path: Path, module: str):
+    result, marker = run_imports(tmp_path, module)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists(), f"{module} imported ray"

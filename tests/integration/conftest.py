@@ -124,7 +124,10 @@ class Daemon:
 
     def engine(self, engine_id: str) -> dict[str, Any]:
         response = self.get(f"/v1/engines/{engine_id}")
-        assert response.status_code == 200, response.text
+        if response.status_code != 200:
+            # Say why it is gone (a rollout that failed and was rolled back, say).
+            recent = [f"{e['engine']} {e['type']}: {e['message']}" for e in self.events()[-12:]]
+            raise AssertionError(f"{response.text}; latest events: {recent}")
         return response.json()
 
     def events(self, engine: str | None = None, after: int = 0) -> list[dict[str, Any]]:

@@ -118,3 +118,30 @@ export function confirmAction(question, confirmLabel) {
     dialog.showModal();
   });
 }
+
+/**
+ * `read` wrapped so that calls made while it runs do not start another run beside it but
+ * one more run after it (a view re-reads what changed at most once behind the news).
+ * Every caller gets the promise of the run that covers its call.
+ */
+export function coalescing(read) {
+  let running = null;
+  let again = false;
+  return function run() {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await read();
+        } while (again);
+      } finally {
+        running = null;
+      }
+    })();
+    return running;
+  };
+}

@@ -2,14 +2,13 @@
 // batch of events (one read in flight at most). Views subscribe; nothing polls on a timer.
 
 import { get, v1 } from "./api.js";
+import { coalescing } from "./dom.js";
 
 const statusListeners = new Set();
 const eventListeners = new Set();
 let status = null;
 let recent = [];
 let lastId = null;
-let reading = null;
-let readAgain = false;
 let started = false;
 
 const RECENT_KEPT = 200;
@@ -40,24 +39,10 @@ function indicate(text, ok) {
 }
 
 /** Re-reads /v1/status; calls made during a read coalesce into one more read. */
-export function refreshStatus() {
-  if (reading) {
-    readAgain = true;
-    return reading;
-  }
-  reading = (async () => {
-    try {
-      do {
-        readAgain = false;
-        status = await get(v1("status"));
-        for (const cb of statusListeners) cb(status);
-      } while (readAgain);
-    } finally {
-      reading = null;
-    }
-  })();
-  return reading;
-}
+export const refreshStatus = coalescing(async () => {
+  status = await get(v1("status"));
+  for (const cb of statusListeners) cb(status);
+});
 
 async function followEvents() {
   let failures = 0;

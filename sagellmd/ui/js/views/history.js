@@ -2,7 +2,7 @@
 // two of them, and a rollback to one; a new generation appears as it is made.
 
 import { get, post, v1 } from "../api.js";
-import { clock, confirmAction, errorBox, fill, h, since } from "../dom.js";
+import { clock, coalescing, confirmAction, errorBox, fill, h, since } from "../dom.js";
 import { diffGenerations } from "../gendiff.js";
 import { onEvents, onStatus } from "../live.js";
 import { followRollout, generationStateCell } from "../rollout.js";
@@ -82,8 +82,6 @@ export async function render(container) {
   let stopRollout = null;
   let generations = [];
   let picked = [];
-  let reading = null;
-  let readAgain = false;
   let knownGeneration = null;
 
   fill(
@@ -213,25 +211,8 @@ export async function render(container) {
   }
 
   /** Re-reads the generations; calls during a read make one more read after it. */
-  async function load() {
-    if (reading) {
-      readAgain = true;
-      return reading;
-    }
-    reading = (async () => {
-      try {
-        do {
-          readAgain = false;
-          await readOnce();
-        } while (readAgain);
-      } catch (error) {
-        listError.show(error);
-      } finally {
-        reading = null;
-      }
-    })();
-    return reading;
-  }
+  const readCoalesced = coalescing(readOnce);
+  const load = () => readCoalesced().catch((error) => listError.show(error));
 
   const unsubscribe = [
     onStatus((status) => {

@@ -2,7 +2,7 @@
 // downloads in the background with their progress live, and deleting a model.
 
 import { del, get, post, v1 } from "../api.js";
-import { bytes, confirmAction, errorBox, fill, h, since } from "../dom.js";
+import { bytes, coalescing, confirmAction, errorBox, fill, h, since } from "../dom.js";
 import { onEvents, onStatus } from "../live.js";
 import { engineLink } from "../rollout.js";
 
@@ -56,8 +56,6 @@ export async function render(container) {
   // A refused delete stays next to its button when the list is drawn again.
   const refusals = new Map();
   const keyOf = (model) => `${model.id}@${model.revision || ""}`;
-  let reading = null;
-  let readAgain = false;
   let knownGeneration = null;
 
   const form = h(
@@ -209,25 +207,8 @@ export async function render(container) {
   }
 
   /** Re-reads the listing; calls during a read make one more read after it. */
-  async function load() {
-    if (reading) {
-      readAgain = true;
-      return reading;
-    }
-    reading = (async () => {
-      try {
-        do {
-          readAgain = false;
-          await readOnce();
-        } while (readAgain);
-      } catch (error) {
-        listError.show(error);
-      } finally {
-        reading = null;
-      }
-    })();
-    return reading;
-  }
+  const readCoalesced = coalescing(readOnce);
+  const load = () => readCoalesced().catch((error) => listError.show(error));
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();

@@ -2,7 +2,7 @@
 // texts. Everything goes through the daemon's gateway relay, /v1/gateway/openai/v1/...
 
 import { get, v1 } from "../api.js";
-import { h, fill, errorBox } from "../dom.js";
+import { coalescing, h, fill, errorBox } from "../dom.js";
 import { onStatus } from "../live.js";
 import { ChatPanel } from "../chat_panel.js";
 import { EmbedPanel } from "../embed_panel.js";
@@ -55,40 +55,27 @@ export function render(container) {
   });
   mode.addEventListener("change", showMode);
 
-  let loading = null;
-  let again = false;
-  async function loadModels() {
-    if (loading) {
-      again = true;
-      return;
-    }
-    loading = true;
+  // Reload clicks during a read make one more read after it.
+  const loadModels = coalescing(async () => {
     try {
-      do {
-        again = false;
-        try {
-          const answer = await get(MODELS);
-          modelErrors.clear();
-          models = answer.data || [];
-        } catch (error) {
-          models = [];
-          modelErrors.show(error);
-        }
-        const previous = picker.value;
-        fill(
-          picker,
-          models.length ? null : h("option", { value: "" }, "no routable model"),
-          models.map((entry) => h("option", { value: entry.id }, optionText(entry))),
-        );
-        if (models.some((entry) => entry.id === previous)) picker.value = previous;
-        else if (models.length) picker.dispatchEvent(new Event("change"));
-        picker.disabled = !models.length;
-        describe();
-      } while (again);
-    } finally {
-      loading = null;
+      const answer = await get(MODELS);
+      modelErrors.clear();
+      models = answer.data || [];
+    } catch (error) {
+      models = [];
+      modelErrors.show(error);
     }
-  }
+    const previous = picker.value;
+    fill(
+      picker,
+      models.length ? null : h("option", { value: "" }, "no routable model"),
+      models.map((entry) => h("option", { value: entry.id }, optionText(entry))),
+    );
+    if (models.some((entry) => entry.id === previous)) picker.value = previous;
+    else if (models.length) picker.dispatchEvent(new Event("change"));
+    picker.disabled = !models.length;
+    describe();
+  });
   reload.addEventListener("click", loadModels);
 
   container.append(

@@ -19,7 +19,13 @@ from sagellmd.gateway.daemon_link import DaemonLink
 from sagellmd.gateway.dispatch import Dispatcher, Ticket
 from sagellmd.gateway.errors import GatewayError
 from sagellmd.gateway.metrics import GatewayMetrics
-from sagellmd.gateway.own_answers import SSE_HEADERS, answer, error_answer, not_here
+from sagellmd.gateway.own_answers import (
+    SSE_HEADERS,
+    answer,
+    end_stream_with_error,
+    error_answer,
+    not_here,
+)
 from sagellmd.gateway.pd_dispatch import PdServer
 from sagellmd.gateway.proxy import DROPPED_REQUEST_HEADERS, forward
 from sagellmd.gateway.settings import GatewaySettings
@@ -338,11 +344,9 @@ class GatewayApp:
         except GatewayError as error:
             if not loading:
                 raise
-            # The answer began already: the error is the stream's last event.
             finished = True
             self.metrics.rejected(name, error.code)
-            await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            await end_stream_with_error(send, error)
             self.access_log.write(request_id, name, "-", error.status, ticket.arrived)
         except asyncio.CancelledError:
             if gone:

@@ -36,3 +36,10 @@ async def error_answer(send: Any, error: GatewayError, request_id: bytes = b"") 
     if request_id:
         headers.append((b"x-request-id", request_id))
     await answer(send, error.status, error.body(), headers)
+
+
+async def end_stream_with_error(send: Any, error: GatewayError) -> None:
+    """An answer already begun (200, SSE) cannot change its status: the error is the
+    stream's last event, and the stream ends."""
+    await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+    await send({"type": "http.response.body", "body": b""})

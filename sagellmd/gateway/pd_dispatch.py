@@ -25,7 +25,7 @@ from sagellmd.gateway.client_request import ClientGone
 from sagellmd.gateway.dispatch import COMING_UP, Dispatcher
 from sagellmd.gateway.errors import GatewayError
 from sagellmd.gateway.metrics import GatewayMetrics
-from sagellmd.gateway.own_answers import SSE_HEADERS
+from sagellmd.gateway.own_answers import SSE_HEADERS, end_stream_with_error
 from sagellmd.gateway.pd_protocol import (
     PrefillVerdict,
     decode_body,
@@ -160,11 +160,8 @@ class PdServer:
             except GatewayError as error:
                 if not loading:
                     raise
-                # The answer began already: the error is the stream's last event.
                 self.metrics.rejected(name, error.code)
-                event = {"type": "http.response.body", "body": error.sse_event()}
-                await send({**event, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                await end_stream_with_error(send, error)
                 self.access_log.write(request_id, name, "-", error.status, ticket.arrived)
         except asyncio.CancelledError:
             if gone:

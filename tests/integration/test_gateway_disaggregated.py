@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import psutil
 import pytest
 
 from tests.integration.conftest import Daemon, engine_processes, free_port
+from tests.integration.test_gateway_requests import Load
 
 MODEL = "fake/model-1B"
 PREFILLS = ("p.chat.prefill-0", "p.chat.prefill-1")
@@ -170,16 +170,10 @@ def test_long_prompts_go_p_then_d_short_ones_skip_p_and_d_streams(make_daemon, t
     assert gateway.metric("sagellm_gateway_requests_total", engine=DECODE, code="200") == 8
 
 
-class StreamingLoad:
+class StreamingLoad(Load):
     """Clients streaming long-prompt chats one after another until the block ends."""
 
-    def __init__(self, gateway: PdGateway, clients: int) -> None:
-        self.gateway = gateway
-        self.clients = clients
-        self.done = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+    gateway: PdGateway  # type: ignore[assignment]
 
     def _run(self, client: int) -> None:
         with httpx.Client(base_url=self.gateway.url, timeout=30) as http:
@@ -199,18 +193,6 @@ class StreamingLoad:
                     self.failures.append(f"{answer.status_code} {text[-300:]}")
                 elif '"error"' in text:
                     self.failures.append(text[-300:])
-
-    def __enter__(self) -> StreamingLoad:
-        for client in range(self.clients):
-            thread = threading.Thread(target=self._run, args=(client,))
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
 
 
 @pytest.mark.parametrize("prefills", [2, 1])

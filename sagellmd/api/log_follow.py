@@ -5,13 +5,12 @@ looked at every POLL_S (one stat); the event hub still ends the wait when the da
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 
 from starlette.requests import Request
 
-from sagellmd.api.long_poll import client_gone
+from sagellmd.api.long_poll import long_poll
 from sagellmd.events import EventHub
 from sagellmd.runtime.logs import LogChunk, log_size, read_after
 
@@ -24,24 +23,14 @@ async def follow_log(
     """The first read with lines (or a reset) within `wait_s`; else an empty one at the end,
     or when the client left or the daemon stops."""
     deadline = time.monotonic() + wait_s
-    gone = asyncio.ensure_future(client_gone(request))
-    try:
-        while True:
-            seen = log_size(path)
-            # A thread: a burst of output can be a megabyte to read and split.
-            chunk = await asyncio.to_thread(read_after, path, after)
-            if chunk.lines or chunk.reset:
-                return chunk
-            while log_size(path) == seen:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or hub.closed or gone.done():
-                    return chunk
-                waiter = asyncio.ensure_future(hub.wait(min(remaining, POLL_S)))
-                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
-    finally:
-        gone.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await gone
+    while True:
+        seen = log_size(path)
+        # A thread: a burst of output can be a megabyte to read and split.
+        chunk = await asyncio.to_thread(read_after, path, after)
+        remaining = deadline - time.monotonic()
+        if chunk.lines or chunk.reset or remaining <= 0 or hub.closed:
+            return chunk
+        grown = lambda size, seen=seen: size != seen  # noqa: E731
+        size = await long_poll(request, hub, remaining, lambda: log_size(path), grown, POLL_S)
+        if size == seen:  # the deadline, the client gone, or the daemon stopping
+            return chunk

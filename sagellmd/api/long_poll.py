@@ -27,9 +27,11 @@ async def long_poll(
     wait_s: float,
     read: Callable[[], T],
     news: Callable[[T], bool],
+    poll_s: float | None = None,
 ) -> T:
     """`read()` once, then after each hub wake until `news` of it, `wait_s` passed, the hub
-    closed (the daemon stops) or the client left; the last value read is the answer."""
+    closed (the daemon stops) or the client left; the last value read is the answer.
+    `poll_s`: also read again that often (news the hub is not told of, such as a file growing)."""
     deadline = time.monotonic() + wait_s
     # A client that goes away must not keep its handler (and a connection slot) until the
     # deadline; nothing else would tell the handler.
@@ -40,7 +42,8 @@ async def long_poll(
             remaining = deadline - time.monotonic()
             if news(value) or remaining <= 0 or hub.closed or gone.done():
                 return value
-            waiter = asyncio.ensure_future(hub.wait(remaining))
+            pause = remaining if poll_s is None else min(remaining, poll_s)
+            waiter = asyncio.ensure_future(hub.wait(pause))
             await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import platform
 import signal
@@ -22,6 +23,8 @@ from pathlib import Path
 import psutil
 
 from sagellmd import __version__
+from sagellmd.gpu.accounting import process_tree
+from sagellmd.gpu.inventory import GpuInventory, read_inventory
 from sagellmd.runtime.logs import log_path
 from sagellmd.runtime.process import (
     ENGINE_MARKER,
@@ -70,6 +73,15 @@ class Stray:
     engine_id: str
     run: str | None
     create_time: float
+
+
+@dataclass(frozen=True)
+class NodeInventory:
+    """A node's GPUs and the process tree of the engines its agent watches, so the daemon
+    can tell memory our engines hold from foreign memory (gpu/accounting.capacities)."""
+
+    inventory: GpuInventory
+    our_pids: tuple[int, ...]
 
 
 class AgentCore:
@@ -167,6 +179,28 @@ class AgentCore:
             return False
         watcher.kill(engine_id)
         return True
+
+    async def rekey(self, old: str, new: str) -> bool:
+        """Watch the engine `old` under the key `new` (a surge: the old process retires as
+        "ID#retiring" while a new one starts as "ID"); its later exit is an event of `new`.
+        False if `old` is not watched."""
+        watcher = self._watch()
+        if old not in watcher:
+            return False
+        if new in watcher:
+            # Rekeying onto a watched engine would leave that one's pidfd unwatched.
+            raise ValueError(f"{new} already runs on {self.node} (pid {self._pid(new)})")
+        watcher.rekey(old, new)
+        engine = self._table.pop(old, None)
+        if engine is not None:
+            self._table[new] = dataclasses.replace(engine, engine_id=new)
+        return True
+
+    async def inventory(self, setting: str) -> NodeInventory:
+        """This node's GPUs for the `gpus` setting (auto, none, simulate:2x80) and the
+        pids of the watched engines and their descendants (vLLM's workers hold memory)."""
+        pids = process_tree(engine.pid for engine in self._table.values())
+        return NodeInventory(read_inventory(setting), tuple(sorted(pids)))
 
     async def engines(self) -> list[AgentEngine]:
         """The table a (new) daemon adopts from: every engine watched now."""

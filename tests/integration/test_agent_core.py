@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import platform
 import signal
 import sys
@@ -247,3 +248,30 @@ def test_an_engine_may_inherit_the_agents_own_environment(node: Node, monkeypatc
     assert "SAGELLM_AGENT_ONLY" not in by_id["p.bare"]
     assert by_id["p.merged"]["SAGELLM_AGENT_ONLY"] == "from-the-node"
     assert "SAGELLM_ENGINE_PORT" not in by_id["p.merged"]  # no port given, none claimed
+
+
+def test_a_rekeyed_engine_exits_under_its_new_key(node: Node):
+    agent = node.agent()
+    pid, _ = node.start(agent, "p.chat")
+    other, _ = node.start(agent, "p.other")
+    assert node.run(agent.rekey("p.chat", "p.chat#retiring"))
+    assert [e.engine_id for e in node.run(agent.engines())] == ["p.chat#retiring", "p.other"]
+    assert not node.run(agent.rekey("p.unknown", "p.x"))
+    with pytest.raises(ValueError, match=f"p.other already runs on node-b \\(pid {other}\\)"):
+        node.run(agent.rekey("p.chat#retiring", "p.other"))
+    os.kill(pid, signal.SIGKILL)
+    events = next_exit(node, agent, 5.0)
+    assert [(e.engine_id, e.pid) for e in events] == [("p.chat#retiring", pid)]
+    assert [e.engine_id for e in node.run(agent.engines())] == ["p.other"]
+
+
+def test_inventory_reads_the_setting_and_lists_our_engines_with_their_workers(node: Node):
+    agent = node.agent()
+    pid, _ = node.start(agent, "p.chat", FAKE_VLLM_FORK_CHILD="1")
+    worker = node.records()[0]["child_pid"]
+    found = node.run(agent.inventory("simulate:80,24"))
+    assert found.inventory.mode == "simulated"
+    assert [d.total_bytes for d in found.inventory.devices] == [80 * 1024**3, 24 * 1024**3]
+    assert {pid, worker} <= set(found.our_pids) and os.getpid() not in found.our_pids
+    assert pickle.loads(pickle.dumps(found)) == found  # it crosses Ray
+    assert node.run(agent.inventory("none")).inventory.devices == ()

@@ -169,6 +169,19 @@ def test_inventory_reads_the_nodes_gpus_and_our_processes(world: World):
     assert engine.pid in found.our_pids
 
 
+def test_an_agent_that_does_not_answer_in_time_is_unreachable(world: World):
+    # The head's agent: no other test waits on its events.
+    agent = world.agent("head")
+    started = time.perf_counter()
+    with pytest.raises(AgentUnreachable, match="next_events: no answer within 0.2 s"):
+        agent.call("next_events", 1.0, timeout_s=0.2)
+    with pytest.raises(AgentUnreachable, match="next_events: no answer within 0.2 s") as caught:
+        asyncio.run(agent.call_async("next_events", 1.0, timeout_s=0.2))
+    assert caught.value.node == "head"
+    assert time.perf_counter() - started < 2.5
+    assert agent.call("about")["node"] == "head"  # slow, not dead
+
+
 DRIVER = """
 import json, sys
 from sagellmd.cluster.ray_backend import RayCluster

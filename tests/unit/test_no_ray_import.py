@@ -88,3 +88,9 @@ def test_a_cluster_building_block_does_not_import_ray(tmp_path: Path, module: st
     result, marker = run_imports(tmp_path, module)
     assert result.returncode == 0, result.stderr
     assert not marker.exists(), f"{module} imported ray"
+
+
+def test_the_ray_adapter_imports_ray_only_when_it_connects(tmp_path: Path):
+    result, marker = run_imports(tmp_path, "sagellmd.cluster.ray_backend")
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists(), "sagellmd.cluster.ray_backend imported ray at module level"

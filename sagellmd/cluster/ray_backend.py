@@ -192,15 +192,16 @@ class RayCluster:
         ray = import_ray()
         address = self.settings.address
         # "auto" is Ray's lookup (RAY_ADDRESS, else this node's cluster) and fails when
-        # there is none: the daemon never starts a Ray instance of its own.
+        # there is none: the daemon never starts a Ray instance of its own (ray.init with
+        # address=None would).
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if address != "auto":
-            # ray.init retries a dead GCS address for minutes (GcsClient blocks): a plain
-            # TCP connect first makes a wrong address an error in seconds.
-            self._reachable(address)
+        target = self._resolved(ray, address)
+        # ray.init retries a dead GCS address for minutes (GcsClient blocks): a plain TCP
+        # connect first makes a wrong or stale address an error in seconds.
+        self._reachable(address, target)
         try:
             ray.init(
-                address=address,
+                address=target,
                 namespace=self.settings.namespace,
                 log_to_driver=False,
                 logging_level="WARNING",
@@ -216,15 +217,36 @@ class RayCluster:
             ) from None
         self._ray = ray
 
-    def _reachable(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
+    @staticmethod
+    def _resolved(ray: ModuleType, address: str) -> str:
+        """HOST:PORT; "auto" looked up as Ray does (RAY_ADDRESS, else the address file of
+        the last `ray start` on this node)."""
+        if address != "auto":
+            return address
+        try:
+            found = ray._private.services.canonicalize_bootstrap_address(address)
+        except Exception as exc:  # ConnectionError: no running Ray instance
+            found, error = None, str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        else:
+            error = "no running Ray cluster found (RAY_ADDRESS unset, no ray start here)"
+        if not found:
+            raise ClusterUnreachable(
+                f"cluster: cannot reach the Ray cluster at auto: {error}",
+                {"address": address, "error": "not_found"},
+            )
+        return str(found)
+
+    def _reachable(self, address: str, target: str) -> None:
+        host, _, port = target.rpartition(":")
         try:
             with socket.create_connection((host.strip("[]"), int(port)), self.connect_timeout_s):
                 pass
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            where = address if address == target else f"{address} ({target})"
+            reason = getattr(exc, "strerror", None) or str(exc)
             raise ClusterUnreachable(
-                f"cluster: cannot reach the Ray cluster at {address}: {exc.strerror or exc}",
-                {"address": address, "error": type(exc).__name__},
+                f"cluster: cannot reach the Ray cluster at {where}: {reason}",
+                {"address": target, "error": type(exc).__name__},
             ) from None
 
     def local_node_id(self) -> str:

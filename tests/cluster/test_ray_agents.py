@@ -264,3 +264,12 @@ def test_connect_to_a_dead_address_names_it():
     with pytest.raises(ClusterUnreachable, match=f"cannot reach the Ray cluster at {address}"):
         cluster.connect()
     assert time.perf_counter() - started < 5
+
+
+def test_connect_auto_to_a_dead_ray_address_names_both(monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    cluster = RayCluster(ClusterSettings(address="auto"), "/nonexistent", "/nonexistent")
+    # Ray's lookup turns 127.0.0.1 into this node's IP; the port is the one given.
+    with pytest.raises(ClusterUnreachable, match=f"Ray cluster at auto \\(.+:{port}\\): "):
+        cluster.connect()

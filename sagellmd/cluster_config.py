@@ -1,8 +1,7 @@
 """The `cluster:` section (issue 17, docs/multi-node.md), and the Ray node labels sagellm
 reads: `sagellm.node` (a stable node name) and `sagellm.gpus` (a node's simulated GPUs).
 
-Parsing only, no Ray: `load_settings` still refuses a `cluster:` section at start
-(config.NOT_BUILT_YET) until the feature runs; this is what it will call then.
+Parsing only, no Ray: config.py calls it for the `cluster:` key.
 """
 
 from __future__ import annotations

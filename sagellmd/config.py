@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from sagellmd.cluster_config import ClusterSettings, parse_cluster
 from sagellmd.config_gateway_keys import gateway_keys, is_loopback_host, read_keys_file
 from sagellmd.errors import ConfigError
 from sagellmd.gpu.inventory import parse_gpu_setting
@@ -86,6 +87,8 @@ class Settings:
     # Keys of gateway.api_keys and of gateway.api_keys_file, read once at load.
     gateway_api_keys: tuple[str, ...] = ()
     gateway_api_keys_file: Path | None = None
+    # `cluster:` (docs/multi-node.md): engines on the nodes of a Ray cluster; None: this box.
+    cluster: ClusterSettings | None = None
 
     @property
     def db_path(self) -> Path:
@@ -254,22 +257,7 @@ def _model_paths(value: Any, where: str) -> tuple[Path, ...]:
     return tuple(result)
 
 
-# The one key reserved for a feature that is designed but not built: refused with the
-# reason, rather than "unknown key" (which would read as a typo) or silently ignored (which
-# would run everything on this box while the user expects a cluster).
-NOT_BUILT_YET = {
-    "cluster": (
-        "multi-node (cluster: {backend: ray, ...}) is not built yet: sagellmd runs on this"
-        " machine only. The design is docs/multi-node.md (issue 17). Remove the cluster"
-        " section to start"
-    ),
-}
-
-
 def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> Settings:
-    for key, reason in NOT_BUILT_YET.items():
-        if key in data:
-            raise ConfigError(f"{where}: {key}: {reason}")
     _refuse_unknown(data, CONFIG_SCHEMA, f"{where}: ")
     changes = _scalars(data, where)
     if "gpus" in changes:
@@ -277,6 +265,8 @@ def _from_document(settings: Settings, data: Mapping[str, Any], where: str) -> S
             parse_gpu_setting(changes["gpus"])
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc.message}") from None
+    if "cluster" in data:
+        changes["cluster"] = parse_cluster(data["cluster"], where)
     if "models" in data:
         changes["model_paths"] = _model_paths(data["models"], where)
     keys, keys_file = gateway_keys(_mapping(data.get("gateway"), f"{where}: gateway"), where)

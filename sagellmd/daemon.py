@@ -101,6 +101,11 @@ async def serve(settings: Settings, presets: list[str]) -> int:
     # Every input is checked before anything is created: a typo in --preset or a port in
     # use must not leave a home and an empty database behind.
     check_presets(settings, presets)
+    if settings.cluster is not None:
+        # Ray missing is a configuration error, said before anything is created.
+        from sagellmd.cluster.ray_backend import import_ray
+
+        import_ray()
     sock = bind_api_socket(settings)
     check_home(settings)
     # 0700: the database and the logs hold engine env values (tokens) in clear text.

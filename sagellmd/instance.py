@@ -64,6 +64,8 @@ class Retiring:
     spec_hash: str
     gpus: tuple[int, ...] = ()
     gpu_bytes: int = 0
+    # The cluster node it runs on (None: the daemon's own machine).
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,12 @@ class Instance:
     retiring: Retiring | None = None
     # The KV side-channel ports a prefill or decode instance binds beside its HTTP port.
     side_ports: tuple[int, ...] = ()
+    # The cluster node its process runs on (None: the daemon's own machine); `gpus` are
+    # that node's GPU indices.
+    node: str | None = None
+    # An engine spanning nodes (vLLM's Ray executor): each node's GPUs, the leader's first;
+    # `node` and `gpus` are the leader's share.
+    spans: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def asleep(self) -> bool:
@@ -239,6 +247,8 @@ def begin_start(
     gpus: tuple[int, ...] = (),
     gpu_bytes: int = 0,
     waking: str | None = None,
+    node: str | None = None,
+    spans: tuple[tuple[str, tuple[int, ...]], ...] = (),
 ) -> Transition:
     """Intent to spawn, with the GPUs reserved for it: written before the process exists.
 
@@ -268,10 +278,18 @@ def begin_start(
         gpus=gpus,
         gpu_bytes=gpu_bytes,
         retiring=current.retiring if current is not None else None,
+        node=node,
+        spans=spans,
     )
     kind = "restarting" if counts_as_restart else "starting"
     note = f", restart #{restarts}" if counts_as_restart else ""
-    if gpus:
+    if spans:
+        note += ", across " + " + ".join(
+            f"{name} {','.join(f'GPU{gpu}' for gpu in gpus)}" for name, gpus in spans
+        )
+    elif node is not None:
+        note += f", on node {node}"
+    if gpus and not spans:
         placed = ",".join(f"GPU{gpu}" for gpu in gpus)
         note += f", {placed} x {gpu_bytes / 1024**3:.1f} GiB"
     if waking:
@@ -435,6 +453,29 @@ def exited(
     )
 
 
+def lost(current: Instance, node: str, now: float, restart_policy: str) -> Transition:
+    """Its node is gone, and its process with it (or out of reach): placed again where it
+    fits, as a restart. Not the engine's failure: neither its backoff nor a rollout's
+    verdict counts it."""
+    what = f"pid {current.pid}" if current.pid is not None else "its start"
+    message = f"lost: node {node} is gone ({what} with it)"
+    target = InstanceState.FAILED if restart_policy == "never" else InstanceState.BACKOFF
+    _check(current, target)
+    note = "not restarted (restart: never)" if restart_policy == "never" else "placing it again"
+    instance = replace(
+        current,
+        state=target,
+        message=f"{message}; {note}",
+        pid=None,
+        create_time=None,
+        exited_at=now,
+        stop_intent=None,
+        last_exit_code=None,
+        last_exit_signal=None,
+    )
+    return Transition(instance, "lost", f"{message}; {note}")
+
+
 def made_idle(
     current: Instance | None, engine_id: str, spec_hash: str, generation: int, reason: str
 ) -> Transition:
@@ -510,6 +551,7 @@ def begin_surge(
     now: float,
     gpus: tuple[int, ...] = (),
     gpu_bytes: int = 0,
+    node: str | None = None,
 ) -> Transition:
     """Start-then-stop: the running process retires, serving until the new one is ready."""
     _check(current, InstanceState.STARTING, "surge")
@@ -521,6 +563,7 @@ def begin_surge(
         current.spec_hash,
         current.gpus,
         current.gpu_bytes,
+        current.node,
     )
     instance = Instance(
         engine_id=current.engine_id,
@@ -533,6 +576,7 @@ def begin_surge(
         gpus=gpus,
         gpu_bytes=gpu_bytes,
         retiring=retiring,
+        node=node,
     )
     note = f"port {port}, replacing pid {current.pid} once ready"
     return Transition(instance, "starting", note)

@@ -71,6 +71,8 @@ class EngineSpec:
     runtime: str = "vllm"
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
+    # Cluster nodes it spans through vLLM's Ray executor (None: one node when it fits).
+    nodes: int | None = None
     port: int | None = None
     label: str | None = None
     # Further names the gateway routes to this engine; not a process field.
@@ -104,6 +106,8 @@ class EngineSpec:
             del data["disaggregated"]
         else:
             data["disaggregated"] = self.disaggregated.to_dict()
+        if self.nodes is None:
+            del data["nodes"]
         data["extra_args"] = list(self.extra_args)
         data["aliases"] = list(self.aliases)
         data["env"] = dict(self.env)
@@ -121,6 +125,8 @@ class EngineSpec:
             relevant["idle_action"] = "sleep"
         if self.disaggregated is not None:
             relevant["disaggregated"] = data["disaggregated"]
+        if self.nodes is not None:
+            relevant["nodes"] = self.nodes
         if self.pd_role is not None:
             relevant["pd"] = [self.pd_role, self.pd_connector]
         encoded = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
@@ -254,6 +260,8 @@ def _build_engine(
     for key in ("tensor_parallel", "pipeline_parallel", "max_concurrent_requests"):
         if key in values:
             values[key] = int(values[key])
+    if values.get("nodes") is not None:
+        values["nodes"] = int(values["nodes"])
     if values.get("port") is not None:
         values["port"] = int(values["port"])
     if values.get("gpu_memory_gb") is not None:
@@ -284,6 +292,17 @@ def _check_values(spec: EngineSpec, prefix: str) -> list[str]:
             f"{_field(prefix, 'runtime')}: {GATEWAY_RUNTIME!r} is reserved for sagellm's own"
             " gateway process (gateway: in config.yaml); choose vllm, embedding, llama-cpp or"
             " a runtime of config runtimes"
+        )
+    if spec.nodes is not None and (spec.runtime != "vllm" or spec.kind != "llm"):
+        problems.append(
+            f"{_field(prefix, 'nodes')}: an engine spans nodes through vLLM's Ray executor:"
+            f" only llm engines of runtime vllm take it, got kind {spec.kind!r} runtime"
+            f" {spec.runtime!r}; remove nodes"
+        )
+    if spec.nodes is not None and spec.disaggregated is not None:
+        problems.append(
+            f"{_field(prefix, 'nodes')}: a disaggregated engine's instances run on one node"
+            " each; remove nodes"
         )
     for name in ("startup_timeout_s", "gpu_memory_gb", "idle_s"):
         value = getattr(spec, name)

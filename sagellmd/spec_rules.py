@@ -37,6 +37,7 @@ FIELD_RULES = {
     "runtime": "must be a runtime name (vllm, embedding, llama-cpp or one from config runtimes)",
     "tensor_parallel": "must be an integer >= 1",
     "pipeline_parallel": "must be an integer >= 1",
+    "nodes": "must be an integer >= 1 (cluster nodes the engine spans), or null",
     "port": "must be an integer from 1 to 65535, or null for automatic",
     "label": "must be a string or null",
     "aliases": "must be a list of distinct names (one word each) clients may send as `model`",

@@ -27,7 +27,9 @@ def _ctx(request: Request) -> ApiContext:
 
 def route_table(ctx: ApiContext) -> dict[str, Any]:
     """The table as it stands now, numbered by ctx.route_versions."""
-    entries = route_entries(ctx.store.desired(), ctx.reconciler.world.instances)
+    entries = route_entries(
+        ctx.store.desired(), ctx.reconciler.world.instances, ctx.reconciler.world.engine_host
+    )
     return ctx.route_versions.table(entries)
 
 

@@ -17,6 +17,7 @@ from sagellmd.api.context import ApiContext
 from sagellmd.api.gateway_routes import gateway_section
 from sagellmd.api.gpu_views import gpus_document
 from sagellmd.api.log_follow import follow_log
+from sagellmd.api.node_views import nodes_document
 from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries, engine_entry
 from sagellmd.desired import DesiredEngine
@@ -34,8 +35,36 @@ def _ctx(request: Request) -> ApiContext:
 
 
 def gpu_summary(ctx: ApiContext) -> dict[str, Any]:
+    """The daemon's machine's GPUs; on a cluster every node's, each naming its node."""
     world = ctx.reconciler.world
-    return gpus_document(world.inventory, world.gpu_view, world.instances)
+    host = world.cluster
+    local = {key: i for key, i in world.instances.items() if i.node is None}
+    document = gpus_document(world.inventory, world.gpu_view, local)
+    if host is None:
+        return document
+    for device in document["devices"]:
+        device["node"] = host.local_name
+    for node in nodes_document(host, world.gpu_view, world.instances, []):
+        if not node["local"]:
+            document["devices"] += [{**device, "node": node["name"]} for device in node["gpus"]]
+    return document
+
+
+def nodes_summary(ctx: ApiContext) -> list[dict[str, Any]]:
+    world = ctx.reconciler.world
+    local = {key: i for key, i in world.instances.items() if i.node is None}
+    devices = gpus_document(world.inventory, world.gpu_view, local)["devices"]
+    return nodes_document(world.cluster, world.gpu_view, world.instances, devices)
+
+
+async def nodes(request: Request) -> JSONResponse:
+    """`GET /v1/nodes`: the cluster's nodes (empty, `cluster` null, without `cluster:`)."""
+    ctx = _ctx(request)
+    host = ctx.reconciler.world.cluster
+    cluster = None
+    if host is not None:
+        cluster = {"address": host.settings.address, "namespace": host.settings.namespace}
+    return JSONResponse({"cluster": cluster, "nodes": nodes_summary(ctx)})
 
 
 def estimates_for(ctx: ApiContext, desired: list[DesiredEngine]) -> dict[str, Any]:
@@ -83,6 +112,7 @@ def status_document(ctx: ApiContext, secrets: bool) -> dict[str, Any]:
             "last_pass_at": iso(ctx.reconciler.last_pass_at),
         },
         "gpus": gpu_summary(ctx),
+        "nodes": nodes_summary(ctx),
         "presets": [preset.name for preset in ctx.store.active_presets()],
         "engines": with_load(
             engine_entries(desired, ctx.engine_instances(), estimates_for(ctx, desired), secrets),

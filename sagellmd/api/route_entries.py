@@ -18,11 +18,6 @@ from sagellmd.spec import GATEWAY_ENGINE_ID
 ABSENT = "absent"  # desired, and no instance yet
 
 
-def _origin(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def _names(served: Iterable[str], engine: DesiredEngine) -> list[str]:
     """Served names, engine id, label, aliases: in that order, each once. An instance of a
     disaggregated engine answers to its engine's names, then to its own id."""
@@ -33,8 +28,21 @@ def _names(served: Iterable[str], engine: DesiredEngine) -> list[str]:
     return list(dict.fromkeys(name for name in candidates if name))
 
 
-def route_entry(engine: DesiredEngine, instance: Instance | None) -> dict[str, Any]:
-    """One engine as the gateway routes to it."""
+def _url(base_url: str, host: str | None) -> str:
+    origin = urlsplit(base_url)
+    if host is None:
+        return f"{origin.scheme}://{origin.netloc}"
+    bracketed = f"[{host}]" if ":" in host else host
+    return f"{origin.scheme}://{bracketed}:{origin.port}"
+
+
+def route_entry(
+    engine: DesiredEngine,
+    instance: Instance | None,
+    host_of: Callable[[str | None], str | None] = lambda node: None,
+) -> dict[str, Any]:
+    """One engine as the gateway routes to it; `host_of` gives the address of an engine on
+    another cluster node (None: the daemon's machine, loopback)."""
     spec = engine.spec
     kind = kind_for(spec.runtime)
     served = kind.served_model_names(spec)
@@ -42,6 +50,7 @@ def route_entry(engine: DesiredEngine, instance: Instance | None) -> dict[str, A
     port = instance.port if instance is not None else None
     message = instance.message if instance is not None else "waiting for the reconcile loop"
     retiring = instance.retiring if instance is not None else None
+    node = instance.node if instance is not None else None
     if (
         instance is not None
         and instance.state is not InstanceState.READY
@@ -49,14 +58,14 @@ def route_entry(engine: DesiredEngine, instance: Instance | None) -> dict[str, A
         and retiring.port is not None
     ):
         # Start-then-stop: the previous process serves until its replacement is ready.
-        state, port = InstanceState.READY.value, retiring.port
+        state, port, node = InstanceState.READY.value, retiring.port, retiring.node
         message = f"previous pid {retiring.pid} serves while its replacement starts"
     ready = state == InstanceState.READY.value and port is not None
     return {
         "id": engine.id,
         "state": state,
         "ready": ready,
-        "url": _origin(kind.base_url(port)) if port is not None else None,
+        "url": _url(kind.base_url(port), host_of(node)) if port is not None else None,
         "served_model": served[0] if served else spec.model,
         "names": _names(served, engine),
         "label": spec.label,
@@ -77,12 +86,14 @@ def route_entry(engine: DesiredEngine, instance: Instance | None) -> dict[str, A
 
 
 def route_entries(
-    desired: Iterable[DesiredEngine], instances: Mapping[str, Instance]
+    desired: Iterable[DesiredEngine],
+    instances: Mapping[str, Instance],
+    host_of: Callable[[str | None], str | None] = lambda node: None,
 ) -> list[dict[str, Any]]:
     """Every desired engine but the gateway itself (disaggregated ones as their instances),
     by id."""
     return [
-        route_entry(engine, instances.get(engine.id))
+        route_entry(engine, instances.get(engine.id), host_of)
         for engine in sorted(expand_desired(desired), key=lambda engine: engine.id)
         if engine.id != GATEWAY_ENGINE_ID
     ]

@@ -177,6 +177,12 @@ ENDPOINTS: list[Endpoint] = [
         RouteDoc("GPU inventory and reservations", {"200": "Gpus"}),
     ),
     Endpoint(
+        "GET",
+        "/v1/nodes",
+        read_routes.nodes,
+        RouteDoc("The cluster's nodes (empty without cluster:)", {"200": "NodeList"}),
+    ),
+    Endpoint(
         "POST",
         "/v1/plan",
         desired_routes.plan_change,

@@ -107,6 +107,8 @@ def _entry(
         "memory_estimate": _estimate(estimate),
         "restarts": instance.restarts if instance else 0,
         "retiring_pid": instance.retiring.pid if instance and instance.retiring else None,
+        # The cluster node it runs on; null on the daemon's own machine.
+        "node": instance.node if instance else None,
         "message": message,
         "generation": instance.generation if instance else None,
         "started_at": iso(instance.started_at) if instance else None,

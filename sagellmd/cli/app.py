@@ -18,8 +18,17 @@ from sagellmd.cli.help_format import SagellmGroup
 from sagellmd.cli.inference_commands import chat, embed
 from sagellmd.cli.interrupt import take_sigint
 from sagellmd.cli.model_commands import model_app
+from sagellmd.cli.node_commands import node_app
 from sagellmd.cli.preset_commands import preset_app
-from sagellmd.cli.render import engines_table, gateway_line, gpus_line, print_json, print_table
+from sagellmd.cli.render import (
+    engines_table,
+    gateway_line,
+    gpus_line,
+    local_node_name,
+    nodes_line,
+    print_json,
+    print_table,
+)
 from sagellmd.cli.run_command import run
 from sagellmd.cli.ui_command import ui
 from sagellmd.cli.watch import watch_status
@@ -38,6 +47,7 @@ app = typer.Typer(
 app.add_typer(preset_app, name="preset")
 app.add_typer(engine_app, name="engine")
 app.add_typer(model_app, name="model")
+app.add_typer(node_app, name="node")
 
 
 def _print_version(value: bool) -> None:
@@ -105,6 +115,9 @@ def status(
         + (f"   version {daemon['version']}" if daemon.get("version") else "")
     )
     typer.echo(f"gpus: {gpus_line(answer.get('gpus'))}")
+    nodes = nodes_line(answer.get("nodes"))
+    if nodes is not None:
+        typer.echo(nodes)
     presets = answer.get("presets")
     if isinstance(presets, list):
         typer.echo(f"presets: {', '.join(map(str, presets)) or 'none'}")
@@ -114,7 +127,7 @@ def status(
     if not engines:
         typer.echo("no engines (start some with `sagellm preset set NAME`)")
         return
-    print_table(engines_table(engines))
+    print_table(engines_table(engines, local_node_name(answer.get("nodes"))))
 
 
 # Registered here, after status and events, so `--help` lists the commands in that order.

@@ -71,6 +71,8 @@ ENGINE_COLUMNS = (
 )
 
 
+# Shown after STATE on a cluster: the node each engine runs on.
+NODE_COLUMN = Column("NODE", 1)
 # Shown after PORT when the gateway reports its load (status answers carry it).
 LOAD_COLUMN = Column("INFLIGHT/QUEUED", 2, justify="right")
 
@@ -89,7 +91,10 @@ def with_instances(engines: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[s
     return rows
 
 
-def engines_table(engines: Iterable[Mapping[str, Any]]) -> FittedTable:
+def engines_table(
+    engines: Iterable[Mapping[str, Any]], local_node: str | None = None
+) -> FittedTable:
+    """The engines; with `local_node` (the daemon's node on a cluster) a NODE column."""
     engines = list(engines)
     with_load = any(engine.get("inflight") is not None for engine in engines)
     rows = []
@@ -108,11 +113,41 @@ def engines_table(engines: Iterable[Mapping[str, Any]]) -> FittedTable:
         ]
         if with_load:
             row.insert(6, load_text(engine))
+        if local_node is not None:
+            on = engine.get("node") or (local_node if engine.get("pid") else None)
+            row.insert(4, cell(on))
         rows.append(row)
     columns = list(ENGINE_COLUMNS)
     if with_load:
         columns.insert(6, LOAD_COLUMN)
+    if local_node is not None:
+        columns.insert(4, NODE_COLUMN)
     return FittedTable(columns, rows)
+
+
+def nodes_line(nodes: Any) -> str | None:
+    """`nodes: head (this one), node-b, node-c dead`; None without a cluster."""
+    if not isinstance(nodes, list) or not nodes:
+        return None
+    parts = []
+    for node in nodes:
+        if not isinstance(node, Mapping):
+            continue
+        text = str(node.get("name"))
+        if node.get("local"):
+            text += " (daemon)"
+        elif not node.get("alive"):
+            text += " dead"
+        elif node.get("message"):
+            text += " unusable"
+        parts.append(text)
+    return "nodes: " + ", ".join(parts)
+
+
+def local_node_name(nodes: Any) -> str | None:
+    if not isinstance(nodes, list):
+        return None
+    return next((str(n["name"]) for n in nodes if isinstance(n, Mapping) and n.get("local")), None)
 
 
 def gateway_line(gateway: Mapping[str, Any]) -> str:

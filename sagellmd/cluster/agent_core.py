@@ -231,7 +231,7 @@ class AgentCore:
         store) if given, else every marked engine leader, the newest run per engine.
         What is not adopted stays a stray (see `strays`)."""
         watcher = self._watch()
-        leaders = [p for p in marked_processes(self.home) if p.pid == p.pgid]
+        leaders = [p for p in marked_processes(self.home, self.node) if p.pid == p.pgid]
         chosen: dict[str, Stray] = {}
         for leader in leaders:  # oldest first: a newer run of one engine replaces it
             if known is None or known.get(leader.engine_id, (None, None))[0] == leader.pid:
@@ -256,7 +256,7 @@ class AgentCore:
         """Marked processes of this home whose run no watched engine has: engines the
         daemon no longer wants, or workers that outlived their engine."""
         runs = {engine.run for engine in self._table.values() if engine.run}
-        return [p for p in marked_processes(self.home) if p.run not in runs]
+        return [p for p in marked_processes(self.home, self.node) if p.run not in runs]
 
     async def kill_strays(self, only: Collection[int] | None = None) -> list[int]:
         """SIGKILL the groups of the strays (those with a pid in `only`, if given)."""
@@ -281,15 +281,16 @@ class AgentCore:
         self._table.clear()
 
 
-def marked_processes(home: str) -> list[Stray]:
-    """Every live process carrying `home`'s engine markers, oldest first."""
+def marked_processes(home: str, node: str) -> list[Stray]:
+    """Every live process carrying `home`'s engine markers and `node`'s, oldest first (the
+    engines of other nodes are their agents' even where nodes share a machine, as in tests)."""
     found = []
     for process in psutil.process_iter():
         try:
             if process.status() == psutil.STATUS_ZOMBIE:
                 continue
             markers = Markers.of(process.environ())
-            if markers is None or markers.home != home:
+            if markers is None or markers.home != home or markers.node != node:
                 continue
             found.append(
                 Stray(

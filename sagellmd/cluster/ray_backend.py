@@ -271,6 +271,9 @@ class RayCluster:
             lifetime="detached",
             get_if_exists=True,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.ray_node_id, soft=False),
+            # Ray kills a worker's child processes when the worker exits; the engines must
+            # outlive their agent as they outlive the daemon, for the next agent to adopt.
+            runtime_env={"env_vars": {"RAY_kill_child_processes_on_worker_exit": "0"}},
         ).remote(node.name, self.home, self.logs_dir)
         agent = NodeAgent(ray, node.name, actor)
         self._agents[key] = agent

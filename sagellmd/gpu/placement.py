@@ -22,6 +22,20 @@ class GpuCapacity:
 
 
 @dataclass(frozen=True)
+class NodeGpus:
+    """One cluster node's GPUs in a view: indices `offset` .. `offset + count - 1` are its
+    GPUs 0 .. count - 1; `note` says why it offers none ("dead", "no GPUs (...)")."""
+
+    name: str
+    offset: int
+    count: int
+    note: str = ""
+
+    def holds(self, index: int) -> bool:
+        return self.offset <= index < self.offset + self.count
+
+
+@dataclass(frozen=True)
 class GpuView:
     """What placement needs to know: capacities, headroom, and each engine's per-GPU need.
 
@@ -33,6 +47,8 @@ class GpuView:
     headroom: float = 0.95
     message: str = ""
     needs: Mapping[str, int | str] = field(default_factory=dict)
+    # On a cluster: the nodes, whose GPUs no single engine straddles (empty: one machine).
+    nodes: tuple[NodeGpus, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from sagellmd.desired import DesiredEngine
+from sagellmd.gpu.node_view import SpreadPlaced
 from sagellmd.instance import StopIntent
 
 
@@ -29,6 +30,8 @@ class Start:
     kind: StartKind = StartKind.START
     # Requests the gateway holds for it (a start on demand may evict idle engines).
     waiting: int = 0
+    # Across cluster nodes through vLLM's Ray executor: the nodes and GPUs of each.
+    spread: SpreadPlaced | None = None
 
     @property
     def engine_id(self) -> str:
@@ -149,6 +152,11 @@ def _action_dict(action: Action) -> dict[str, object]:
         values.pop("waiting")  # only a start on demand says how many requests wait for it
     if isinstance(action, Start):
         values["engine"] = action.engine_id
+        spread = values.pop("spread")
+        if spread is not None:
+            values["spread"] = [
+                {"node": share.node, "gpus": list(share.gpus)} for share in spread.shares
+            ]
     return {
         names.get(key, key): value.value if isinstance(value, StrEnum) else value
         for key, value in values.items()

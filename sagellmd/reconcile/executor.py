@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from sagellmd.cluster.ray_backend import AgentUnreachable
+from sagellmd.cluster.ray_groups import group_name
+from sagellmd.cluster.watcher import ClusterWatcher
 from sagellmd.desired import DesiredEngine
+from sagellmd.gpu.cluster_placement import locate
+from sagellmd.gpu.node_view import SpreadPlaced
 from sagellmd.gpu.placement import memory_fraction
 from sagellmd.instance import (
     Instance,
@@ -46,14 +51,17 @@ from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.side_ports import choose_side_ports
 from sagellmd.reconcile.sleep_mode import SleepMode
 from sagellmd.reconcile.world import World
-from sagellmd.runtime.argv import GpuAssignment, build_argv, build_env
+from sagellmd.runtime.argv import ENGINE_HOST, GpuAssignment, build_argv, build_env
 from sagellmd.runtime.kinds import kind_for
 from sagellmd.runtime.kinds.base import RuntimeKind
+from sagellmd.runtime.kinds.vllm_ray import ray_executor_launch
 from sagellmd.runtime.logs import log_path
 from sagellmd.runtime.process import RUN_MARKER, Markers, new_run_marker, spawn
 from sagellmd.spec import EngineSpec
 
 log = logging.getLogger(__name__)
+
+Launch = Callable[[list[str], dict[str, str]], tuple[list[str], dict[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,7 @@ class Executor:
             self._stop(action.engine_id, StopIntent.DELIBERATE, f"replacing: {action.reason}")
         elif isinstance(action, Forget):
             self._prober.cancel(action.engine_id)
+            self._forget_group(action.engine_id)
             self._world.forget(action.engine_id)
         elif isinstance(action, Idle):
             self._idle(desired[action.engine_id], generation, action.reason)
@@ -108,6 +117,12 @@ class Executor:
             self.sleep_mode.wake(action)
         elif isinstance(action, Wait):
             pass  # the loop turns waits into timers
+
+    def _forget_group(self, engine_id: str) -> None:
+        """An engine that spanned nodes leaves no placement group holding Ray's GPUs."""
+        instance, host = self._world.instances.get(engine_id), self._world.cluster
+        if instance is not None and instance.spans and host is not None:
+            host.remove_group(group_name(engine_id))
 
     def _idle(self, engine: DesiredEngine, generation: int, reason: str) -> None:
         current = self._world.instances.get(engine.id)
@@ -146,10 +161,68 @@ class Executor:
         side_ports = self._side_ports(engine, generation, port, surge)
         if side_ports is None:
             return
-        starting = self._begin_start(engine, generation, action, port, side_ports)
+        if action.spread is not None:
+            self._start_spread(engine, generation, action, action.spread, port, kind, hub)
+            return
+        assignment = self._assignment(action)
+        node, gpus = self._node_of(action.gpus)
+        local = replace(action, gpus=gpus)
+        starting = self._begin_start(engine, generation, local, port, side_ports, node)
         if not self._model_available(starting, engine.spec, kind, hub):
             return
-        self._spawn(engine, starting, port, self._assignment(action), kind)
+        if assignment is not None:
+            assignment = GpuAssignment(gpus, assignment.memory_fraction)
+        self._spawn(engine, starting, port, assignment, kind)
+
+    def _start_spread(
+        self,
+        engine: DesiredEngine,
+        generation: int,
+        action: Start,
+        spread: SpreadPlaced,
+        port: int,
+        kind: RuntimeKind,
+        hub: HubCheck | None,
+    ) -> None:
+        """An engine across nodes: its placement group, then its leader (vLLM's API server)
+        on the first bundle's node, which starts the workers through Ray."""
+        world, host = self._world, self._world.cluster
+        assert host is not None
+        leader = spread.shares[0]
+        node = None if host.is_local(leader.node) else leader.node
+        spans = tuple((share.node, share.gpus) for share in spread.shares)
+        local = replace(action, gpus=leader.gpus)
+        starting = self._begin_start(engine, generation, local, port, (), node, spans)
+        if not self._model_available(starting, engine.spec, kind, hub):
+            return
+        name = group_name(engine.id)
+        try:
+            group_id = host.create_group(name, spread.placement_group())
+        except Exception as exc:
+            self._spawn_failed(starting, engine.spec.restart, f"placement group {name}: {exc}")
+            return
+        world.event(
+            engine.id,
+            "placed",
+            f"placement group {name}: {len(spread.bundle_nodes)} GPU bundles on"
+            f" {', '.join(spread.bundle_nodes)}",
+        )
+        fraction = spread.per_gpu_bytes / action.gpu_bytes if action.gpu_bytes else 0.9
+        host_ip = world.engine_host(node) or host.engine_host(leader.node)
+        ray_address = host.gcs_address()
+
+        def launch(argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+            return ray_executor_launch(argv, env, engine.spec, group_id, ray_address, host_ip)
+
+        self._spawn(engine, starting, port, GpuAssignment((), fraction), kind, launch)
+
+    def _node_of(self, gpus: tuple[int, ...]) -> tuple[str | None, tuple[int, ...]]:
+        """The node a start's GPUs are on (None: the daemon's machine), and its own indices."""
+        world = self._world
+        if not gpus or world.cluster is None or not world.gpu_view.nodes:
+            return None, gpus
+        node, local = locate(gpus, world.gpu_view.nodes)
+        return (None if world.cluster.is_local(node) else node), local
 
     def _start_port(self, engine: DesiredEngine, generation: int, surge: bool) -> int | None:
         """The port to start on; None (and the engine pending or replaced) when there is none."""
@@ -216,6 +289,8 @@ class Executor:
         action: Start,
         port: int,
         side_ports: tuple[int, ...] = (),
+        node: str | None = None,
+        spans: tuple[tuple[str, tuple[int, ...]], ...] = (),
     ) -> Instance:
         """Record the start: the intent is on disk before anything is done (a full disk
         raises here)."""
@@ -230,6 +305,7 @@ class Executor:
                 world.clock(),
                 action.gpus,
                 action.gpu_bytes,
+                node,
             )
             starting = world.record(_with_side_ports(surge, side_ports), generation, intent=True)
             # The running process keeps serving under another key until the new is ready.
@@ -247,6 +323,8 @@ class Executor:
             action.gpus,
             action.gpu_bytes,
             action.reason if action.waiting else None,
+            node,
+            spans,
         )
         return world.record(_with_side_ports(transition, side_ports), generation, intent=True)
 
@@ -287,15 +365,26 @@ class Executor:
         port: int,
         assignment: GpuAssignment | None,
         kind: RuntimeKind,
+        launch: Launch | None = None,
     ) -> None:
-        """Start the process and watch it; any failure becomes a crash the policy handles."""
+        """Start the process and watch it; any failure becomes a crash the policy handles.
+
+        `launch` rewrites the argv and environment (an engine spanning nodes)."""
         world, settings, spec = self._world, self._world.settings, engine.spec
         command = "the engine"
+        host = world.engine_host(starting.node)
         try:
             side_port = starting.side_ports[0] if starting.side_ports else None
-            argv = build_argv(spec, settings, engine.id, port, assignment, side_port)
+            argv = build_argv(
+                spec, settings, engine.id, port, assignment, side_port, host or ENGINE_HOST
+            )
             command = argv[0] if argv else command
             env = build_env(spec, settings, engine.id, port, assignment, side_port)
+            if launch is not None:
+                argv, env = launch(argv, env)
+            if starting.node is not None and host is not None:
+                self._spawn_remote(engine, starting, argv, env, kind)
+                return
             env[RUN_MARKER] = new_run_marker()
             popen = spawn(argv, env, log_path(settings.logs_dir, engine.id))
         except Exception as exc:
@@ -314,6 +403,31 @@ class Executor:
             return
         world.record(spawned(starting, process.pid, process.create_time, kind.health_path))
         touch_model(settings.home, spec.model)
+        self._prober.start(engine.id, process.pid)
+
+    def _spawn_remote(
+        self,
+        engine: DesiredEngine,
+        starting: Instance,
+        argv: list[str],
+        env: dict[str, str],
+        kind: RuntimeKind,
+    ) -> None:
+        """Start the process through its node's agent, which watches it there."""
+        world, node = self._world, starting.node
+        assert node is not None and isinstance(world.watcher, ClusterWatcher)
+        try:
+            process = world.watcher.spawn_remote(node, engine.id, argv, env, starting.port)
+        except AgentUnreachable as exc:
+            reason = f"node {node}: its agent did not answer ({exc.detail})"
+            self._spawn_failed(starting, engine.spec.restart, reason)
+            return
+        except Exception as exc:  # the agent's spawn failed: no such file, a bad env value
+            reason = f"{argv[0] if argv else 'the engine'} on node {node}: {_describe(exc)}"
+            self._spawn_failed(starting, engine.spec.restart, reason)
+            return
+        world.record(spawned(starting, process.pid, process.create_time, kind.health_path))
+        touch_model(world.settings.home, engine.spec.model)
         self._prober.start(engine.id, process.pid)
 
     def _spawn_failed(self, starting: Instance, restart: str, reason: str) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from sagellmd.gpu.cluster_placement import place_on_a_node
 from sagellmd.gpu.placement import (
     GpuCapacity,
     GpuView,
+    NotPlaced,
     Placed,
     Reservation,
     describe_need,
@@ -17,6 +19,7 @@ from sagellmd.instance import Instance, InstanceState
 from sagellmd.reconcile.actions import Action, Pend, Replace, Start, StartKind, Wake
 from sagellmd.reconcile.group_starts import held_by_siblings, place_group_starts
 from sagellmd.reconcile.make_room import Room
+from sagellmd.reconcile.spread_starts import place_spread, spans_nodes
 from sagellmd.runtime.kinds import wants_gpu
 
 
@@ -93,6 +96,20 @@ def _allowed(action: Start, observed: Mapping[str, Instance], view: GpuView) -> 
     return [gpu for gpu in view.gpus if gpu.index not in taken]
 
 
+def _place(
+    count: int,
+    need: int,
+    gpus: list[GpuCapacity],
+    reservations: list[Reservation],
+    view: GpuView,
+    busy: set[int],
+) -> Placed | NotPlaced:
+    """Best fit; on a cluster, all of an engine's GPUs on one node."""
+    if view.nodes:
+        return place_on_a_node(count, need, gpus, reservations, view.headroom, busy, view.nodes)
+    return place(count, need, gpus, reservations, view.headroom, busy)
+
+
 def place_starts(
     actions: Sequence[Action],
     observed: Mapping[str, Instance],
@@ -157,16 +174,27 @@ def place_starts(
             placed.append(_cannot_place(action, need or "no memory estimate", surge))
             continue
         count = spec.tensor_parallel * spec.pipeline_parallel
-        if not view.gpus:
+        if not view.gpus and not view.nodes and spec.nodes in (None, 1):
             reason = f"{describe_need(count, need)}; {view.message or 'no GPUs'}"
             placed.append(_cannot_place(action, reason, surge))
             continue
         # A surge runs beside the engine's current process, whose memory stays held.
         reservations = _reservations(observed, None if surge else action.engine_id) + planned
         busy = _starting_gpus(observed, action.engine_id) | planned_busy
-        outcome = place(
-            count, need, _allowed(action, observed, view), reservations, view.headroom, busy
-        )
+        if spans_nodes(spec, view):
+            if surge:
+                # Its bundles are whole GPUs named after the engine: one set at a time.
+                placed.append(Replace(action.engine_id, "an engine spanning nodes is replaced"))
+                continue
+            spread = place_spread(action, need, view, reservations, busy)
+            if isinstance(spread, Start):
+                planned.append(Reservation(action.engine_id, spread.gpus, spread.gpu_bytes))
+                planned_busy.update(spread.gpus)
+                placed.append(spread)
+            else:
+                placed.append(_cannot_place(action, spread.message, surge))
+            continue
+        outcome = _place(count, need, _allowed(action, observed, view), reservations, view, busy)
         if not isinstance(outcome, Placed) and room and action.waiting and not surge:
             if not outcome.busy:
                 made = room.evict_for(action.engine_id, count, need, view, reservations, busy)

@@ -12,6 +12,8 @@ from datetime import datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from sagellmd.backoff import BackoffPolicy
+from sagellmd.cluster.host import ClusterHost
+from sagellmd.cluster.watcher import ClusterWatcher
 from sagellmd.config import Settings
 from sagellmd.desired import DesiredEngine
 from sagellmd.events import EventHub
@@ -22,6 +24,8 @@ from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import PROCESS_STATES, InstanceState, StopIntent
 from sagellmd.pd_expand import expand_desired
 from sagellmd.reconcile.actions import Pend, Plan, Stop, Wait
+from sagellmd.reconcile.cluster_recovery import adopt_from_new_agent, recover_remote
+from sagellmd.reconcile.cluster_world import cluster_view, in_view_numbering, lose_node
 from sagellmd.reconcile.demand import Activity
 from sagellmd.reconcile.executor import Executor
 from sagellmd.reconcile.gateway_engine import daemon_engines
@@ -55,15 +59,28 @@ class Reconciler:
     ) -> None:
         loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
+        watcher = (
+            ClusterWatcher(loop, self._on_exit)
+            if settings.cluster is not None
+            else ProcessWatcher(loop, self._on_exit)
+        )
         self.world = World(
             settings=settings,
             store=store,
             hub=hub,
-            watcher=ProcessWatcher(loop, self._on_exit),
+            watcher=watcher,
             clock=clock,
             wake=self.wake,
             own_engines=daemon_engines(settings),
         )
+        if isinstance(watcher, ClusterWatcher):
+            host = ClusterHost(settings, watcher, self.wake, clock)
+            host.on_node_lost = self._node_lost
+            host.on_agent_replaced = lambda node: adopt_from_new_agent(
+                self.world, self._prober, host, node
+            )
+            host.on_event = lambda type_, message: self.world.event(None, type_, message)
+            self.world.cluster = host
         self.world.metrics.watch(self.world)
         self._prober = Prober(self.world)
         self._executor = Executor(self.world, self._prober)
@@ -93,21 +110,39 @@ class Reconciler:
     async def _timer_fired(self) -> None:
         self.wake()
 
+    def _node_lost(self, node: str, why: str) -> None:
+        lose_node(self.world, self._prober, node, why)
+
     def recover(self) -> None:
+        """Adopt what outlived the previous daemon; on a cluster, join it first (a cluster
+        that cannot be reached stops the start: ClusterUnreachable)."""
+        host = self.world.cluster
+        if host is not None:
+            host.connect()
         recover(self.world, self._prober)
+        if host is not None:
+            recover_remote(self.world, self._prober, host)
         self.observe_gpus(self.world.desired())
 
     def observe_gpus(self, desired: list[DesiredEngine]) -> GpuView:
         """Read the GPU inventory and turn it into what placement sees, for this pass."""
         world = self.world
-        world.inventory = read_inventory(world.settings.gpus)
+        setting = world.settings.gpus
+        if world.cluster is not None:
+            setting = world.cluster.local_gpu_setting(setting)
+        world.inventory = read_inventory(setting)
         ours = (
             process_tree(
-                instance.pid for instance in world.instances.values() if instance.pid is not None
+                instance.pid
+                for instance in world.instances.values()
+                if instance.pid is not None and instance.node is None
             )
             if world.inventory.devices and not world.inventory.simulated
             else set()
         )
+        if world.cluster is not None:
+            world.gpu_view = cluster_view(world, world.cluster, desired, self.estimates, ours)
+            return world.gpu_view
         world.gpu_view = build_view(
             world.inventory, desired, self.estimates, ours, world.settings.headroom
         )
@@ -115,9 +150,15 @@ class Reconciler:
 
     def _plan(self, desired: list[DesiredEngine], view: GpuView) -> Plan:
         settings = self.world.settings
+        host = self.world.cluster
+        observed = (
+            in_view_numbering(self.world.instances, view, host.local_name)
+            if host is not None
+            else self.world.instances
+        )
         return plan_actions(
             desired,
-            self.world.instances,
+            observed,
             self.world.clock(),
             BackoffPolicy(settings.backoff_base_s, settings.backoff_max_s),
             view,
@@ -227,6 +268,8 @@ class Reconciler:
     async def run(self) -> None:
         """Run passes until `shutdown`; a slow tick is the safety net for missed wakes."""
         self._scheduler.start()
+        if self.world.cluster is not None:
+            self.world.cluster.start()
         self._scheduler.add_job(
             self._timer_fired, "interval", seconds=self.world.settings.tick_s, id="tick"
         )
@@ -292,3 +335,5 @@ class Reconciler:
         self._prober.cancel_all()
         self._executor.sleep_mode.cancel_all()
         self.world.watcher.release_all()
+        if self.world.cluster is not None:
+            self.world.cluster.shutdown()

@@ -106,6 +106,8 @@ class Prober:
         desired = self._world.desired_engine(engine_id)
         kind = kind_for(desired.spec.runtime) if desired else COMMAND
         host = kind.probe_host(desired.spec) if desired else ENGINE_HOST
+        current = self._world.instances.get(engine_id)
+        host = self._world.engine_host(current.node if current else None) or host
         failures = 0
         # For its first seconds a starting engine is probed every 25 ms, then every interval:
         # one up in 0.1 s (llama.cpp, the gateway, an on-demand start) is seen ready within
@@ -142,6 +144,10 @@ class Prober:
                 failures = 0
                 if instance.state is InstanceState.UNHEALTHY:
                     self._world.record(became_ready(instance, self._world.clock()))
+            elif self._world.node_suspect(instance.node):
+                # Its node's agent does not answer: Ray, not a probe, says whether the node
+                # is gone (then the engine is lost, not failed).
+                failures = 0
             else:
                 failures += 1
                 if failures >= settings.liveness_failures and instance.state is InstanceState.READY:

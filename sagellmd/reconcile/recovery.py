@@ -40,7 +40,9 @@ def _marked_processes(home: str) -> list[MarkedProcess]:
             create_time = process.create_time()
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
-        if markers is not None and markers.home == home:
+        # An engine another node's agent started (on this machine only in tests, where
+        # every node shares the box) is that agent's to adopt or stop.
+        if markers is not None and markers.home == home and not markers.node:
             found.append(
                 MarkedProcess(process.pid, pgid, markers.engine_id, markers.run, create_time)
             )
@@ -88,8 +90,8 @@ def _adopt_retiring(world: World) -> set[int]:
     adopted: set[int] = set()
     for engine_id, instance in list(world.instances.items()):
         old = instance.retiring
-        if old is None:
-            continue
+        if old is None or old.node is not None:
+            continue  # none, or another node's agent watches it (cluster_recovery.py)
         if world.watcher.adopt(engine_id, old.pid, old.create_time) is not None:
             # adopt() checks the marker against the engine id; then it watches it aside.
             world.watcher.rekey(engine_id, retiring_key(engine_id))
@@ -105,6 +107,8 @@ def _adopt_recorded(world: World, prober: Prober) -> set[int]:
     for engine_id, instance in list(world.instances.items()):
         if (instance.state not in PROCESS_STATES and not instance.asleep) or instance.pid is None:
             continue
+        if instance.node is not None:
+            continue  # another node's agent watches it (cluster_recovery.py)
         process = world.watcher.adopt(engine_id, instance.pid, instance.create_time or 0.0)
         if process is None:
             world.event(

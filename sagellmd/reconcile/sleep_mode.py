@@ -37,6 +37,10 @@ class SleepMode:
 
     def _host(self, engine_id: str) -> str:
         desired = self._world.desired_engine(engine_id)
+        instance = self._world.instances.get(engine_id)
+        remote = self._world.engine_host(instance.node if instance else None)
+        if remote is not None:
+            return remote
         return kind_for(desired.spec.runtime).probe_host(desired.spec) if desired else ENGINE_HOST
 
     def sleep(self, action: Sleep) -> None:

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sagellmd.backoff import backoff_delay
 from sagellmd.config import Settings
@@ -22,6 +22,9 @@ from sagellmd.pd_expand import expand_desired, expand_engine
 from sagellmd.runtime.process import ProcessWatcher
 from sagellmd.store.failures import is_storage_failure
 from sagellmd.store.repository import Store
+
+if TYPE_CHECKING:
+    from sagellmd.cluster.host import ClusterHost
 
 log = logging.getLogger("sagellmd.reconcile")
 
@@ -46,6 +49,21 @@ class World:
     own_engines: dict[str, DesiredEngine] = field(default_factory=dict)
     # The gateway's last activity report while it is fresh (demand, in-flight, last request).
     activity: Callable[[], Mapping[str, Any] | None] = lambda: None
+    # The Ray cluster's nodes and agents (`cluster:` in config.yaml); None: this box alone.
+    cluster: ClusterHost | None = None
+
+    def node_suspect(self, node: str | None) -> bool:
+        """Its node's agent stopped answering and Ray has not yet said the node is gone."""
+        if node is None or self.cluster is None:
+            return False
+        status = self.cluster.nodes.get(node)
+        return status is not None and (status.suspect or not status.node.alive)
+
+    def engine_host(self, node: str | None) -> str | None:
+        """The address an engine on `node` listens on; None: the daemon's machine (loopback)."""
+        if node is None or self.cluster is None or self.cluster.is_local(node):
+            return None
+        return self.cluster.engine_host(node)
 
     def desired(self) -> list[DesiredEngine]:
         """What the loop plans over: the stored desired state, disaggregated engines as their

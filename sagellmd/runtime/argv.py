@@ -46,6 +46,7 @@ def build_argv(
     port: int,
     assignment: GpuAssignment | None = None,
     side_port: int | None = None,
+    host: str = ENGINE_HOST,
 ) -> list[str]:
     """The runtime's command (placeholders filled), its kind's flags, then extra_args.
 
@@ -53,7 +54,7 @@ def build_argv(
     prefill or decode instance gets its --kv-transfer-config before extra_args (`side_port`:
     the first of its side-channel ports).
     """
-    argv = kind_for(spec.runtime).argv(spec, settings, engine_id, port, assignment)
+    argv = kind_for(spec.runtime).argv(spec, settings, engine_id, port, assignment, host)
     launch = _kv_launch(spec, engine_id, port, side_port)
     if launch is None:
         return argv

@@ -28,6 +28,8 @@ ExitCallback = Callable[[str, int, "int | None", "int | None"], None]
 ENGINE_MARKER = "SAGELLM_ENGINE_ID"
 HOME_MARKER = "SAGELLM_HOME"
 RUN_MARKER = "SAGELLM_ENGINE_RUN"
+# The cluster node whose agent started it (docs/multi-node.md); absent on the daemon's machine.
+NODE_MARKER = "SAGELLM_NODE"
 
 
 def new_run_marker() -> str:
@@ -41,12 +43,18 @@ class Markers:
     engine_id: str
     home: str
     run: str | None
+    node: str | None = None
 
     @classmethod
     def of(cls, env: Mapping[str, str]) -> Markers | None:
         if not env.get(ENGINE_MARKER) or not env.get(HOME_MARKER):
             return None
-        return cls(env[ENGINE_MARKER], env[HOME_MARKER], env.get(RUN_MARKER) or None)
+        return cls(
+            env[ENGINE_MARKER],
+            env[HOME_MARKER],
+            env.get(RUN_MARKER) or None,
+            env.get(NODE_MARKER) or None,
+        )
 
 
 def processes_of_run(markers: Markers | None) -> list[psutil.Process]:

@@ -118,6 +118,8 @@ CONFIG_SCHEMA: dict[str, Any] = _section(
             },
             closed=True,
         ),
+        # Multi-node on Ray (docs/multi-node.md); cluster_config.py checks its keys.
+        "cluster": {"type": ["object", "null"]},
         "models": _section(
             {
                 # Absolute directories; config.py checks each path.

@@ -64,6 +64,8 @@ ENGINE_SCHEMA: dict[str, Any] = {
         "runtime": {"type": "string", "pattern": r"^[A-Za-z0-9][-_.A-Za-z0-9]*$", "maxLength": 63},
         "tensor_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
         "pipeline_parallel": {"type": "integer", "minimum": 1, "maximum": 64},
+        # Cluster nodes a vLLM engine spans through Ray (docs/multi-node.md).
+        "nodes": {"type": ["integer", "null"], "minimum": 1, "maximum": 64},
         "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
         "label": {"type": ["string", "null"], "maxLength": 256, "pattern": NO_CONTROL_PATTERN},
         "aliases": {

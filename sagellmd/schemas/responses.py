@@ -134,6 +134,22 @@ GPUS = _object(
     },
     ("mode", "simulated", "message", "devices"),
 )
+NODE = _object(
+    {
+        "name": STRING,
+        "address": STRING,
+        "local": BOOLEAN,
+        "alive": BOOLEAN,
+        "dead_since": NULLABLE_STRING,
+        "usable": BOOLEAN,
+        "ray_node_id": STRING,
+        "gpus": _array(OPEN_OBJECT),
+        "agent": {"type": ["object", "null"]},
+        "engines": _array(STRING),
+        "message": NULLABLE_STRING,
+    },
+    ("name", "address", "alive", "gpus", "engines"),
+)
 ERROR = _object(
     {
         "error": _object(
@@ -203,6 +219,11 @@ def response_schemas(action_types: tuple[str, ...]) -> dict[str, dict[str, Any]]
         "Event": EVENT,
         "Generation": GENERATION,
         "Gpus": GPUS,
+        "Node": NODE,
+        "NodeList": _object(
+            {"cluster": {"type": ["object", "null"]}, "nodes": _array(ref("Node"))},
+            ("cluster", "nodes"),
+        ),
         "Object": OPEN_OBJECT,
         "PrometheusText": STRING,
         # The models routes' answers are documented in docs/api.md only.
@@ -213,6 +234,7 @@ def response_schemas(action_types: tuple[str, ...]) -> dict[str, dict[str, Any]]
                 "generation": INTEGER,
                 "daemon": OPEN_OBJECT,
                 "gpus": ref("Gpus"),
+                "nodes": _array(ref("Node")),
                 "presets": _array(STRING),
                 "engines": ENGINES,
                 "gateway": ref("GatewayStatus"),

@@ -68,6 +68,10 @@ class InstanceRow(Base):
     retiring: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Comma-separated KV side-channel ports of a disaggregated engine's instance (0007).
     side_ports: Mapped[str] = mapped_column(String(256), default="")
+    # The cluster node the process runs on, "" for the daemon's own machine (0008).
+    node: Mapped[str] = mapped_column(String(128), default="")
+    # An engine spanning nodes: JSON [[node, [gpu, ...]], ...], leader first (0008).
+    spans: Mapped[str] = mapped_column(Text, default="[]")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     create_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)

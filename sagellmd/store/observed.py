@@ -73,6 +73,8 @@ def _instance_from_row(row: InstanceRow) -> Instance:
         gpu_bytes=row.gpu_bytes,
         retiring=_retiring_from_json(row.retiring),
         side_ports=tuple(int(port) for port in row.side_ports.split(",") if port),
+        node=row.node or None,
+        spans=tuple((name, tuple(gpus)) for name, gpus in json.loads(row.spans or "[]")),
     )
 
 
@@ -110,6 +112,8 @@ class ObservedStore(StoreSessions):
             "gpu_bytes": instance.gpu_bytes,
             "retiring": _retiring_to_json(instance.retiring),
             "side_ports": ",".join(str(port) for port in instance.side_ports),
+            "node": instance.node or "",
+            "spans": json.dumps([[name, list(gpus)] for name, gpus in instance.spans]),
             "pid": instance.pid,
             "create_time": instance.create_time,
             "port": instance.port,

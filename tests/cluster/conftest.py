@@ -71,6 +71,11 @@ class LocalCluster:
     def address(self) -> str:
         return str(self.cluster.address)
 
+    @property
+    def env(self) -> dict[str, str]:
+        """What a daemon under test needs in its environment to join this cluster."""
+        return {"RAY_TMPDIR": self.temp_dir, **RAY_ENV}
+
     def add_node(self, name: str, gpus: str = "simulate:2x80", num_gpus: int = 2) -> None:
         node = self.cluster.add_node(
             num_cpus=1,

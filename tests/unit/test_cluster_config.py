@@ -69,11 +69,16 @@ def test_bad_values_name_the_field_and_the_fix(section, message):
     assert caught.value.message.startswith(f"{WHERE}: {message}"), caught.value.message
 
 
-def test_the_daemon_still_refuses_the_section_until_the_feature_runs(tmp_path):
+def test_load_settings_reads_the_section_and_names_a_bad_key(tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text("cluster: {backend: ray, address: auto, namespace: sagellm}\n")
-    with pytest.raises(ConfigError, match="cluster: multi-node .* is not built yet"):
+    config.write_text("cluster: {backend: ray, address: 10.0.0.5:6379, namespace: team}\n")
+    settings = load_settings(home=tmp_path / "home", config_file=config, environ={})
+    assert settings.cluster == ClusterSettings("ray", "10.0.0.5:6379", "team")
+    config.write_text("cluster: {adress: auto}\n")
+    with pytest.raises(ConfigError, match=r"cluster: unknown key\(s\) adress"):
         load_settings(home=tmp_path / "home", config_file=config, environ={})
+    config.write_text("gpus: auto\n")
+    assert load_settings(home=tmp_path / "home", config_file=config, environ={}).cluster is None
 
 
 def test_a_node_is_named_by_its_label_else_its_address():

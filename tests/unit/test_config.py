@@ -146,10 +146,10 @@ def test_home_is_expanded_and_resolved(tmp_path):
 BAD = [
     ("unknown-key", "colour: red\n", {}, "unknown key(s) colour; known: api,"),
     (
-        "cluster-not-built-yet",
-        "cluster: {backend: ray, address: auto}\n",
+        "cluster-backend",
+        "cluster: {backend: k8s, address: auto}\n",
         {},
-        "cluster: multi-node (cluster: {backend: ray, ...}) is not built yet",
+        "cluster.backend: must be ray (the only backend)",
     ),
     (
         "ports-end-before-start",

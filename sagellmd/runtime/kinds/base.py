@@ -105,7 +105,12 @@ class RuntimeKind:
         return model_is_local(spec, settings)
 
     def flags(
-        self, spec: EngineSpec, model: EngineModel, port: int, assignment: GpuAssignment | None
+        self,
+        spec: EngineSpec,
+        model: EngineModel,
+        port: int,
+        assignment: GpuAssignment | None,
+        host: str = ENGINE_HOST,
     ) -> list[str]:
         """The built-in flags after the command (a plain command gets none)."""
         return []
@@ -117,19 +122,21 @@ class RuntimeKind:
         engine_id: str,
         port: int,
         assignment: GpuAssignment | None = None,
+        host: str = ENGINE_HOST,
     ) -> list[str]:
-        """The runtime's command (placeholders filled), the kind's flags, then extra_args."""
+        """The runtime's command (placeholders filled), the kind's flags, then extra_args;
+        the engine listens on `host` (another node's address on a cluster)."""
         model = self.model(spec, settings)
         values = {
             "model": model.argument,
             "model_id": spec.model,
             "port": str(port),
-            "host": ENGINE_HOST,
+            "host": host,
             "id": engine_id,
             "name": spec.name,
         }
         argv = fill_template(settings.runtime_command(spec.runtime), values)
-        argv += self.flags(spec, model, port, assignment)
+        argv += self.flags(spec, model, port, assignment, host)
         return argv + list(spec.extra_args)
 
     def env(

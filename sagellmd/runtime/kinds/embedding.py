@@ -25,14 +25,19 @@ class EmbeddingKind(RuntimeKind):
         return EngineModel(str(local.path))
 
     def flags(
-        self, spec: EngineSpec, model: EngineModel, port: int, assignment: GpuAssignment | None
+        self,
+        spec: EngineSpec,
+        model: EngineModel,
+        port: int,
+        assignment: GpuAssignment | None,
+        host: str = ENGINE_HOST,
     ) -> list[str]:
         device = "cuda" if assignment is not None else "cpu"
         return [
             "--model",
             model.argument,
             "--host",
-            ENGINE_HOST,
+            host,
             "--port",
             str(port),
             "--device",

@@ -43,7 +43,12 @@ class GatewayKind(RuntimeKind):
         return spec.env.get(HOST_VARIABLE, ENGINE_HOST)
 
     def flags(
-        self, spec: EngineSpec, model: EngineModel, port: int, assignment: GpuAssignment | None
+        self,
+        spec: EngineSpec,
+        model: EngineModel,
+        port: int,
+        assignment: GpuAssignment | None,
+        host: str = ENGINE_HOST,
     ) -> list[str]:
         daemon_url = spec.env.get(DAEMON_URL_VARIABLE, "")
         return ["--host", self.host(spec), "--port", str(port), "--daemon-url", daemon_url]

@@ -176,9 +176,14 @@ class LlamaCppKind(RuntimeKind):
         return self._locate(spec, settings)[0] is not None
 
     def flags(
-        self, spec: EngineSpec, model: EngineModel, port: int, assignment: GpuAssignment | None
+        self,
+        spec: EngineSpec,
+        model: EngineModel,
+        port: int,
+        assignment: GpuAssignment | None,
+        host: str = ENGINE_HOST,
     ) -> list[str]:
-        flags = ["--model", model.argument, "--host", ENGINE_HOST, "--port", str(port)]
+        flags = ["--model", model.argument, "--host", host, "--port", str(port)]
         flags += ["--model_alias", self.served_model_names(spec)[0]]
         if assignment is not None:
             # A CUDA build offloads every layer to the reserved GPUs; a CPU build ignores it.

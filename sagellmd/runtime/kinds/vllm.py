@@ -44,13 +44,18 @@ class VllmKind(RuntimeKind):
         return (spec.model,)
 
     def flags(
-        self, spec: EngineSpec, model: EngineModel, port: int, assignment: GpuAssignment | None
+        self,
+        spec: EngineSpec,
+        model: EngineModel,
+        port: int,
+        assignment: GpuAssignment | None,
+        host: str = ENGINE_HOST,
     ) -> list[str]:
         flags = [
             "--model",
             model.argument,
             "--host",
-            ENGINE_HOST,
+            host,
             "--port",
             str(port),
             "--tensor-parallel-size",

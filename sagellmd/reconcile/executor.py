@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from sagellmd.cluster.ray_backend import AgentUnreachable
-from sagellmd.cluster.ray_groups import group_name
-from sagellmd.cluster.watcher import ClusterWatcher
 from sagellmd.desired import DesiredEngine
-from sagellmd.gpu.cluster_placement import locate
-from sagellmd.gpu.node_view import SpreadPlaced
 from sagellmd.gpu.placement import memory_fraction
 from sagellmd.instance import (
     Instance,
@@ -46,6 +41,7 @@ from sagellmd.reconcile.actions import (
     Wait,
     Wake,
 )
+from sagellmd.reconcile.cluster_spawn import ClusterSpawn, Launch, describe
 from sagellmd.reconcile.engine_ports import choose_port, taken_ports
 from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.side_ports import choose_side_ports
@@ -54,14 +50,11 @@ from sagellmd.reconcile.world import World
 from sagellmd.runtime.argv import ENGINE_HOST, GpuAssignment, build_argv, build_env
 from sagellmd.runtime.kinds import kind_for
 from sagellmd.runtime.kinds.base import RuntimeKind
-from sagellmd.runtime.kinds.vllm_ray import ray_executor_launch
 from sagellmd.runtime.logs import log_path
 from sagellmd.runtime.process import RUN_MARKER, Markers, new_run_marker, spawn
 from sagellmd.spec import EngineSpec
 
 log = logging.getLogger(__name__)
-
-Launch = Callable[[list[str], dict[str, str]], tuple[list[str], dict[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -72,18 +65,12 @@ class HubCheck:
     answer: HubAnswer | None
 
 
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return f"{type(exc).__name__}: {exc}"
-
-
 def _with_side_ports(transition: Transition, side_ports: tuple[int, ...]) -> Transition:
     # The ports go with the instance record, so an adopting daemon knows them.
     return replace(transition, instance=replace(transition.instance, side_ports=side_ports))
 
 
-class Executor:
+class Executor(ClusterSpawn):
     """Turns actions into process operations and recorded transitions."""
 
     def __init__(self, world: World, prober: Prober) -> None:
@@ -117,12 +104,6 @@ class Executor:
             self.sleep_mode.wake(action)
         elif isinstance(action, Wait):
             pass  # the loop turns waits into timers
-
-    def _forget_group(self, engine_id: str) -> None:
-        """An engine that spanned nodes leaves no placement group holding Ray's GPUs."""
-        instance, host = self._world.instances.get(engine_id), self._world.cluster
-        if instance is not None and instance.spans and host is not None:
-            host.remove_group(group_name(engine_id))
 
     def _idle(self, engine: DesiredEngine, generation: int, reason: str) -> None:
         current = self._world.instances.get(engine.id)
@@ -173,56 +154,6 @@ class Executor:
         if assignment is not None:
             assignment = GpuAssignment(gpus, assignment.memory_fraction)
         self._spawn(engine, starting, port, assignment, kind)
-
-    def _start_spread(
-        self,
-        engine: DesiredEngine,
-        generation: int,
-        action: Start,
-        spread: SpreadPlaced,
-        port: int,
-        kind: RuntimeKind,
-        hub: HubCheck | None,
-    ) -> None:
-        """An engine across nodes: its placement group, then its leader (vLLM's API server)
-        on the first bundle's node, which starts the workers through Ray."""
-        world, host = self._world, self._world.cluster
-        assert host is not None
-        leader = spread.shares[0]
-        node = None if host.is_local(leader.node) else leader.node
-        spans = tuple((share.node, share.gpus) for share in spread.shares)
-        local = replace(action, gpus=leader.gpus)
-        starting = self._begin_start(engine, generation, local, port, (), node, spans)
-        if not self._model_available(starting, engine.spec, kind, hub):
-            return
-        name = group_name(engine.id)
-        try:
-            group_id = host.create_group(name, spread.placement_group())
-        except Exception as exc:
-            self._spawn_failed(starting, engine.spec.restart, f"placement group {name}: {exc}")
-            return
-        world.event(
-            engine.id,
-            "placed",
-            f"placement group {name}: {len(spread.bundle_nodes)} GPU bundles on"
-            f" {', '.join(spread.bundle_nodes)}",
-        )
-        fraction = spread.per_gpu_bytes / action.gpu_bytes if action.gpu_bytes else 0.9
-        host_ip = world.engine_host(node) or host.engine_host(leader.node)
-        ray_address = host.gcs_address()
-
-        def launch(argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-            return ray_executor_launch(argv, env, engine.spec, group_id, ray_address, host_ip)
-
-        self._spawn(engine, starting, port, GpuAssignment((), fraction), kind, launch)
-
-    def _node_of(self, gpus: tuple[int, ...]) -> tuple[str | None, tuple[int, ...]]:
-        """The node a start's GPUs are on (None: the daemon's machine), and its own indices."""
-        world = self._world
-        if not gpus or world.cluster is None or not world.gpu_view.nodes:
-            return None, gpus
-        node, local = locate(gpus, world.gpu_view.nodes)
-        return (None if world.cluster.is_local(node) else node), local
 
     def _start_port(self, engine: DesiredEngine, generation: int, surge: bool) -> int | None:
         """The port to start on; None (and the engine pending or replaced) when there is none."""
@@ -391,7 +322,7 @@ class Executor:
             # OSError (no such file, not executable), ValueError (a NUL byte in argv or
             # env), TypeError...: whatever it is, the intent row must not sit in
             # `starting` without a process. It becomes a crash the restart policy handles.
-            self._spawn_failed(starting, spec.restart, f"{command}: {_describe(exc)}")
+            self._spawn_failed(starting, spec.restart, f"{command}: {describe(exc)}")
             return
         try:
             process = world.watcher.watch_child(engine.id, popen, Markers.of(env))
@@ -403,31 +334,6 @@ class Executor:
             return
         world.record(spawned(starting, process.pid, process.create_time, kind.health_path))
         touch_model(settings.home, spec.model)
-        self._prober.start(engine.id, process.pid)
-
-    def _spawn_remote(
-        self,
-        engine: DesiredEngine,
-        starting: Instance,
-        argv: list[str],
-        env: dict[str, str],
-        kind: RuntimeKind,
-    ) -> None:
-        """Start the process through its node's agent, which watches it there."""
-        world, node = self._world, starting.node
-        assert node is not None and isinstance(world.watcher, ClusterWatcher)
-        try:
-            process = world.watcher.spawn_remote(node, engine.id, argv, env, starting.port)
-        except AgentUnreachable as exc:
-            reason = f"node {node}: its agent did not answer ({exc.detail})"
-            self._spawn_failed(starting, engine.spec.restart, reason)
-            return
-        except Exception as exc:  # the agent's spawn failed: no such file, a bad env value
-            reason = f"{argv[0] if argv else 'the engine'} on node {node}: {_describe(exc)}"
-            self._spawn_failed(starting, engine.spec.restart, reason)
-            return
-        world.record(spawned(starting, process.pid, process.create_time, kind.health_path))
-        touch_model(world.settings.home, engine.spec.model)
         self._prober.start(engine.id, process.pid)
 
     def _spawn_failed(self, starting: Instance, restart: str, reason: str) -> None:

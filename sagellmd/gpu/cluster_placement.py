@@ -1,7 +1,8 @@
-"""Placement on a cluster: an engine's GPUs all on one node, best fit across nodes. Pure.
+"""Placement on a cluster, over the loop's one numbering of every node's GPUs. Pure.
 
-The view numbers every node's GPUs into one index space (`NodeGpus.offset`); each node is
-placed on by `place` in its own numbering, so reasons name GPUs as the node knows them.
+The view numbers each node's GPUs from its `NodeGpus.offset`; node_placement.py and
+node_spread.py place in each node's own numbering (so reasons name GPUs as the node knows
+them). This module translates between the two.
 """
 
 from __future__ import annotations
@@ -9,16 +10,15 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
+from sagellmd.gpu.node_placement import place_single
+from sagellmd.gpu.node_view import NodeReservation, NodeView
 from sagellmd.gpu.placement import (
     GpuCapacity,
+    GpuView,
     NodeGpus,
     NotPlaced,
     Placed,
     Reservation,
-    available_bytes,
-    describe_need,
-    place,
-    reserved_by_gpu,
 )
 
 
@@ -41,21 +41,39 @@ def locate(gpus: Iterable[int], nodes: Sequence[NodeGpus]) -> tuple[str | None, 
     return found, tuple(local)
 
 
-def _local(
-    node: NodeGpus,
-    gpus: Collection[GpuCapacity],
-    reservations: Iterable[Reservation],
-    busy: Collection[int],
-) -> tuple[list[GpuCapacity], list[Reservation], set[int]]:
-    """The node's part of the inputs, renumbered from 0."""
-    mine = [replace(gpu, index=gpu.index - node.offset) for gpu in gpus if node.holds(gpu.index)]
-    held = [
-        Reservation(
-            r.engine_id, tuple(g - node.offset for g in r.gpus if node.holds(g)), r.per_gpu_bytes
+def node_views(nodes: Sequence[NodeGpus], gpus: Iterable[GpuCapacity]) -> list[NodeView]:
+    """Each node with its GPUs in its own numbering; `note` says why it takes none."""
+    gpus = list(gpus)
+    return [
+        NodeView(
+            node.name,
+            tuple(
+                replace(gpu, index=gpu.index - node.offset) for gpu in gpus if node.holds(gpu.index)
+            ),
+            node.note,
         )
-        for r in reservations
+        for node in nodes
     ]
-    return mine, [r for r in held if r.gpus], {g - node.offset for g in busy if node.holds(g)}
+
+
+def node_reservations(
+    reservations: Iterable[Reservation], nodes: Sequence[NodeGpus]
+) -> list[NodeReservation]:
+    found = []
+    for reservation in reservations:
+        for node in nodes:
+            local = tuple(gpu - node.offset for gpu in reservation.gpus if node.holds(gpu))
+            if local:
+                found.append(
+                    NodeReservation(
+                        reservation.engine_id, node.name, local, reservation.per_gpu_bytes
+                    )
+                )
+    return found
+
+
+def busy_by_node(busy: Collection[int], nodes: Sequence[NodeGpus]) -> dict[str, set[int]]:
+    return {node.name: {gpu - node.offset for gpu in busy if node.holds(gpu)} for node in nodes}
 
 
 def place_on_a_node(
@@ -63,34 +81,21 @@ def place_on_a_node(
     per_gpu_bytes: int,
     gpus: Collection[GpuCapacity],
     reservations: Iterable[Reservation],
-    headroom: float,
+    view: GpuView,
     busy: Collection[int],
-    nodes: Sequence[NodeGpus],
 ) -> Placed | NotPlaced:
-    """`place` on each node; of the nodes that fit, the one left with the least room on
-    the GPUs it gives (best fit, as across GPUs), else a reason naming every node."""
-    reservations = list(reservations)
-    fits: list[tuple[int, int, Placed]] = []
-    reasons: list[str] = []
-    waiting = False
-    need = describe_need(count, per_gpu_bytes)
-    for order, node in enumerate(nodes):
-        if node.note:
-            reasons.append(f"{node.name}: {node.note}")
-            continue
-        mine, held, mine_busy = _local(node, gpus, reservations, busy)
-        outcome = place(count, per_gpu_bytes, mine, held, headroom, mine_busy)
-        if isinstance(outcome, Placed):
-            reserved = reserved_by_gpu(held)
-            by_index = {gpu.index: gpu for gpu in mine}
-            room = sum(
-                available_bytes(by_index[i], reserved.get(i, 0), headroom) for i in outcome.gpus
-            )
-            shifted = Placed(tuple(i + node.offset for i in outcome.gpus), outcome.per_gpu_bytes)
-            fits.append((room, order, shifted))
-            continue
-        waiting = waiting or outcome.busy
-        reasons.append(f"{node.name}: {outcome.message.removeprefix(need).lstrip('; ')}")
-    if fits:
-        return min(fits, key=lambda fit: (fit[0], fit[1]))[2]
-    return NotPlaced(f"{need}; {'; '.join(reasons) or 'no nodes'}", busy=waiting)
+    """All `count` GPUs on one node, best fit across nodes (node_placement.place_single),
+    among `gpus` (those the start may get); a reason that names every node otherwise."""
+    nodes = view.nodes
+    outcome = place_single(
+        count,
+        per_gpu_bytes,
+        node_views(nodes, gpus),
+        node_reservations(reservations, nodes),
+        view.headroom,
+        busy_by_node(busy, nodes),
+    )
+    if isinstance(outcome, NotPlaced):
+        return outcome
+    offset = next(node.offset for node in nodes if node.name == outcome.node)
+    return Placed(tuple(offset + gpu for gpu in outcome.gpus), outcome.per_gpu_bytes)

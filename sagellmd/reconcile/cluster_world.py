@@ -73,7 +73,9 @@ def _no_gpus(message: str) -> str:
 def _offset(node: str | None, host_name: str, nodes: Iterable[NodeGpus]) -> int | None:
     name = node or host_name
     found = next((entry for entry in nodes if entry.name == name), None)
-    return found.offset if found is not None and found.count else None
+    if found is None or not found.count or found.note:
+        return None  # a node that offers no GPUs now (dead): what ran there holds none
+    return found.offset
 
 
 def in_view_numbering(

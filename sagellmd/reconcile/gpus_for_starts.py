@@ -106,7 +106,7 @@ def _place(
 ) -> Placed | NotPlaced:
     """Best fit; on a cluster, all of an engine's GPUs on one node."""
     if view.nodes:
-        return place_on_a_node(count, need, gpus, reservations, view.headroom, busy, view.nodes)
+        return place_on_a_node(count, need, gpus, reservations, view, busy)
     return place(count, need, gpus, reservations, view.headroom, busy)
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 
+from sagellmd.gpu.cluster_placement import busy_by_node, node_reservations, node_views
+from sagellmd.gpu.node_placement import spans_nodes as engine_spans_nodes
 from sagellmd.gpu.node_spread import place_across
-from sagellmd.gpu.node_view import EngineNeed, NodeReservation, NodeView, SpreadPlaced
-from sagellmd.gpu.placement import GpuView, NodeGpus, NotPlaced, Reservation
+from sagellmd.gpu.node_view import EngineNeed, SpreadPlaced
+from sagellmd.gpu.placement import GpuView, NotPlaced, Reservation
 from sagellmd.reconcile.actions import Start
 from sagellmd.spec import EngineSpec
 
@@ -19,44 +21,11 @@ CLUSTER_NEEDED = (
 
 
 def spans_nodes(spec: EngineSpec, view: GpuView) -> bool:
-    """`nodes: N` above 1, or more GPUs than any single node has."""
-    if spec.nodes is not None:
-        return spec.nodes > 1
+    """`nodes: N` above 1, or more GPUs than any single node has (node_placement.py)."""
+    need = EngineNeed("", 0, spec.tensor_parallel, spec.pipeline_parallel, spec.nodes)
     if not view.nodes:
-        return False
-    most = max((node.count for node in view.nodes if not node.note), default=0)
-    return spec.tensor_parallel * spec.pipeline_parallel > most
-
-
-def _node_views(view: GpuView) -> list[NodeView]:
-    return [
-        NodeView(
-            node.name,
-            tuple(
-                replace(gpu, index=gpu.index - node.offset)
-                for gpu in view.gpus
-                if node.holds(gpu.index)
-            ),
-            node.note,
-        )
-        for node in view.nodes
-    ]
-
-
-def _node_reservations(
-    reservations: Sequence[Reservation], nodes: Sequence[NodeGpus]
-) -> list[NodeReservation]:
-    found = []
-    for reservation in reservations:
-        for node in nodes:
-            local = tuple(gpu - node.offset for gpu in reservation.gpus if node.holds(gpu))
-            if local:
-                found.append(
-                    NodeReservation(
-                        reservation.engine_id, node.name, local, reservation.per_gpu_bytes
-                    )
-                )
-    return found
+        return need.nodes is not None and need.nodes >= 2
+    return engine_spans_nodes(need, node_views(view.nodes, view.gpus))
 
 
 def place_spread(
@@ -70,17 +39,14 @@ def place_spread(
     spec = action.engine.spec
     if not view.nodes:
         return NotPlaced(CLUSTER_NEEDED.format(nodes=spec.nodes))
-    busy_by_node = {
-        node.name: {gpu - node.offset for gpu in busy if node.holds(gpu)} for node in view.nodes
-    }
     outcome = place_across(
         EngineNeed(
             action.engine_id, need, spec.tensor_parallel, spec.pipeline_parallel, spec.nodes
         ),
-        _node_views(view),
-        _node_reservations(reservations, view.nodes),
+        node_views(view.nodes, view.gpus),
+        node_reservations(reservations, view.nodes),
         view.headroom,
-        busy_by_node,
+        busy_by_node(busy, view.nodes),
     )
     if not isinstance(outcome, SpreadPlaced):
         return outcome

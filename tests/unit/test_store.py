@@ -362,6 +362,9 @@ FULL_INSTANCE = Instance(
     stop_intent=StopIntent.FAILURE,
     # A prefill or decode instance's KV side-channel ports (migration 0007).
     side_ports=(20101, 20102),
+    # Its cluster node, and the nodes and GPUs of an engine spanning nodes (migration 0008).
+    node="box2",
+    spans=(("box2", (0, 1)), ("box3", (1, 0))),
 )
 
 

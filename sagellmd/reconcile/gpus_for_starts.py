@@ -96,6 +96,15 @@ def _allowed(action: Start, observed: Mapping[str, Instance], view: GpuView) -> 
     return [gpu for gpu in view.gpus if gpu.index not in taken]
 
 
+def _own_machine(view: GpuView) -> GpuView:
+    """A prefill/decode set on a cluster runs on the daemon's machine (its KV transfer
+    addresses 127.0.0.1): the view without the other nodes' GPUs."""
+    if not view.nodes:
+        return view
+    local = view.nodes[0]
+    return replace(view, gpus=tuple(g for g in view.gpus if local.holds(g.index)), nodes=())
+
+
 def _place(
     count: int,
     need: int,
@@ -142,7 +151,12 @@ def place_starts(
             reservations = _reservations(observed, None) + planned
             busy = set().union(*(_starting_gpus(observed, s.engine_id) for s in starts))
             for result in place_group_starts(
-                action.engine.pd.group, starts, observed, view, reservations, busy | planned_busy
+                action.engine.pd.group,
+                starts,
+                observed,
+                _own_machine(view),
+                reservations,
+                busy | planned_busy,
             ):
                 if isinstance(result, Start) and result.gpus:
                     planned.append(Reservation(result.engine_id, result.gpus, result.gpu_bytes))
@@ -194,7 +208,8 @@ def place_starts(
             else:
                 placed.append(_cannot_place(action, spread.message, surge))
             continue
-        outcome = _place(count, need, _allowed(action, observed, view), reservations, view, busy)
+        where = view if action.engine.pd is None else _own_machine(view)
+        outcome = _place(count, need, _allowed(action, observed, where), reservations, where, busy)
         if not isinstance(outcome, Placed) and room and action.waiting and not surge:
             if not outcome.busy:
                 made = room.evict_for(action.engine_id, count, need, view, reservations, busy)

@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import Daemon, base_config, fake_preset, free_port
+from tests.integration.conftest import Daemon, daemon_factory, fake_preset, free_port
 
 pytest.importorskip("ray")
 
@@ -36,22 +36,13 @@ def cluster(ray_cluster: Any) -> Any:
 @pytest.fixture
 def make_daemon(tmp_path: Path, cluster: Any) -> Iterator[Callable[..., Daemon]]:
     """Daemons on the module's cluster, each in its own Ray namespace (its own agents)."""
-    daemons: list[Daemon] = []
 
-    def make(start: bool = True, home: Path | None = None, **overrides: Any) -> Daemon:
+    def joined() -> dict[str, Any]:
         namespace = f"t{uuid.uuid4().hex[:10]}"
-        section = {"address": cluster.address, "namespace": namespace}
-        config = base_config(cluster=section, **overrides)
-        daemon = Daemon(home or tmp_path / f"home{len(daemons)}", config)
-        daemon.extra_env.update(cluster.env)
-        daemons.append(daemon)
-        if start:
-            daemon.start()
-        return daemon
+        return {"cluster": {"address": cluster.address, "namespace": namespace}}
 
-    yield make
-    for daemon in daemons:
-        daemon.cleanup()
+    with daemon_factory(tmp_path, joined, cluster.env) as make:
+        yield make
 
 
 def records(path: Path) -> list[dict[str, Any]]:

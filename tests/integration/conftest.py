@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -222,20 +223,36 @@ def base_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
-@pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+@contextlib.contextmanager
+def daemon_factory(
+    tmp_path: Path,
+    defaults: Callable[[], dict[str, Any]] = dict,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[Callable[..., Daemon]]:
+    """`make(start=True, home=None, **overrides)` of daemons in `tmp_path`, cleaned up at the
+    end; `defaults()` is laid under each one's overrides (tests/cluster: its cluster)."""
     daemons: list[Daemon] = []
 
     def make(start: bool = True, home: Path | None = None, **overrides: Any) -> Daemon:
-        daemon = Daemon(home or tmp_path / f"home{len(daemons)}", base_config(**overrides))
+        config = base_config(**{**defaults(), **overrides})
+        daemon = Daemon(home or tmp_path / f"home{len(daemons)}", config)
+        daemon.extra_env.update(extra_env or {})
         daemons.append(daemon)
         if start:
             daemon.start()
         return daemon
 
-    yield make
-    for daemon in daemons:
-        daemon.cleanup()
+    try:
+        yield make
+    finally:
+        for daemon in daemons:
+            daemon.cleanup()
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    with daemon_factory(tmp_path) as make:
+        yield make
 
 
 @pytest.fixture

@@ -109,6 +109,8 @@ class WatchRow:
     restarts: int
     started_at: float | None
     last_event: str
+    # The cluster node it runs on (None: the daemon's machine, or no cluster).
+    node: str | None = None
 
     def uptime(self, now: float) -> str:
         if self.state not in RUNNING_STATES or self.pid is None or self.started_at is None:
@@ -116,7 +118,9 @@ class WatchRow:
         return duration_text(now - self.started_at)
 
     def gpus_text(self) -> str:
-        return ",".join(map(str, self.gpus)) if self.gpus else "-"
+        """`0,1`; on another cluster node `node-b:0,1` (indices are the node's own)."""
+        text = ",".join(map(str, self.gpus)) if self.gpus else "-"
+        return f"{self.node}:{text}" if self.node else text
 
     def memory_text(self) -> str:
         return "-" if self.memory_gb is None else f"{self.memory_gb:.1f} GiB"
@@ -133,6 +137,7 @@ class WatchRow:
             self.memory_gb,
             self.restarts,
             self.last_event,
+            self.node,
         )
 
     def line(self, now: float) -> str:
@@ -142,6 +147,8 @@ class WatchRow:
             parts.append(f"pid {self.pid}")
         if self.port is not None:
             parts.append(f"port {self.port}")
+        if self.node and not self.gpus:
+            parts.append(f"on {self.node}")
         if self.gpus:
             parts.append(f"gpus {self.gpus_text()}")
         if self.memory_gb is not None:
@@ -169,6 +176,7 @@ def watch_row(entry: Mapping[str, Any], last_event: Mapping[str, Any] | None) ->
         restarts=_int(entry.get("restarts")) or 0,
         started_at=parse_ts(entry.get("started_at")),
         last_event=event_text(last_event),
+        node=str(entry["node"]) if entry.get("node") else None,
     )
 
 

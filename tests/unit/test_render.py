@@ -12,6 +12,8 @@ from sagellmd.cli.render import (
     ENGINE_COLUMNS,
     engines_table,
     event_line,
+    local_node_name,
+    nodes_line,
     one_line_text,
     print_table,
 )
@@ -193,3 +195,20 @@ def test_a_disaggregated_engine_lists_its_instances_indented_with_their_role(
         ("  pd.chat.prefill-0", "prefill", (0,)),
         ("  pd.chat.decode-0", "decode", (1,)),
     ]
+
+
+def test_on_a_cluster_status_shows_each_engine_s_node_and_watch_its_gpus_there():
+    nodes = [
+        {"name": "box1", "local": True, "alive": True},
+        {"name": "box2", "local": False, "alive": True},
+        {"name": "box3", "local": False, "alive": False},
+    ]
+    assert nodes_line(nodes) == "nodes: box1 (daemon), box2, box3 dead"
+    assert nodes_line([]) is None and local_node_name(nodes) == "box1"
+    engines = [{**ENGINES[0], "node": "box2"}, {**ENGINES[1], "node": None}]
+    lines = render(engines_table(engines, local_node_name(nodes)), 200)
+    assert "NODE" in lines[0].split()
+    assert "box2" in lines[1].split() and "box1" in lines[2].split()
+    assert "NODE" not in render(engines_table(engines), 200)[0].split()
+    row = watch_row({"id": "x", "state": "ready", "pid": 1, "gpus": [0, 1], "node": "box2"}, None)
+    assert row.gpus_text() == "box2:0,1" and "gpus box2:0,1" in row.line(now=0.0)

@@ -45,6 +45,8 @@ class NodeStatus:
     # Why the node takes no engines although Ray has it alive (an agent of another version).
     message: str | None = None
     suspect: bool = False
+    # Its agent did not answer: the membership watch makes a new one, which adopts.
+    retry_agent: bool = False
 
     @property
     def usable(self) -> bool:
@@ -99,7 +101,12 @@ class ClusterHost:
             if local:
                 self.local_name = node.name
             elif node.alive and node.message is None:
-                self._attach(status, self.cluster.agent(node))
+                try:
+                    self._attach(status, self.cluster.agent(node))
+                except AgentUnreachable as exc:
+                    # Retried by the membership watch, which then adopts its engines.
+                    status.message = f"its agent does not answer: {exc.detail}"
+                    status.retry_agent = True
         if not self.local_name:
             self.local_name = "local"
 
@@ -178,12 +185,15 @@ class ClusterHost:
         try:
             about = await agent.call_async("about", timeout_s=FIRST_CALL_TIMEOUT_S)
         except AgentUnreachable as exc:
-            status.message = f"its agent died and a new one does not answer: {exc.detail}"
+            status.message = f"its agent does not answer: {exc.detail}"
+            status.retry_agent = True
             self._wake()
             return
         self._use(status, agent, about)
         status.suspect = False
-        self.on_event("node", f"node {name}: its agent died; a new one (pid {about.get('pid')})")
+        self.on_event(
+            "node", f"node {name}: a new agent (pid {about.get('pid')}) adopts its engines"
+        )
         self.on_agent_replaced(name)
         self._pump(status)
         self._wake()
@@ -213,7 +223,11 @@ class ClusterHost:
                 changed = True
                 continue
             status.node = node
-            if status.agent is not None:
+            if status.retry_agent and node.alive:
+                status.retry_agent, status.message = False, None
+                await self._replace_agent(status)
+                changed = True
+            elif status.agent is not None:
                 changed |= await self._refresh_inventory(status)
         if changed:
             self._wake()

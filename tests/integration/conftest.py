@@ -260,6 +260,19 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return make_daemon()
 
 
+@pytest.fixture(scope="module")
+def module_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for every test of a module that takes it, for tests that neither stop it
+    nor need a fresh one: each test names its own engines and compares with what it saw
+    first. A daemon's start is a second of CPU, most of a cheap test's time."""
+    daemon = Daemon(tmp_path_factory.mktemp("module-daemon") / "home", base_config())
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
 def fake_preset(name: str, *engines: dict[str, Any]) -> dict[str, Any]:
     """A preset document whose engines run the stand-in engine."""
     return {

@@ -104,7 +104,8 @@ def test_a_non_loopback_bind_needs_the_token_for_reads_too(make_daemon):
     assert daemon.get("/v1/status", headers=daemon.auth()).status_code == 200
 
 
-def test_openapi_describes_every_route(daemon: Daemon):
+def test_openapi_describes_every_route(module_daemon: Daemon):
+    daemon = module_daemon
     from sagellmd.api.app import ROUTES
 
     document = daemon.get("/openapi.json").json()
@@ -127,7 +128,8 @@ def test_openapi_describes_every_route(daemon: Daemon):
     assert engine_spec.is_valid({"name": "x", "model": "m", "restart_schedule": "0 4 * * *"})
 
 
-def test_405_says_which_methods_are_allowed(daemon: Daemon):
+def test_405_says_which_methods_are_allowed(module_daemon: Daemon):
+    daemon = module_daemon
     response = httpx.request("PATCH", f"{daemon.url}/v1/status", headers=daemon.auth())
     assert response.status_code == 405
     assert "GET" in response.headers["allow"]

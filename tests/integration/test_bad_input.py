@@ -134,12 +134,23 @@ def _rows(daemon: Daemon) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-@pytest.fixture
-def seeded(daemon: Daemon) -> Daemon:
+def seed(daemon: Daemon) -> Daemon:
     """A daemon with one running engine, so 'nothing changed' has something to compare."""
     daemon.put("/v1/presets/base", fake_preset("base", {"name": "keep", "port": None}))
     daemon.wait_state("base.keep", "ready")
     return daemon
+
+
+@pytest.fixture(scope="module")
+def seeded(module_daemon: Daemon) -> Daemon:
+    """One seeded daemon for the tests whose requests are all refused: none changes it."""
+    return seed(module_daemon)
+
+
+@pytest.fixture
+def fresh_seeded(daemon: Daemon) -> Daemon:
+    """A seeded daemon of its own, for a test that declares more engines."""
+    return seed(daemon)
 
 
 def test_bad_requests_are_rejected_and_change_nothing(seeded: Daemon):
@@ -192,7 +203,8 @@ def test_mutations_need_the_token_and_bad_queries_are_400(seeded: Daemon):
     assert _rows(seeded) == rows_before
 
 
-def test_a_port_clash_between_engines_is_a_conflict(seeded: Daemon):
+def test_a_port_clash_between_engines_is_a_conflict(fresh_seeded: Daemon):
+    seeded = fresh_seeded
     seeded.put("/v1/engines/fixed", {**GOOD, "port": 40123})
     rows_before = _rows(seeded)
     response = seeded.put("/v1/engines/other", {**GOOD, "port": 40123})
@@ -321,7 +333,8 @@ def test_an_invalid_row_left_by_an_older_version_is_shown_not_fatal(make_daemon)
     daemon.wait_state("old", "ready")
 
 
-def test_a_port_in_use_by_an_engine_or_the_api_is_a_conflict_at_once(seeded: Daemon):
+def test_a_port_in_use_by_an_engine_or_the_api_is_a_conflict_at_once(fresh_seeded: Daemon):
+    seeded = fresh_seeded
     picked = seeded.engine("base.keep")["port"]  # chosen automatically, in use by its process
     assert picked is not None
     rows_before = _rows(seeded)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.integration.conftest import Daemon, fake_preset, free_port
+from tests.integration.conftest import Daemon, base_config, fake_preset, free_port
 from tests.integration.terminal import CLI, PtyProcess, wait_until
 
 MODEL = "fake/model-1B"
@@ -39,12 +41,33 @@ def ready_daemon(make_daemon: Any, *engines: dict[str, Any]) -> Daemon:
     return daemon
 
 
+@pytest.fixture(scope="module")
+def chat_and_embed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One ready daemon, gateway and chat+embedding preset for the tests that only ask it
+    (a daemon, its gateway and two engines are seconds of CPU to start)."""
+    home = tmp_path_factory.mktemp("chat-and-embed") / "home"
+    daemon = Daemon(home, base_config(gateway={"enabled": True, "port": free_port()}))
+
+    def started(**_: Any) -> Daemon:
+        daemon.start()
+        return daemon
+
+    try:
+        yield ready_daemon(
+            started,
+            {"name": "chat"},
+            {"name": "embed", "kind": "embedding", "runtime": "vllm", "model": EMBEDDER},
+        )
+    finally:
+        daemon.cleanup()
+
+
 def prompts(text: str) -> int:
     return text.count(">>> ")
 
 
-def test_an_interactive_chat_keeps_the_history_and_leaves_on_ctrl_d(make_daemon: Any):
-    daemon = ready_daemon(make_daemon, {"name": "chat"})
+def test_an_interactive_chat_keeps_the_history_and_leaves_on_ctrl_d(chat_and_embed: Daemon):
+    daemon = chat_and_embed
     chat = PtyProcess([*CLI, "chat", "p.chat"], {**daemon.env, "TERM": "xterm-256color"})
     try:
         wait_until(lambda: prompts(chat.text()) == 1, 20, "the first prompt", chat.text)
@@ -94,12 +117,8 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(make_daemon: Any):
         chat.close()
 
 
-def test_piped_and_one_shot_chat_and_its_exit_codes(make_daemon: Any):
-    daemon = ready_daemon(
-        make_daemon,
-        {"name": "chat"},
-        {"name": "embed", "kind": "embedding", "runtime": "vllm", "model": EMBEDDER},
-    )
+def test_piped_and_one_shot_chat_and_its_exit_codes(chat_and_embed: Daemon):
+    daemon = chat_and_embed
     piped = daemon.cli("chat", "p.chat", input_text="hi\n")
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == "fake completion of 2 chars\n"

@@ -14,7 +14,8 @@ import yaml
 from tests.integration.conftest import Daemon, fake_preset
 
 
-def test_sagellm_ui_prints_a_working_one_time_url(daemon: Daemon):
+def test_sagellm_ui_prints_a_working_one_time_url(module_daemon: Daemon):
+    daemon = module_daemon
     result = daemon.cli("ui", "--no-open", "--json")
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
@@ -32,8 +33,10 @@ def test_sagellm_ui_prints_a_working_one_time_url(daemon: Daemon):
     )
 
 
-def test_sagellm_ui_without_the_token_fails_with_exit_2(daemon: Daemon):
-    daemon.extra_env["SAGELLM_TOKEN"] = "wrong"
+def test_sagellm_ui_without_the_token_fails_with_exit_2(module_daemon: Daemon, monkeypatch):
+    daemon = module_daemon
+    # Only for this test: the module's other tests share the daemon and its handle.
+    monkeypatch.setitem(daemon.extra_env, "SAGELLM_TOKEN", "wrong")
     result = daemon.cli("ui", "--no-open")
     assert result.returncode == 2
     assert "wrong token" in result.stderr
@@ -124,12 +127,17 @@ def test_a_logs_follow_ends_when_its_client_goes_away(daemon: Daemon):
     assert time.monotonic() - closed_at < 2
 
 
-def test_logs_follow_parameters_are_checked(daemon: Daemon):
-    daemon.put("/v1/engines/solo", {"model": "fake/solo-1B"})
+def test_logs_follow_parameters_are_checked(module_daemon: Daemon):
+    daemon = module_daemon
+    daemon.put("/v1/engines/params", {"model": "fake/params-1B"})
     for params, name in (({"after": -1}, "after"), ({"after": 0, "wait": 61}, "wait")):
-        answer = daemon.get("/v1/engines/solo/logs", params=params)
+        answer = daemon.get("/v1/engines/params/logs", params=params)
         assert answer.status_code == 400
         assert f"query parameter {name}" in answer.json()["error"]["message"]
+
+
+def engine_ids(daemon: Daemon) -> list[str]:
+    return [engine["id"] for engine in daemon.get("/v1/engines").json()["engines"]]
 
 
 def put_yaml(daemon: Daemon, name: str, text: str, **params: object) -> httpx.Response:
@@ -151,7 +159,10 @@ def test_a_yaml_preset_body_applies(daemon: Daemon):
     daemon.wait_state("p.chat", "ready")
 
 
-def test_yaml_syntax_and_field_errors_are_400_and_change_nothing(daemon: Daemon):
+def test_yaml_syntax_and_field_errors_are_400_and_change_nothing(module_daemon: Daemon):
+    daemon = module_daemon
+    generation = daemon.get("/v1/status").json()["generation"]
+    engines = engine_ids(daemon)
     syntax = put_yaml(daemon, "p", "version: 1\nname: p\nengines:\n  - model: [fake\n")
     assert syntax.status_code == 400
     error = syntax.json()["error"]
@@ -164,5 +175,6 @@ def test_yaml_syntax_and_field_errors_are_400_and_change_nothing(daemon: Daemon)
     assert as_yaml.status_code == as_json.status_code == 400
     assert as_yaml.json()["error"] == as_json.json()["error"]
     assert "port" in as_yaml.json()["error"]["message"]
-    assert daemon.get("/v1/status").json()["generation"] == 0
-    assert daemon.get("/v1/engines").json()["engines"] == []
+    assert daemon.get("/v1/status").json()["generation"] == generation
+    assert engine_ids(daemon) == engines
+    assert daemon.get("/v1/presets/p").status_code == 404

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import Daemon, fake_preset, free_port
+from tests.integration.conftest import Daemon, base_config, fake_preset, free_port
 
 MODEL = "fake/model-1B"
 
@@ -100,15 +101,34 @@ def engine_stats(daemon: Daemon, engine_id: str) -> dict[str, Any]:
     return httpx.get(f"http://127.0.0.1:{port}/fake/stats", timeout=5).json()
 
 
-def test_chat_completions_and_embeddings_by_every_routable_name(make_daemon):
-    preset = fake_preset(
-        "p",
-        {"name": "chat", "label": "fast", "aliases": ["gpt-local"]},
-        {"name": "embed", "kind": "embedding", "runtime": "vllm", "model": "fake/embedder"},
-    )
-    daemon, gateway = gateway_daemon(make_daemon, preset)
-    gateway.wait_routable(MODEL)
-    gateway.wait_routable("fake/embedder")
+@pytest.fixture(scope="module")
+def chat_and_embed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Gateway]]:
+    """One daemon and gateway serving a chat and an embedding engine, for the tests that only
+    send requests that change nothing there (a daemon, its gateway and two engines are
+    seconds of CPU to start)."""
+    config = base_config(gateway={"enabled": True, "port": free_port()})
+    daemon = Daemon(tmp_path_factory.mktemp("chat-and-embed") / "home", config)
+    try:
+        daemon.start()
+        preset = fake_preset(
+            "p",
+            {"name": "chat", "label": "fast", "aliases": ["gpt-local", "local"]},
+            {"name": "embed", "kind": "embedding", "runtime": "vllm", "model": "fake/embedder"},
+        )
+        answer = daemon.put("/v1/presets/p", preset)
+        assert answer.status_code == 200, answer.text
+        gateway = Gateway(daemon)
+        gateway.wait_routable(MODEL)
+        gateway.wait_routable("fake/embedder")
+        yield daemon, gateway
+    finally:
+        daemon.cleanup()
+
+
+def test_chat_completions_and_embeddings_by_every_routable_name(
+    chat_and_embed: tuple[Daemon, Gateway],
+):
+    daemon, gateway = chat_and_embed
     for name in (MODEL, "p.chat", "fast", "gpt-local"):
         answer = gateway.chat(name)
         assert answer.status_code == 200, (name, answer.text)
@@ -130,9 +150,8 @@ def test_chat_completions_and_embeddings_by_every_routable_name(make_daemon):
     assert listed["gpt-local"]["engines"] == [{"id": "p.chat", "state": "ready", "label": "fast"}]
 
 
-def test_errors_are_openai_shaped(make_daemon):
-    daemon, gateway = gateway_daemon(make_daemon, fake_preset("p", {"name": "chat"}))
-    gateway.wait_routable(MODEL)
+def test_errors_are_openai_shaped(chat_and_embed: tuple[Daemon, Gateway]):
+    _, gateway = chat_and_embed
     missing = gateway.chat("nope")
     assert missing.status_code == 404
     error = missing.json()["error"]
@@ -146,17 +165,8 @@ def test_errors_are_openai_shaped(make_daemon):
     assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "endpoint_not_served"
 
 
-def test_the_openai_client_works_streaming_included(make_daemon):
-    daemon, gateway = gateway_daemon(
-        make_daemon,
-        fake_preset(
-            "p",
-            {"name": "chat", "aliases": ["local"]},
-            {"name": "embed", "kind": "embedding", "runtime": "vllm", "model": "fake/embedder"},
-        ),
-    )
-    gateway.wait_routable("local")
-    gateway.wait_routable("fake/embedder")
+def test_the_openai_client_works_streaming_included(chat_and_embed: tuple[Daemon, Gateway]):
+    _, gateway = chat_and_embed
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
     reply = client.chat.completions.create(
         model="local", messages=[{"role": "user", "content": "hello"}]

@@ -34,7 +34,8 @@ def wait_route(daemon: Daemon, engine_id: str, **expected: Any) -> dict[str, Any
     return daemon.wait_for(matches, 20, f"route {engine_id} {expected}")
 
 
-def test_routes_need_the_token_even_on_loopback(daemon: Daemon):
+def test_routes_need_the_token_even_on_loopback(module_daemon: Daemon):
+    daemon = module_daemon
     refused = daemon.get("/v1/routes")
     assert refused.status_code == 401
     assert "token" in refused.json()["error"]["message"]
@@ -153,7 +154,8 @@ def test_a_new_and_a_removed_engine_wake_the_poll(daemon: Daemon):
     assert answer["engines"] == []
 
 
-def test_bad_route_parameters_are_400(daemon: Daemon):
+def test_bad_route_parameters_are_400(module_daemon: Daemon):
+    daemon = module_daemon
     for params in ({"wait": "61"}, {"wait": "soon"}, {"after": "-1"}):
         response = routes(daemon, **params)
         assert response.status_code == 400, (params, response.text)
@@ -188,7 +190,8 @@ def test_an_activity_report_shows_in_status_and_the_gateway_section(daemon: Daem
     assert '"requests": 120' in gateway.stdout
 
 
-def test_activity_reports_need_the_token_and_a_report_shape(daemon: Daemon):
+def test_activity_reports_need_the_token_and_a_report_shape(module_daemon: Daemon):
+    daemon = module_daemon
     unauthenticated = daemon.client.post("/v1/gateway/activity", json={})
     assert unauthenticated.status_code == 401
     bad = daemon.client.post(

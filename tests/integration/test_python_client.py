@@ -39,6 +39,7 @@ def gateway_daemon(make_daemon: Any) -> Daemon:
 def test_inference_goes_through_the_gateway_and_picks_the_model_of_each_kind(
     gateway_daemon: Daemon,
 ):
+    """And a model it does not know is a client error that lists the routable names."""
     daemon = gateway_daemon
     with client_of(daemon) as client:
         answer = client.apply_preset(chat_and_embed_preset())
@@ -84,11 +85,9 @@ def test_inference_goes_through_the_gateway_and_picks_the_model_of_each_kind(
     }
     assert sum(v for k, v in counted.items() if 'engine="p.chat"' in k) == 8
     assert sum(v for k, v in counted.items() if 'engine="p.embed"' in k) == 2
-
-
-def test_an_unknown_model_is_a_client_error_listing_the_routable_names(gateway_daemon: Daemon):
-    with client_of(gateway_daemon) as client:
-        client.apply_preset(chat_and_embed_preset())
+    # The same engines, the other side: an unknown model is a client error listing the
+    # routable names (once a test of its own, which started the same daemon and engines).
+    with client_of(daemon) as client:
         for call in (
             lambda: client.chat("hi", model="nope"),
             lambda: client.generate(["a"], model="nope"),

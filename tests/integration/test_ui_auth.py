@@ -7,6 +7,7 @@ import gzip
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.integration.conftest import Daemon
 
@@ -15,6 +16,13 @@ CSP = (
     " frame-ancestors 'none'"
 )
 SPEC = {"model": "fake/solo-1B", "gpu_memory_gb": 10}
+
+
+@pytest.fixture
+def daemon(module_daemon: Daemon) -> Daemon:
+    """The module's one daemon: sessions and codes are per client, and a test that creates
+    an engine names it for itself. The tests that restart the daemon make their own."""
+    return module_daemon
 
 
 def browser(daemon: Daemon, cookie: str | None = None) -> httpx.Client:
@@ -37,6 +45,10 @@ def signed_in(daemon: Daemon) -> tuple[httpx.Client, str]:
 
 def cookie_of(client: httpx.Client, daemon: Daemon) -> str:
     return client.cookies[f"sagellm_session_{daemon.port}"]
+
+
+def engine_ids(daemon: Daemon) -> list[str]:
+    return [engine["id"] for engine in daemon.get("/v1/engines").json()["engines"]]
 
 
 def generation(daemon: Daemon) -> int:
@@ -143,9 +155,10 @@ def test_session_answer(daemon: Daemon):
 def test_cookie_mutations_need_the_csrf_header_and_the_own_origin(daemon: Daemon):
     client, csrf = signed_in(daemon)
     before = generation(daemon)
+    engines = engine_ids(daemon)
 
     def put(headers: dict[str, str]) -> httpx.Response:
-        return client.put("/v1/engines/solo", json=SPEC, headers=headers)
+        return client.put("/v1/engines/csrf", json=SPEC, headers=headers)
 
     refused: list[dict[str, Any]] = [
         {},
@@ -161,28 +174,28 @@ def test_cookie_mutations_need_the_csrf_header_and_the_own_origin(daemon: Daemon
         assert answer.json()["error"]["code"] == "csrf_refused"
         assert answer.json()["error"]["message"]
     assert generation(daemon) == before
-    assert daemon.get("/v1/engines").json()["engines"] == []
+    assert engine_ids(daemon) == engines
     accepted = put({"X-Sagellm-CSRF": csrf, "Origin": daemon.url, "Sec-Fetch-Site": "same-origin"})
     assert accepted.status_code == 201, accepted.text
     assert generation(daemon) == before + 1
     # A read needs no CSRF proof; a fetch-less mutation (no Origin) with the header goes too.
-    restart = client.post("/v1/engines/solo/restart", headers={"X-Sagellm-CSRF": csrf})
+    restart = client.post("/v1/engines/csrf/restart", headers={"X-Sagellm-CSRF": csrf})
     assert restart.status_code == 200, restart.text
 
 
 def test_no_session_no_token_is_401_and_the_bearer_token_works_as_before(daemon: Daemon):
     client = browser(daemon)
-    assert client.put("/v1/engines/solo", json=SPEC).status_code == 401
+    assert client.put("/v1/engines/bearer", json=SPEC).status_code == 401
     assert (
-        client.put("/v1/engines/solo", json=SPEC, headers={"X-Sagellm-CSRF": "x"}).status_code
+        client.put("/v1/engines/bearer", json=SPEC, headers={"X-Sagellm-CSRF": "x"}).status_code
         == 401
     )
-    assert daemon.put("/v1/engines/solo", SPEC).status_code == 201
+    assert daemon.put("/v1/engines/bearer", SPEC).status_code == 201
     assert client.get("/v1/status").status_code == 200  # loopback reads as before
     # A wrong bearer token is refused even next to a valid session cookie.
     signed, csrf = signed_in(daemon)
     wrong = signed.delete(
-        "/v1/engines/solo", headers={"Authorization": "Bearer nope", "X-Sagellm-CSRF": csrf}
+        "/v1/engines/bearer", headers={"Authorization": "Bearer nope", "X-Sagellm-CSRF": csrf}
     )
     assert wrong.status_code == 401
 
@@ -246,7 +259,8 @@ def test_signout_clears_the_cookie_and_revokes_the_session(daemon: Daemon):
     assert answer.status_code == 401
 
 
-def test_a_signed_out_session_stays_refused_after_a_daemon_restart(daemon: Daemon):
+def test_a_signed_out_session_stays_refused_after_a_daemon_restart(make_daemon):
+    daemon = make_daemon()
     client, _ = signed_in(daemon)
     value = cookie_of(client, daemon)
     kept, _ = signed_in(daemon)
@@ -258,7 +272,8 @@ def test_a_signed_out_session_stays_refused_after_a_daemon_restart(daemon: Daemo
     assert (daemon.home / "ui-signed-out.json").stat().st_mode & 0o077 == 0
 
 
-def test_a_session_survives_a_restart_and_ends_with_a_new_token(daemon: Daemon):
+def test_a_session_survives_a_restart_and_ends_with_a_new_token(make_daemon):
+    daemon = make_daemon()
     client, csrf = signed_in(daemon)
     daemon.stop()
     daemon.start()
@@ -272,8 +287,8 @@ def test_a_session_survives_a_restart_and_ends_with_a_new_token(daemon: Daemon):
 
 
 def test_a_session_reads_env_values_like_the_token(daemon: Daemon):
-    daemon.put("/v1/engines/solo", {**SPEC, "env": {"HF_TOKEN": "secret-value"}})
-    anonymous = daemon.get("/v1/engines/solo").json()["spec"]["env"]["HF_TOKEN"]
+    daemon.put("/v1/engines/secret", {**SPEC, "env": {"HF_TOKEN": "secret-value"}})
+    anonymous = daemon.get("/v1/engines/secret").json()["spec"]["env"]["HF_TOKEN"]
     assert anonymous != "secret-value"
     client, _ = signed_in(daemon)
-    assert client.get("/v1/engines/solo").json()["spec"]["env"]["HF_TOKEN"] == "secret-value"
+    assert client.get("/v1/engines/secret").json()["spec"]["env"]["HF_TOKEN"] == "secret-value"

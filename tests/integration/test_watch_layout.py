@@ -22,8 +22,15 @@ ELLIPSIS = "…"
 
 
 @pytest.fixture
-def engines(daemon: Daemon) -> dict[str, dict]:
+def daemon(module_daemon: Daemon) -> Daemon:
+    """The module's one daemon: every test only looks at the same engines."""
+    return module_daemon
+
+
+@pytest.fixture(scope="module")
+def engines(module_daemon: Daemon) -> dict[str, dict]:
     """Two ready engines with realistic names and a pending one with a long message."""
+    daemon = module_daemon
     preset = fake_preset(
         "qwen-mini",
         {"name": "chat", "model": "fake/Qwen2.5-0.5B-Instruct", "label": "chat assistant"},

@@ -3,6 +3,7 @@ nothing another change declared is lost (the property of docs/presets.md, "Rollo
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,22 @@ class Clock:
         return self.now
 
 
+@functools.cache
+def migrated_template() -> bytes:
+    """A freshly migrated database file, made once: the property test opens hundreds of
+    stores, and running every migration for each took a third of its time."""
+    with tempfile.TemporaryDirectory() as home:
+        path = Path(home) / "sagellm.db"
+        engine = open_database(path)
+        migrate(engine)
+        engine.dispose()  # the last connection's close checkpoints the WAL into the file
+        return path.read_bytes()
+
+
 def new_store(home: Path) -> tuple[Store, Clock]:
-    engine = open_database(home / "sagellm.db")
-    migrate(engine)
+    path = home / "sagellm.db"
+    path.write_bytes(migrated_template())
+    engine = open_database(path)
     clock = Clock()
     return Store(engine, clock=clock), clock
 

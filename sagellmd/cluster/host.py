@@ -160,6 +160,11 @@ class ClusterHost:
                 if not status.suspect:
                     log.warning("node %s: agent unreachable: %s", agent.node, exc.detail)
                 status.suspect = True
+                alive = self._node_alive(status.node.ray_node_id)
+                if not alive:
+                    # Ray's verdict is in: act now rather than at the next membership pass.
+                    await self._membership_pass()
+                    return
                 await asyncio.sleep(0.2)
                 if agent.dead and self._node_alive(status.node.ray_node_id):
                     await self._replace_agent(status)

@@ -16,12 +16,12 @@ from sagellmd.gpu.node_view import SpreadPlaced
 from sagellmd.instance import Instance, spawned
 from sagellmd.models.last_used import touch_model
 from sagellmd.reconcile.actions import Start
+from sagellmd.reconcile.hub_check import HubCheck
 from sagellmd.runtime.argv import GpuAssignment
 from sagellmd.runtime.kinds.base import RuntimeKind
 from sagellmd.runtime.kinds.vllm_ray import ray_executor_launch
 
 if TYPE_CHECKING:
-    from sagellmd.reconcile.executor import HubCheck
     from sagellmd.reconcile.observe import Prober
     from sagellmd.reconcile.world import World
 

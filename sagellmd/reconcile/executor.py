@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from sagellmd.desired import DesiredEngine
 from sagellmd.gpu.placement import memory_fraction
@@ -24,7 +24,7 @@ from sagellmd.instance import (
     spawned,
 )
 from sagellmd.models.download import hub_endpoint
-from sagellmd.models.hub_reach import HubAnswer, HubReachability
+from sagellmd.models.hub_reach import HubReachability
 from sagellmd.models.last_used import touch_model
 from sagellmd.models.resolve import needs_hub, spec_environ
 from sagellmd.reconcile.actions import (
@@ -43,6 +43,7 @@ from sagellmd.reconcile.actions import (
 )
 from sagellmd.reconcile.cluster_spawn import ClusterSpawn, Launch, describe
 from sagellmd.reconcile.engine_ports import choose_port, taken_ports
+from sagellmd.reconcile.hub_check import HubCheck
 from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.side_ports import choose_side_ports
 from sagellmd.reconcile.sleep_mode import SleepMode
@@ -55,14 +56,6 @@ from sagellmd.runtime.process import RUN_MARKER, Markers, new_run_marker, spawn
 from sagellmd.spec import EngineSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HubCheck:
-    """The hub an engine would download its model from, and its answer (None: awaited)."""
-
-    endpoint: str
-    answer: HubAnswer | None
 
 
 def _with_side_ports(transition: Transition, side_ports: tuple[int, ...]) -> Transition:

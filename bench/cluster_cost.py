@@ -54,6 +54,7 @@ FAST_HEALTH_CHECKS = {
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 MIB = 1024 * 1024
 ENGINE = "bench"
+Figures = dict[str, list[float]]
 
 
 def free_port() -> int:
@@ -351,76 +352,76 @@ def versus(name: str, base: list[float], other: list[float], unit: str, scale: f
     print(f"  {'':34s} difference {o - b:+8.1f} {unit}  ratio {o / b:.2f}x")
 
 
-def daemon_runs(
-    workdir: Path, cluster: LocalCluster | None, runs: int, kills: int
-) -> dict[str, list[float]]:
-    found: dict[str, list[float]] = {
-        k: [] for k in ("start", "rss", "rss_ready", "exited", "pid", "ready")
-    }
-    for run in range(runs):
-        daemon = Daemon(workdir / f"{'cluster' if cluster else 'alone'}-{run}", cluster)
-        try:
-            found["start"].append(daemon.start())
-            found["rss"].append(daemon.rss_mib())
-            daemon.declare()
-            daemon.ready()
-            found["rss_ready"].append(daemon.rss_mib())
-            for _ in range(kills):
-                exited, new_pid, ready = kill_to_restart(daemon)
-                found["exited"].append(exited)
-                found["pid"].append(new_pid)
-                found["ready"].append(ready)
-            node = daemon.engine()["node"]
-            print(f"  run {run}: engine on {node or 'the daemon machine'}")
-        finally:
-            daemon.close()
-    return found
+def daemon_run(home: Path, cluster: LocalCluster | None, kills: int, found: Figures) -> None:
+    """One daemon: its start, its RSS, `kills` SIGKILLs of its engine."""
+    daemon = Daemon(home, cluster)
+    try:
+        found["start"].append(daemon.start())
+        found["rss"].append(daemon.rss_mib())
+        daemon.declare()
+        daemon.ready()
+        found["rss_ready"].append(daemon.rss_mib())
+        for _ in range(kills):
+            exited, new_pid, ready = kill_to_restart(daemon)
+            found["exited"].append(exited)
+            found["pid"].append(new_pid)
+            found["ready"].append(ready)
+        print(f"  {home.name}: engine on {daemon.engine()['node'] or 'the daemon machine'}")
+    finally:
+        daemon.close()
+
+
+def losses(workdir: Path, cluster: LocalCluster, runs: int) -> tuple[list, list]:
+    for name in ("node-b", "node-c"):
+        if name not in cluster.nodes:
+            cluster.add_node(name)
+    daemon = Daemon(workdir, cluster)
+    try:
+        daemon.start()
+        daemon.declare()
+        return node_losses(daemon, cluster, runs)
+    finally:
+        daemon.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3, help="daemon starts and node losses")
     parser.add_argument("--kills", type=int, default=3, help="engine SIGKILLs per daemon")
+    parser.add_argument("--keep", action="store_true", help="keep the daemons' homes")
     args = parser.parse_args()
     temp_dir = tempfile.mkdtemp(prefix="sgbench", dir="/tmp")
     workdir = Path(temp_dir) / "homes"
     began = time.monotonic()
+    keys = ("start", "rss", "rss_ready", "exited", "pid", "ready")
+    alone: Figures = {k: [] for k in keys}
+    joined: Figures = {k: [] for k in keys}
     try:
-        print("baseline: sagellmd without cluster:")
-        alone = daemon_runs(workdir, None, args.runs, args.kills)
         print("cluster: head (no GPUs) + node-b, node-c (2 x 80 GiB simulated, num_gpus=2)")
         cluster = LocalCluster(os.path.join(temp_dir, "f"), fast=True)
         try:
             for name in ("node-b", "node-c"):
                 cluster.add_node(name)
-            joined = daemon_runs(workdir, cluster, args.runs, args.kills)
+            # Alternated, so both see the same load (a shared machine's drifts over a run).
+            for run in range(args.runs):
+                daemon_run(workdir / f"alone-{run}", None, args.kills, alone)
+                daemon_run(workdir / f"cluster-{run}", cluster, args.kills, joined)
             print("node power-off, fast health checks (200 ms x 3, timeout 500 ms):")
-            daemon = Daemon(workdir / "loss-fast", cluster)
-            try:
-                daemon.start()
-                daemon.declare()
-                fast = node_losses(daemon, cluster, args.runs)
-            finally:
-                daemon.close()
+            fast = losses(workdir / "loss-fast", cluster, args.runs)
         finally:
             cluster.close()
         print("node power-off, Ray's default health checks:")
         cluster = LocalCluster(os.path.join(temp_dir, "d"), fast=False)
         try:
-            for name in ("node-b", "node-c"):
-                cluster.add_node(name)
-            daemon = Daemon(workdir / "loss-default", cluster)
-            try:
-                daemon.start()
-                daemon.declare()
-                default = node_losses(daemon, cluster, args.runs)
-            finally:
-                daemon.close()
+            default = losses(workdir / "loss-default", cluster, args.runs)
         finally:
             cluster.close()
     finally:
         kill_all(marked(temp_dir))
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        if args.keep:
+            print(f"homes kept in {workdir}")
+        else:
+            shutil.rmtree(temp_dir, ignore_errors=True)
     print(f"\nresults ({time.monotonic() - began:.0f} s in all):")
     print("1. the daemon (baseline: no cluster:; cluster: joined, engine on another node)")
     versus("start to /healthz 200", alone["start"], joined["start"], "ms", 1000)

@@ -283,15 +283,22 @@ def event_ts(text: str) -> float:
 
 
 def power_off(daemon: Daemon, cluster: LocalCluster, node: str) -> float:
-    """The node loses power: agent, engines, raylet. Returns the wall-clock time of it."""
+    """The node loses power: agent, engines, raylet. Returns the wall-clock time of it (the
+    engines are found first: a scan of every process takes a while on a busy machine)."""
     agent = daemon.nodes()[node]["agent"]
-    at = time.time()
-    os.kill(agent["pid"], signal.SIGKILL)
+    engines = []
     for process in marked(str(daemon.home), key="SAGELLM_HOME"):
         try:
             if process.environ().get("SAGELLM_NODE") == node:
-                os.killpg(process.pid, signal.SIGKILL)
-        except (psutil.Error, ProcessLookupError, PermissionError):
+                engines.append(process.pid)
+        except psutil.Error:
+            pass
+    at = time.time()
+    os.kill(agent["pid"], signal.SIGKILL)
+    for pid in engines:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
     cluster.remove_node(node)
     return at

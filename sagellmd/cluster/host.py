@@ -280,8 +280,8 @@ class ClusterHost:
         status.agent = None
         self._watcher.drop_agent(name)
         task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # (its own pump, which found the node dead, just returns)
         self.on_node_lost(name, why)
 
     # ---------------------------------------------------------------- queries

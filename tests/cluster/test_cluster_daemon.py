@@ -162,27 +162,31 @@ def test_a_daemon_sigkill_and_restart_adopt_the_engines_of_every_node(
 ):
     daemon = make_daemon()
     record = tmp_path / "starts.jsonl"
-    # Two GPUs each: one engine fills a node, so the second goes to the other node.
+    # Two GPUs each: one engine fills a node, so the second goes to the other node; one
+    # without GPUs runs on the daemon's own machine (the head), as without a cluster.
     declare(
         daemon,
         record,
         {"name": "one", "gpu_memory_gb": 60, "tensor_parallel": 2},
         {"name": "two", "gpu_memory_gb": 60, "tensor_parallel": 2},
+        {"name": "cpu", "use_gpu": False},
     )
-    before = {engine_id: ready_on(daemon, engine_id) for engine_id in ("multi.one", "multi.two")}
-    assert {entry["node"] for entry in before.values()} == {"node-b", "node-c"}
+    ids = ("multi.one", "multi.two", "multi.cpu")
+    before = {engine_id: daemon.wait_state(engine_id, "ready", 30) for engine_id in ids}
+    nodes = [before[i]["node"] for i in ids]
+    assert sorted(nodes[:2]) == ["node-b", "node-c"] and nodes[2] is None, nodes
     daemon.stop(signal.SIGKILL)
     assert all(psutil.pid_exists(entry["pid"]) for entry in before.values())
     daemon.start()
     for engine_id, entry in before.items():
-        after = ready_on(daemon, engine_id)
+        after = daemon.wait_state(engine_id, "ready", 30)
         assert (after["pid"], after["node"], after["restarts"]) == (
             entry["pid"],
             entry["node"],
             0,
         )
         assert any(event["type"] == "adopted" for event in daemon.events(engine_id))
-    assert len(records(record)) == 2  # adoption started nothing
+    assert len(records(record)) == 3  # adoption started nothing
 
 
 def placement_groups(cluster: Any, namespace: str) -> dict[str, Any]:

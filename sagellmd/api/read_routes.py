@@ -16,7 +16,7 @@ from sagellmd.api.body import query_parameter
 from sagellmd.api.context import ApiContext
 from sagellmd.api.gateway_routes import gateway_section
 from sagellmd.api.gpu_views import gpus_document
-from sagellmd.api.log_follow import follow_log
+from sagellmd.api.log_follow import follow_log, remote_log
 from sagellmd.api.node_views import nodes_document
 from sagellmd.api.secrets import shows_secrets
 from sagellmd.api.views import engine_entries, engine_entry
@@ -187,6 +187,12 @@ async def engine_logs(request: Request) -> JSONResponse:
     after = query_parameter(request, "after", None)
     wait = float(query_parameter(request, "wait", 0) or 0)
     path = log_path(ctx.settings.logs_dir, engine_id)
+    instance = ctx.reconciler.world.instances.get(engine_id)
+    node = instance.node if instance is not None else None
+    agent = ctx.reconciler.world.agent_of(node)
+    if agent is not None:
+        # On another node the log is that node's file: its agent reads it.
+        return JSONResponse(await remote_log(request, ctx.hub, agent, engine_id, tail, after, wait))
     if after is not None:
         chunk = await follow_log(request, ctx.hub, path, int(after), wait)
         return JSONResponse(

@@ -25,7 +25,14 @@ import psutil
 from sagellmd import __version__
 from sagellmd.gpu.accounting import process_tree
 from sagellmd.gpu.inventory import GpuInventory, read_inventory
-from sagellmd.runtime.logs import log_path
+from sagellmd.runtime.logs import (
+    LogChunk,
+    LogTail,
+    last_engine_line,
+    log_path,
+    read_after,
+    read_tail,
+)
 from sagellmd.runtime.process import (
     ENGINE_MARKER,
     HOME_MARKER,
@@ -251,6 +258,20 @@ class AgentCore:
             self._table[engine_id] = engine
             adopted.append(engine)
         return sorted(adopted, key=lambda engine: engine.engine_id)
+
+    async def read_tail(self, engine_id: str, count: int) -> LogTail:
+        """The last `count` lines of an engine's log on this node (`sagellm engine logs`)."""
+        path = log_path(self.logs_dir, engine_id)
+        return await asyncio.to_thread(read_tail, path, count)
+
+    async def read_after(self, engine_id: str, offset: int) -> LogChunk:
+        """The complete lines of an engine's log after byte `offset` (a log followed)."""
+        path = log_path(self.logs_dir, engine_id)
+        return await asyncio.to_thread(read_after, path, offset)
+
+    async def last_line(self, engine_id: str) -> str | None:
+        """What an engine that failed said last: its exit's message quotes it."""
+        return last_engine_line(log_path(self.logs_dir, engine_id))
 
     async def strays(self) -> list[Stray]:
         """Marked processes of this home whose run no watched engine has: engines the

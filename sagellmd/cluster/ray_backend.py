@@ -32,6 +32,13 @@ class ClusterUnreachable(SagellmError):
     exit_code = 1
 
 
+class NodeUnreachable(SagellmError):
+    """An API answer needs a node whose agent does not answer (its engine's log, say)."""
+
+    code = "node_unreachable"
+    http_status = 503
+
+
 class AgentUnreachable(Exception):
     """A call to a node's agent failed in Ray (actor or node dead, timeout), not in the
     agent's own code: the daemon treats the node's engines as unknown until it answers."""

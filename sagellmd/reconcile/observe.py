@@ -22,7 +22,7 @@ from sagellmd.reconcile.engine_tasks import EngineTasks
 from sagellmd.reconcile.world import World
 from sagellmd.runtime.kinds import COMMAND, kind_for
 from sagellmd.runtime.kinds.base import ENGINE_HOST
-from sagellmd.runtime.logs import QUOTED_LINE_CHARS, last_engine_line, log_path, shorten
+from sagellmd.runtime.logs import QUOTED_LINE_CHARS, shorten
 from sagellmd.runtime.probe import probe_health
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def on_exit(
     if code not in (None, 0) and instance.stop_intent is None:
         # An engine that fails says why on its last line ("model not found ..."):
         # show it where the user looks, in status and events.
-        whole = last_engine_line(log_path(settings.logs_dir, engine_id))
+        whole = world.last_log_line(engine_id, instance.node)
         if whole is not None:
             # Status, events, verdicts and history quote it; the event keeps it whole.
             said = shorten(whole, QUOTED_LINE_CHARS)

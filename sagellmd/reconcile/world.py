@@ -19,12 +19,14 @@ from sagellmd.gpu.placement import GpuView
 from sagellmd.instance import Instance, InstanceState, Transition
 from sagellmd.metrics import Metrics
 from sagellmd.pd_expand import expand_desired, expand_engine
+from sagellmd.runtime.logs import last_engine_line, log_path
 from sagellmd.runtime.process import ProcessWatcher
 from sagellmd.store.failures import is_storage_failure
 from sagellmd.store.repository import Store
 
 if TYPE_CHECKING:
     from sagellmd.cluster.host import ClusterHost
+    from sagellmd.cluster.ray_backend import NodeAgent
 
 log = logging.getLogger("sagellmd.reconcile")
 
@@ -58,6 +60,26 @@ class World:
             return False
         status = self.cluster.nodes.get(node)
         return status is not None and (status.suspect or not status.node.alive)
+
+    def agent_of(self, node: str | None) -> NodeAgent | None:
+        """The agent hosting engines on `node`; None on the daemon's machine (or no agent)."""
+        if node is None or self.cluster is None or self.cluster.is_local(node):
+            return None
+        status = self.cluster.nodes.get(node)
+        return status.agent if status is not None else None
+
+    def last_log_line(self, engine_id: str, node: str | None) -> str | None:
+        """The last line an engine wrote; an engine on another node's, through its agent."""
+        if node is None or self.cluster is None or self.cluster.is_local(node):
+            return last_engine_line(log_path(self.settings.logs_dir, engine_id))
+        agent = self.agent_of(node)
+        if agent is None:
+            return None
+        try:
+            return agent.call("last_line", engine_id, timeout_s=5.0)
+        except Exception:  # the node is going: the exit is recorded without the quote
+            log.warning("engine=%s last log line from node %s not read", engine_id, node)
+            return None
 
     def engine_host(self, node: str | None) -> str | None:
         """The address an engine on `node` listens on; None: the daemon's machine (loopback)."""

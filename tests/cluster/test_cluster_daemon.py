@@ -102,6 +102,30 @@ def test_an_engine_lands_on_the_node_placement_chose_and_a_sigkill_restarts_it_t
     cli = daemon.cli("node", "list")
     assert cli.returncode == 0, cli.stderr
     assert "node-b" in cli.stdout and "head" in cli.stdout and "multi.chat" in cli.stdout
+    # Its log is its node's file, read there by the agent: the tail, then a follow.
+    tail = daemon.get("/v1/engines/multi.chat/logs", params={"tail": 50}).json()
+    assert tail["node"] == node and any("fake vLLM serving" in line for line in tail["lines"])
+    followed = daemon.get("/v1/engines/multi.chat/logs", params={"after": 0, "wait": 2}).json()
+    assert followed["node"] == node and followed["offset"] == tail["offset"]
+    assert followed["lines"] == tail["lines"][-len(followed["lines"]) :]
+    logs = daemon.cli("engine", "logs", "multi.chat")
+    assert logs.returncode == 0 and "fake vLLM serving" in logs.stdout, logs.stderr
+
+
+def test_an_engine_failing_on_another_node_is_quoted_from_its_log_there(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+):
+    daemon = make_daemon()
+    crash = {"FAKE_VLLM_CRASH_AFTER": "0.5", "FAKE_VLLM_EXIT_CODE": "3"}
+    declare(daemon, tmp_path / "starts.jsonl", {"name": "chat", "gpu_memory_gb": 20, "env": crash})
+
+    def exited() -> dict[str, Any] | None:
+        found = [e for e in daemon.events("multi.chat") if e["type"] == "exited"]
+        return found[0] if found else None
+
+    event = daemon.wait_for(exited, 30, "multi.chat to exit")
+    assert "exit code 3" in event["message"]
+    assert "crashing as told (FAKE_VLLM_CRASH_AFTER=0.5, exit 3)" in event["message"]
 
 
 def test_a_dead_agent_is_replaced_and_the_new_one_adopts_its_engines(

@@ -135,9 +135,17 @@ def _rows(daemon: Daemon) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def seed(daemon: Daemon) -> Daemon:
-    """A daemon with one running engine, so 'nothing changed' has something to compare."""
+    """A daemon with one running engine, so 'nothing changed' has something to compare;
+    its rollout judged (the verdict is written min_healthy_s after ready, and would land
+    between a test's two reads of the rows)."""
     daemon.put("/v1/presets/base", fake_preset("base", {"name": "keep", "port": None}))
     daemon.wait_state("base.keep", "ready")
+
+    def judged() -> bool:
+        generations = daemon.get("/v1/generations").json()["generations"]
+        return all(generation["healthy"] is not None for generation in generations)
+
+    daemon.wait_for(judged, 20, "the seed's rollout verdict")
     return daemon
 
 

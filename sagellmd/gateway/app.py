@@ -14,7 +14,13 @@ from sagellmd.gateway import errors
 from sagellmd.gateway.access_log import AccessLog
 from sagellmd.gateway.api_keys import authorized
 from sagellmd.gateway.balance import prefix_key
-from sagellmd.gateway.client_request import ClientGone, parse_request, priority_of, read_body
+from sagellmd.gateway.client_request import (
+    ClientGone,
+    ClientWatch,
+    parse_request,
+    priority_of,
+    read_body,
+)
 from sagellmd.gateway.daemon_link import DaemonLink
 from sagellmd.gateway.dispatch import Dispatcher, Ticket
 from sagellmd.gateway.errors import GatewayError
@@ -252,19 +258,7 @@ class GatewayApp:
         headers: bytes,
         request_id: bytes,
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None and self.upstream is not None
-        gone = False
-
-        async def watch_disconnect() -> None:
-            nonlocal gone
-            message = await receive()
-            if message["type"] == "http.disconnect" and not finished:
-                gone = True
-                task.cancel()
-
-        finished = False
-        watcher = asyncio.create_task(watch_disconnect())
+        assert self.upstream is not None
         stream = request.get("stream") is True
         key = prefix_key(request) if self.settings.balance == "prefix" else None
         query = scope.get("query_string") or b""
@@ -275,87 +269,80 @@ class GatewayApp:
         # A stream for a model that is still loading starts at once and gets a comment line
         # every few seconds, so neither the client nor a proxy in between gives up on it.
         loading = stream and self.dispatcher.coming_up(group) is not None
-        try:
-            if loading:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [*SSE_HEADERS, (b"x-request-id", request_id)],
-                    }
-                )
-            for attempt_number in range(self.settings.retries + 1):
+        async with ClientWatch(receive) as client:
+            try:
                 if loading:
-                    route = await self._acquire_loading(group, name, ticket, key, send)
-                else:
-                    route = await self.dispatcher.acquire(group, name, ticket, key)
-                payload = body
-                sent_headers = headers
-                if route.takes_request_id(request_id):
-                    sent_headers += b"x-request-id: " + request_id + b"\r\n"
-                if route.served_model != name:
-                    request["model"] = route.served_model
-                    payload = orjson.dumps(request)
-                try:
-                    attempt = await forward(
-                        self.upstream,
-                        route.address,
-                        target,
-                        sent_headers,
-                        payload,
-                        stream,
-                        request_id,
-                        send,
-                        attempt_number == self.settings.retries,
-                        started=loading,
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [*SSE_HEADERS, (b"x-request-id", request_id)],
+                        }
                     )
-                finally:
-                    self.dispatcher.release(route.id)
-                if attempt.sent:
-                    finished = True
-                    done = time.monotonic()
-                    self.dispatcher.observe_first_byte(
-                        group, attempt.first_byte_at - ticket.arrived - ticket.queued_s
-                    )
-                    self.metrics.answered(
-                        name,
-                        route.id,
-                        attempt.status,
-                        ticket.queued_s,
-                        attempt.first_byte_at - ticket.arrived,
-                        done - ticket.arrived,
-                    )
-                    self.access_log.write(
-                        request_id,
-                        name,
-                        route.id,
-                        attempt.status,
-                        ticket.arrived,
-                        ticket.queued_s,
-                        attempt.first_byte_at,
-                    )
-                    return
-                self.dispatcher.mark_suspect(route.id)
-                failures.append(f"{route.id}: {attempt.retryable_detail}")
-                if attempt_number < self.settings.retries:
-                    self.metrics.retried(name, route.id)
-            finished = True
-            raise errors.engine_unavailable(name, "; ".join(failures))
-        except GatewayError as error:
-            if not loading:
-                raise
-            finished = True
-            self.metrics.rejected(name, error.code)
-            await end_stream_with_error(send, error)
-            self.access_log.write(request_id, name, "-", error.status, ticket.arrived)
-        except asyncio.CancelledError:
-            if gone:
-                task.uncancel()
-                raise ClientGone() from None
-            raise
-        finally:
-            finished = True
-            watcher.cancel()
+                for attempt_number in range(self.settings.retries + 1):
+                    if loading:
+                        route = await self._acquire_loading(group, name, ticket, key, send)
+                    else:
+                        route = await self.dispatcher.acquire(group, name, ticket, key)
+                    payload = body
+                    sent_headers = headers
+                    if route.takes_request_id(request_id):
+                        sent_headers += b"x-request-id: " + request_id + b"\r\n"
+                    if route.served_model != name:
+                        request["model"] = route.served_model
+                        payload = orjson.dumps(request)
+                    try:
+                        attempt = await forward(
+                            self.upstream,
+                            route.address,
+                            target,
+                            sent_headers,
+                            payload,
+                            stream,
+                            request_id,
+                            send,
+                            attempt_number == self.settings.retries,
+                            started=loading,
+                        )
+                    finally:
+                        self.dispatcher.release(route.id)
+                    if attempt.sent:
+                        client.done()
+                        done = time.monotonic()
+                        self.dispatcher.observe_first_byte(
+                            group, attempt.first_byte_at - ticket.arrived - ticket.queued_s
+                        )
+                        self.metrics.answered(
+                            name,
+                            route.id,
+                            attempt.status,
+                            ticket.queued_s,
+                            attempt.first_byte_at - ticket.arrived,
+                            done - ticket.arrived,
+                        )
+                        self.access_log.write(
+                            request_id,
+                            name,
+                            route.id,
+                            attempt.status,
+                            ticket.arrived,
+                            ticket.queued_s,
+                            attempt.first_byte_at,
+                        )
+                        return
+                    self.dispatcher.mark_suspect(route.id)
+                    failures.append(f"{route.id}: {attempt.retryable_detail}")
+                    if attempt_number < self.settings.retries:
+                        self.metrics.retried(name, route.id)
+                client.done()
+                raise errors.engine_unavailable(name, "; ".join(failures))
+            except GatewayError as error:
+                if not loading:
+                    raise
+                client.done()
+                self.metrics.rejected(name, error.code)
+                await end_stream_with_error(send, error)
+                self.access_log.write(request_id, name, "-", error.status, ticket.arrived)
 
     async def _acquire_loading(
         self, group: Any, name: str, ticket: Ticket, key: bytes | None, send: Any

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -14,6 +16,48 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 
 class ClientGone(Exception):
     """The client closed its connection before the answer was complete."""
+
+
+class ClientWatch:
+    """`async with ClientWatch(receive) as client:` serves a request that the client's
+    leaving cancels: a disconnect before `client.done()` (or the block's end) cancels the
+    serving task, and the block ends in ClientGone instead of CancelledError."""
+
+    def __init__(self, receive: Any) -> None:
+        self._receive = receive
+        self._gone = False
+        self._done = False
+        self._task: asyncio.Task[Any] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    def done(self) -> None:
+        """The answer is complete: a disconnect from now on cancels nothing."""
+        self._done = True
+
+    async def _watch(self) -> None:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" and not self._done:
+            self._gone = True
+            assert self._task is not None
+            self._task.cancel()
+
+    async def __aenter__(self) -> ClientWatch:
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._done = True
+        assert self._watcher is not None and self._task is not None
+        self._watcher.cancel()
+        if exc_type is asyncio.CancelledError and self._gone:
+            self._task.uncancel()
+            raise ClientGone() from None
 
 
 def parse_request(body: bytes) -> dict[str, Any]:

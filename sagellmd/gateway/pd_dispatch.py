@@ -21,7 +21,7 @@ import orjson
 from sagellmd.gateway import errors
 from sagellmd.gateway.access_log import AccessLog
 from sagellmd.gateway.balance import prefix_key
-from sagellmd.gateway.client_request import ClientGone
+from sagellmd.gateway.client_request import ClientWatch
 from sagellmd.gateway.dispatch import COMING_UP, Dispatcher
 from sagellmd.gateway.errors import GatewayError
 from sagellmd.gateway.metrics import GatewayMetrics
@@ -122,19 +122,8 @@ class PdServer:
         request_id: bytes,
     ) -> None:
         """As GatewayApp._serve: the client leaving cancels the request (ClientGone)."""
-        task = asyncio.current_task()
         upstream = self._upstream()
-        assert task is not None and upstream is not None
-        gone = finished = False
-
-        async def watch_disconnect() -> None:
-            nonlocal gone
-            message = await receive()
-            if message["type"] == "http.disconnect" and not finished:
-                gone = True
-                task.cancel()
-
-        watcher = asyncio.create_task(watch_disconnect())
+        assert upstream is not None
         path = scope["raw_path"] or scope["path"].encode()
         query = scope.get("query_string") or b""
         loading = request.get("stream") is True and self._coming_up(routing)
@@ -151,7 +140,7 @@ class PdServer:
             loading,
             upstream,
         )
-        try:
+        async with ClientWatch(receive):
             if loading:
                 sse = [*SSE_HEADERS, (b"x-request-id", request_id)]
                 await send({"type": "http.response.start", "status": 200, "headers": sse})
@@ -163,14 +152,6 @@ class PdServer:
                 self.metrics.rejected(name, error.code)
                 await end_stream_with_error(send, error)
                 self.access_log.write(request_id, name, "-", error.status, ticket.arrived)
-        except asyncio.CancelledError:
-            if gone:
-                task.uncancel()
-                raise ClientGone() from None
-            raise
-        finally:
-            finished = True
-            watcher.cancel()
 
     async def _acquire(
         self, pd: PdRequest, pool: ModelGroup, pool_name: str, ticket: Ticket, key: bytes | None

@@ -27,9 +27,7 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,26 +39,14 @@ from typing import Any
 
 import httpx
 import psutil
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-FAKE_VLLM = ROOT / "tests" / "fixtures" / "fake_vllm.py"
-FAST_HEALTH_CHECKS = {
-    "health_check_initial_delay_ms": 1000,
-    "health_check_period_ms": 200,
-    "health_check_timeout_ms": 500,
-    "health_check_failure_threshold": 3,
-}
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.cluster.conftest import LocalCluster, kill_marked  # noqa: E402
+from tests.integration.conftest import Daemon, base_config, engine_processes  # noqa: E402
+
 MIB = 1024 * 1024
 ENGINE = "bench"
 Figures = dict[str, list[float]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float) -> Any:
@@ -73,162 +59,50 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
     raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def marked(marker: str, key: str | None = None) -> list[psutil.Process]:
-    """Live processes naming `marker` in their command line or environment (or, with `key`,
-    whose environment variable `key` is `marker`)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
-                continue
-            env = process.environ()
-            if key is not None:
-                hit = env.get(key) == marker
-            else:
-                hit = marker in " ".join(process.info["cmdline"] or []) or any(
-                    marker in value for value in env.values()
-                )
-            if hit:
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
-
-
-def kill_all(processes: list[psutil.Process]) -> None:
-    for process in processes:
-        try:
-            process.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            pass
-    psutil.wait_procs(processes, timeout=5)
-
-
-class LocalCluster:
-    """A head "head" with no GPUs and nodes with two simulated 80 GiB GPUs each (as the
-    cluster tests build it: tests/cluster/conftest.py)."""
-
-    def __init__(self, temp_dir: str, fast: bool) -> None:
-        from ray.cluster_utils import Cluster
-
-        self.temp_dir = temp_dir
-        os.environ.update(self.env)  # Cluster writes ray_current_cluster under RAY_TMPDIR
-        head = {
-            "num_cpus": 1,
-            "num_gpus": 0,
-            "labels": {"sagellm.node": "head", "sagellm.gpus": "none"},
-            "temp_dir": os.path.join(temp_dir, "ray"),
-            "include_dashboard": False,
-            "dashboard_agent_listen_port": None,
-        }
-        if fast:
-            head["_system_config"] = FAST_HEALTH_CHECKS
-        self.cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
-        self.nodes: dict[str, Any] = {}
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"RAY_TMPDIR": self.temp_dir, **RAY_ENV}
-
-    @property
-    def address(self) -> str:
-        return str(self.cluster.address)
-
-    def add_node(self, name: str) -> None:
-        labels = {"sagellm.node": name, "sagellm.gpus": "simulate:2x80"}
-        node = self.cluster.add_node(num_cpus=1, num_gpus=2, labels=labels, wait=True)
-        self.nodes[name] = node
-        listed = self.cluster.global_state.node_table
-        wait_for(
-            lambda: any(n["NodeID"] == node.node_id and n["Alive"] for n in listed()),
-            30,
-            f"Ray to list {name} alive",
-            0.05,
-        )
-
-    def remove_node(self, name: str) -> None:
-        self.cluster.remove_node(self.nodes.pop(name), allow_graceful=False)
-
-    def close(self) -> None:
-        try:
-            self.cluster.shutdown()
-        finally:
-            kill_all(marked(self.temp_dir))
-
-
-class Daemon:
-    """One sagellmd process in its own home, started by this script."""
+class BenchDaemon(Daemon):
+    """The tests' daemon handle, with this bench's settings and measurements."""
 
     def __init__(self, home: Path, cluster: LocalCluster | None) -> None:
-        self.home, self.port = home, free_port()
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         start = 20000 + (os.getpid() % 120) * 100
-        config: dict[str, Any] = {
-            "runtimes": {"vllm": {"command": [sys.executable, str(FAKE_VLLM)]}},
+        overrides: dict[str, Any] = {
             "ports": {"start": start, "end": start + 99},
             # Every kill a first crash (restarted at once), as in bench/crash_latency.py.
             "restart": {"backoff_base_s": 1, "backoff_max_s": 30, "reset_after_s": 0.3},
-            "gpus": "simulate:2x80",
-            "models": {"hub_check": False},
-            "gateway": {"enabled": False},
+            # The daemon's own probe, grace and rollout settings, not the tests' faster ones.
+            "probes": {},
+            "stop_grace_s": 10,
+            "rollout": {},
         }
-        self.env = {**os.environ, "SAGELLM_HOME": str(home), "SAGELLM_URL": self.url}
-        self.env.pop("SAGELLM_TOKEN", None)
         if cluster is not None:
             namespace = f"b{uuid.uuid4().hex[:10]}"
-            config["cluster"] = {"address": cluster.address, "namespace": namespace}
-            self.env.update(cluster.env)
-        home.mkdir(parents=True)
-        (home / "config.yaml").write_text(yaml.safe_dump(config))
-        self.process: subprocess.Popen[bytes] | None = None
+            overrides["cluster"] = {"address": cluster.address, "namespace": namespace}
+        super().__init__(home, base_config(**overrides))
+        self.extra_env["SAGELLM_LOG_LEVEL"] = "info"
+        if cluster is not None:
+            self.extra_env.update(cluster.env)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> float:
-        """Seconds from the process start to the first /healthz 200."""
-        log = (self.home / "daemon.log").open("ab")
+    def timed_start(self) -> float:
+        """Seconds from the process start to the first /healthz 200 (polled every 5 ms)."""
         began = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sagellmd.daemon", "--port", str(self.port)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        self.start(wait=False)
         wait_for(self._healthy, 60, "the daemon's /healthz", 0.005)
         return time.perf_counter() - began
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            tail = (self.home / "daemon.log").read_text(errors="replace")[-3000:]
-            raise SystemExit(f"sagellmd exited {self.process.returncode}:\n{tail}")
-        try:
-            return self.client.get("/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
 
     def rss_mib(self) -> float:
         assert self.process is not None
         return psutil.Process(self.process.pid).memory_info().rss / MIB
 
     def declare(self) -> None:
-        token = (self.home / "token").read_text().strip()
-        spec = {"model": "fake/bench-1B", "gpu_memory_gb": 20}
-        answer = self.client.put(
-            f"/v1/engines/{ENGINE}", json=spec, headers={"Authorization": f"Bearer {token}"}
-        )
+        answer = self.put(f"/v1/engines/{ENGINE}", {"model": "fake/bench-1B", "gpu_memory_gb": 20})
         if answer.status_code not in (200, 201):
             raise SystemExit(f"PUT {ENGINE}: {answer.status_code} {answer.text}")
 
-    def engine(self) -> dict[str, Any]:
-        return self.client.get(f"/v1/engines/{ENGINE}").json()
+    def entry(self) -> dict[str, Any]:
+        return self.engine(ENGINE)
 
     def ready(self, timeout: float = 60, every: float = 0.01) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
-            entry = self.engine()
+            entry = self.entry()
             return entry if entry["state"] == "ready" else None
 
         return wait_for(check, timeout, f"{ENGINE} ready", every)
@@ -240,27 +114,21 @@ class Daemon:
         return {n["name"]: n for n in self.client.get("/v1/nodes").json()["nodes"]}
 
     def close(self) -> None:
-        # Its agents are detached actors of its own namespace: they outlive it.
+        """Its engines (cleanup) and its agents: detached actors of its own namespace."""
         agents = []
         try:
             agents = [n["agent"]["pid"] for n in self.nodes().values() if n.get("agent")]
         except (httpx.HTTPError, ValueError, KeyError):
             pass
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        # Engines outlive the daemon by design; agents of this daemon's namespace too.
-        for process in marked(str(self.home), key="SAGELLM_HOME"):
+        self.cleanup()
+        for pid in agents:
             try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
-        kill_all(marked(str(self.home), key="SAGELLM_HOME"))
-        kill_all([psutil.Process(pid) for pid in agents if psutil.pid_exists(pid)])
-        self.client.close()
 
 
-def kill_to_restart(daemon: Daemon) -> tuple[float, float, float]:
+def kill_to_restart(daemon: BenchDaemon) -> tuple[float, float, float]:
     """SIGKILL the engine: seconds to the daemon's `exited` event (its timestamp), to the new
     pid in /v1/engines and to ready."""
     old = daemon.ready()
@@ -268,7 +136,7 @@ def kill_to_restart(daemon: Daemon) -> tuple[float, float, float]:
     last = daemon.last_event()
     wall, killed = time.time(), time.perf_counter()
     os.kill(old["pid"], signal.SIGKILL)
-    wait_for(lambda: daemon.engine()["pid"] not in (None, old["pid"]), 30, "a new pid", 0.01)
+    wait_for(lambda: daemon.entry()["pid"] not in (None, old["pid"]), 30, "a new pid", 0.01)
     new_pid = time.perf_counter() - killed
     daemon.ready()
     ready = time.perf_counter() - killed
@@ -282,12 +150,12 @@ def event_ts(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
-def power_off(daemon: Daemon, cluster: LocalCluster, node: str) -> float:
+def power_off(daemon: BenchDaemon, cluster: LocalCluster, node: str) -> float:
     """The node loses power: agent, engines, raylet. Returns the wall-clock time of it (the
     engines are found first: a scan of every process takes a while on a busy machine)."""
     agent = daemon.nodes()[node]["agent"]
     engines = []
-    for process in marked(str(daemon.home), key="SAGELLM_HOME"):
+    for process in engine_processes(daemon.home):
         try:
             if process.environ().get("SAGELLM_NODE") == node:
                 engines.append(process.pid)
@@ -304,7 +172,7 @@ def power_off(daemon: Daemon, cluster: LocalCluster, node: str) -> float:
     return at
 
 
-def node_losses(daemon: Daemon, cluster: LocalCluster, runs: int) -> tuple[list, list]:
+def node_losses(daemon: BenchDaemon, cluster: LocalCluster, runs: int) -> tuple[list, list]:
     """Power off the engine's node `runs` times (a new node joins after each)."""
     lost, ready = [], []
     for run in range(runs):
@@ -332,15 +200,15 @@ def node_losses(daemon: Daemon, cluster: LocalCluster, runs: int) -> tuple[list,
     return lost, ready
 
 
-def ready_off(daemon: Daemon, gone: str) -> Callable[[], dict[str, Any] | None]:
+def ready_off(daemon: BenchDaemon, gone: str) -> Callable[[], dict[str, Any] | None]:
     def check() -> dict[str, Any] | None:
-        entry = daemon.engine()
+        entry = daemon.entry()
         return entry if entry["state"] == "ready" and entry["node"] != gone else None
 
     return check
 
 
-def agent_on(daemon: Daemon, node: str) -> Callable[[], bool]:
+def agent_on(daemon: BenchDaemon, node: str) -> Callable[[], bool]:
     return lambda: bool((daemon.nodes().get(node) or {}).get("agent"))
 
 
@@ -361,9 +229,9 @@ def versus(name: str, base: list[float], other: list[float], unit: str, scale: f
 
 def daemon_run(home: Path, cluster: LocalCluster | None, kills: int, found: Figures) -> None:
     """One daemon: its start, its RSS, `kills` SIGKILLs of its engine."""
-    daemon = Daemon(home, cluster)
+    daemon = BenchDaemon(home, cluster)
     try:
-        found["start"].append(daemon.start())
+        found["start"].append(daemon.timed_start())
         found["rss"].append(daemon.rss_mib())
         daemon.declare()
         daemon.ready()
@@ -373,18 +241,18 @@ def daemon_run(home: Path, cluster: LocalCluster | None, kills: int, found: Figu
             found["exited"].append(exited)
             found["pid"].append(new_pid)
             found["ready"].append(ready)
-        print(f"  {home.name}: engine on {daemon.engine()['node'] or 'the daemon machine'}")
+        print(f"  {home.name}: engine on {daemon.entry()['node'] or 'the daemon machine'}")
     finally:
         daemon.close()
 
 
 def losses(workdir: Path, cluster: LocalCluster, runs: int) -> tuple[list, list]:
     for name in ("node-b", "node-c"):
-        if name not in cluster.nodes:
+        if name not in cluster.node_names():
             cluster.add_node(name)
-    daemon = Daemon(workdir, cluster)
+    daemon = BenchDaemon(workdir, cluster)
     try:
-        daemon.start()
+        daemon.timed_start()
         daemon.declare()
         return node_losses(daemon, cluster, runs)
     finally:
@@ -405,7 +273,7 @@ def main() -> None:
     joined: Figures = {k: [] for k in keys}
     try:
         print("cluster: head (no GPUs) + node-b, node-c (2 x 80 GiB simulated, num_gpus=2)")
-        cluster = LocalCluster(os.path.join(temp_dir, "f"), fast=True)
+        cluster = LocalCluster(fast=True, temp_dir=os.path.join(temp_dir, "f"))
         try:
             for name in ("node-b", "node-c"):
                 cluster.add_node(name)
@@ -418,13 +286,13 @@ def main() -> None:
         finally:
             cluster.close()
         print("node power-off, Ray's default health checks:")
-        cluster = LocalCluster(os.path.join(temp_dir, "d"), fast=False)
+        cluster = LocalCluster(fast=False, temp_dir=os.path.join(temp_dir, "d"))
         try:
             default = losses(workdir / "loss-default", cluster, args.runs)
         finally:
             cluster.close()
     finally:
-        kill_all(marked(temp_dir))
+        kill_marked(temp_dir)
         if args.keep:
             print(f"homes kept in {workdir}")
         else:

@@ -32,12 +32,17 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 class LocalCluster:
-    """A head named "head" (no GPUs) and the nodes a test adds by name."""
+    """A head named "head" (no GPUs) and the nodes a test adds by name; `fast` health checks
+    unless told otherwise (bench/cluster_cost.py measures Ray's defaults too)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fast: bool = True, temp_dir: str | None = None) -> None:
         from ray.cluster_utils import Cluster
 
-        self.temp_dir = tempfile.mkdtemp(prefix="sgray", dir="/tmp")
+        self.fast = fast
+        # A dir the caller gives stays theirs to remove (the bench's --keep keeps Ray's logs).
+        self._owns_dir = temp_dir is None
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="sgray", dir="/tmp")
+        os.makedirs(self.temp_dir, exist_ok=True)
         self._saved_env = {k: os.environ.get(k) for k in ("RAY_TMPDIR", *RAY_ENV)}
         # RAY_TMPDIR: where Cluster writes ray_current_cluster (else /tmp/ray, shared).
         os.environ.update({"RAY_TMPDIR": self.temp_dir, **RAY_ENV})
@@ -63,7 +68,7 @@ class LocalCluster:
                 # The head's dashboard agent would take Ray's fixed 52365: a second cluster
                 # on this box could not start. None lets the OS pick.
                 "dashboard_agent_listen_port": None,
-                "_system_config": FAST_HEALTH_CHECKS,
+                "_system_config": FAST_HEALTH_CHECKS if self.fast else {},
             },
         )
 
@@ -117,7 +122,8 @@ class LocalCluster:
     def _cleanup(self) -> None:
         try:
             kill_marked(self.temp_dir)
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            if self._owns_dir:
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
         finally:
             for key, value in self._saved_env.items():
                 if value is None:

@@ -9,8 +9,9 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from sagellmd.cluster.ray_groups import group_name
+from sagellmd.cluster.watcher import ClusterWatcher
 from sagellmd.desired import DesiredEngine
-from sagellmd.gpu.accounting import EstimateCache, build_view, capacities, gpu_needs
+from sagellmd.gpu.accounting import EstimateCache, build_view, capacities
 from sagellmd.gpu.placement import GpuCapacity, GpuView, NodeGpus
 from sagellmd.instance import (
     PROCESS_STATES,
@@ -57,13 +58,7 @@ def cluster_view(
         gpus += [dataclasses.replace(gpu, index=gpu.index + offset) for gpu in found]
         note = "" if found else _no_gpus(status.inventory.message)
         nodes.append(NodeGpus(name, offset, len(found), note))
-    return GpuView(
-        tuple(gpus),
-        world.settings.headroom,
-        local.message,
-        gpu_needs(desired, estimates),
-        tuple(nodes),
-    )
+    return dataclasses.replace(local, gpus=tuple(gpus), nodes=tuple(nodes))
 
 
 def _no_gpus(message: str) -> str:
@@ -123,13 +118,12 @@ def lose_node(world: World, prober: Prober, node: str, why: str) -> None:
     """The node is gone: each of its engines is lost (an exit, so the restart policy places
     it again where it fits), with an event for the node and for each engine."""
     watcher = world.watcher
+    assert isinstance(watcher, ClusterWatcher)  # only a daemon on a cluster loses nodes
     engines = []
     for engine_id, instance in list(world.instances.items()):
         if instance.retiring is not None and instance.retiring.node == node:
-            world.record(retired(instance, f"lost with node {node}"))
-            untrack = getattr(watcher, "untrack", None)
-            if untrack is not None:
-                untrack(f"{engine_id}#retiring")
+            instance = world.record(retired(instance, f"lost with node {node}"))
+            watcher.untrack(f"{engine_id}#retiring")
         if not on_node(instance, node):
             continue
         if instance.state not in PROCESS_STATES and not instance.asleep:
@@ -141,9 +135,7 @@ def lose_node(world: World, prober: Prober, node: str, why: str) -> None:
             # A stage of an engine spanning nodes is gone: its leader, elsewhere, cannot go
             # on without it (vLLM has no pipeline stage to spare).
             watcher.kill(engine_id)
-        untrack = getattr(watcher, "untrack", None)
-        if untrack is not None:
-            untrack(engine_id)
+        watcher.untrack(engine_id)
         engines.append(engine_id)
         ending = instance.state is InstanceState.STOPPING and instance.stop_intent not in (
             None,

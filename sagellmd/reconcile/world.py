@@ -54,6 +54,10 @@ class World:
     # The Ray cluster's nodes and agents (`cluster:` in config.yaml); None: this box alone.
     cluster: ClusterHost | None = None
 
+    def _on_other_node(self, node: str | None) -> bool:
+        """Whether `node` names a cluster node that is not the daemon's machine."""
+        return node is not None and self.cluster is not None and not self.cluster.is_local(node)
+
     def node_suspect(self, node: str | None) -> bool:
         """Its node's agent stopped answering and Ray has not yet said the node is gone."""
         if node is None or self.cluster is None:
@@ -63,14 +67,15 @@ class World:
 
     def agent_of(self, node: str | None) -> NodeAgent | None:
         """The agent hosting engines on `node`; None on the daemon's machine (or no agent)."""
-        if node is None or self.cluster is None or self.cluster.is_local(node):
+        if not self._on_other_node(node):
             return None
+        assert self.cluster is not None and node is not None
         status = self.cluster.nodes.get(node)
         return status.agent if status is not None else None
 
     def last_log_line(self, engine_id: str, node: str | None) -> str | None:
         """The last line an engine wrote; an engine on another node's, through its agent."""
-        if node is None or self.cluster is None or self.cluster.is_local(node):
+        if not self._on_other_node(node):
             return last_engine_line(log_path(self.settings.logs_dir, engine_id))
         agent = self.agent_of(node)
         if agent is None:
@@ -83,8 +88,9 @@ class World:
 
     def engine_host(self, node: str | None) -> str | None:
         """The address an engine on `node` listens on; None: the daemon's machine (loopback)."""
-        if node is None or self.cluster is None or self.cluster.is_local(node):
+        if not self._on_other_node(node):
             return None
+        assert self.cluster is not None and node is not None
         return self.cluster.engine_host(node)
 
     def desired(self) -> list[DesiredEngine]:

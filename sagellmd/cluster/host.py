@@ -84,7 +84,7 @@ class ClusterHost:
         self.local_name = ""
         self.on_node_lost: NodeLost = lambda node, why: None
         self.on_event: Callable[[str, str], None] = lambda type_, message: None
-        self.on_agent_replaced: Callable[[str], None] = lambda node: None
+        self.on_agent_started: Callable[[str], None] = lambda node: None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._membership: asyncio.Task[None] | None = None
 
@@ -160,8 +160,7 @@ class ClusterHost:
                 if not status.suspect:
                     log.warning("node %s: agent unreachable: %s", agent.node, exc.detail)
                 status.suspect = True
-                alive = self._node_alive(status.node.ray_node_id)
-                if not alive:
+                if not self._node_alive(status.node.ray_node_id):
                     # Ray's verdict is in: act now rather than at the next membership pass.
                     await self._membership_pass()
                     return
@@ -180,27 +179,35 @@ class ClusterHost:
     def _node_alive(self, ray_node_id: str) -> bool:
         return any(n.ray_node_id == ray_node_id and n.alive for n in self.cluster.nodes())
 
-    async def _replace_agent(self, status: NodeStatus) -> None:
-        """The agent died and its node lives: a new agent, which adopts the engines (they
-        outlive their agent) through the daemon (`on_agent_replaced`)."""
-        name = status.node.name
-        self._watcher.drop_agent(name)
-        status.agent = None
+    async def _start_agent(self, status: NodeStatus) -> bool:
+        """A new agent on the node; the daemon adopts what it finds running there of its
+        records and stops the rest (`on_agent_started`). False if it does not answer (then
+        retried) or runs another version."""
         agent = self.cluster.agent(status.node)
         try:
             about = await agent.call_async("about", timeout_s=FIRST_CALL_TIMEOUT_S)
         except AgentUnreachable as exc:
             status.message = f"its agent does not answer: {exc.detail}"
             status.retry_agent = True
-            self._wake()
-            return
+            return False
         self._use(status, agent, about)
+        if status.agent is None:
+            return False
         status.suspect = False
-        self.on_event(
-            "node", f"node {name}: a new agent (pid {about.get('pid')}) adopts its engines"
-        )
-        self.on_agent_replaced(name)
+        self.on_agent_started(status.node.name)
+        await self._refresh_inventory(status)
         self._pump(status)
+        return True
+
+    async def _replace_agent(self, status: NodeStatus) -> None:
+        """The agent died (or never answered) and its node lives: a new one, which adopts
+        the engines (they outlive their agent)."""
+        name = status.node.name
+        self._watcher.drop_agent(name)
+        status.agent = None
+        if await self._start_agent(status):
+            pid = status.about.get("pid") if status.about else None
+            self.on_event("node", f"node {name}: a new agent (pid {pid}) adopts its engines")
         self._wake()
 
     async def _watch_membership(self) -> None:
@@ -238,30 +245,14 @@ class ClusterHost:
             self._wake()
 
     async def _joined(self, node: ClusterNode, old: NodeStatus | None) -> bool:
-        local = old.local if old is not None and old.node.ray_node_id == node.ray_node_id else False
-        status = NodeStatus(node, local, message=node.message)
-        if old is not None:
-            status.dead_since = old.dead_since if not node.alive else None
+        """A node Ray lists under a new id (new, or back): its agent, which stops the
+        engines of this home no record places there (re-placed elsewhere meanwhile)."""
+        status = NodeStatus(node, False, message=node.message)
+        if old is not None and not node.alive:
+            status.dead_since = old.dead_since
         self.nodes[node.name] = status
-        if not node.alive or node.message is not None or local:
-            return True
-        agent = self.cluster.agent(node)
-        try:
-            about = await agent.call_async("about", timeout_s=FIRST_CALL_TIMEOUT_S)
-        except AgentUnreachable as exc:
-            status.message = f"its agent does not answer: {exc.detail}"
-            return True
-        self._use(status, agent, about)
-        if status.agent is None:
-            return True
-        # Engines of this home the new agent did not start: re-placed elsewhere meanwhile.
-        with contextlib.suppress(AgentUnreachable):
-            killed = await agent.call_async("kill_strays", timeout_s=10)
-            if killed:
-                self.on_event("node", f"node {node.name}: stopped stray pids {killed}")
-        await self._refresh_inventory(status)
-        self.on_event("node_joined", f"node {node.name} ({node.address}) joined")
-        self._pump(status)
+        if node.alive and node.message is None and await self._start_agent(status):
+            self.on_event("node_joined", f"node {node.name} ({node.address}) joined")
         return True
 
     async def _refresh_inventory(self, status: NodeStatus) -> bool:

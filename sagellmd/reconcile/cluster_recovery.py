@@ -54,7 +54,8 @@ def recover_remote(world: World, prober: Prober, host: ClusterHost) -> None:
 
 
 def adopt_from_new_agent(world: World, prober: Prober, host: ClusterHost, node: str) -> None:
-    """A node's agent was replaced: the new one watches the engines still running there."""
+    """A node has a new agent (its old one died, or the node joined or came back): it
+    watches the engines of our records still running there; the rest are stopped."""
     watcher = world.watcher
     status = host.nodes.get(node)
     if status is None or status.agent is None or not isinstance(watcher, ClusterWatcher):

@@ -76,7 +76,7 @@ class Reconciler:
         if isinstance(watcher, ClusterWatcher):
             host = ClusterHost(settings, watcher, self.wake, clock)
             host.on_node_lost = self._node_lost
-            host.on_agent_replaced = lambda node: adopt_from_new_agent(
+            host.on_agent_started = lambda node: adopt_from_new_agent(
                 self.world, self._prober, host, node
             )
             host.on_event = lambda type_, message: self.world.event(None, type_, message)

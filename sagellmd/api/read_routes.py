@@ -24,6 +24,7 @@ from sagellmd.desired import DesiredEngine
 from sagellmd.disaggregated_block import group_of
 from sagellmd.errors import NotFoundError
 from sagellmd.pd_expand import expand_desired
+from sagellmd.reconcile.world import World
 from sagellmd.runtime.kinds import wants_gpu
 from sagellmd.runtime.logs import log_path, read_tail
 from sagellmd.spec import GATEWAY_ENGINE_ID
@@ -34,12 +35,17 @@ def _ctx(request: Request) -> ApiContext:
     return request.app.state.ctx
 
 
+def _own_gpus(world: World) -> dict[str, Any]:
+    """The daemon's machine's GPUs with the reservations of the engines running there."""
+    here = {key: instance for key, instance in world.instances.items() if instance.node is None}
+    return gpus_document(world.inventory, world.gpu_view, here)
+
+
 def gpu_summary(ctx: ApiContext) -> dict[str, Any]:
     """The daemon's machine's GPUs; on a cluster every node's, each naming its node."""
     world = ctx.reconciler.world
     host = world.cluster
-    local = {key: i for key, i in world.instances.items() if i.node is None}
-    document = gpus_document(world.inventory, world.gpu_view, local)
+    document = _own_gpus(world)
     if host is None:
         return document
     for device in document["devices"]:
@@ -51,9 +57,11 @@ def gpu_summary(ctx: ApiContext) -> dict[str, Any]:
 
 
 def nodes_summary(ctx: ApiContext) -> list[dict[str, Any]]:
+    """The cluster's nodes; none (and nothing read) without a cluster."""
     world = ctx.reconciler.world
-    local = {key: i for key, i in world.instances.items() if i.node is None}
-    devices = gpus_document(world.inventory, world.gpu_view, local)["devices"]
+    if world.cluster is None:
+        return []
+    devices = _own_gpus(world)["devices"]
     return nodes_document(world.cluster, world.gpu_view, world.instances, devices)
 
 

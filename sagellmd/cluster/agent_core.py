@@ -36,15 +36,17 @@ from sagellmd.runtime.logs import (
 from sagellmd.runtime.process import (
     ENGINE_MARKER,
     HOME_MARKER,
+    NODE_MARKER,
     RUN_MARKER,
+    MarkedProcess,
     Markers,
     ProcessWatcher,
+    marked_processes,
     new_run_marker,
     signal_group,
     spawn,
 )
 
-NODE_MARKER = "SAGELLM_NODE"
 PORT_MARKER = "SAGELLM_ENGINE_PORT"
 
 
@@ -69,17 +71,6 @@ class AgentEvent:
     code: int | None
     signal: int | None
     at: float
-
-
-@dataclass(frozen=True)
-class Stray:
-    """A live process with this home's markers that no watched engine run owns."""
-
-    pid: int
-    pgid: int
-    engine_id: str
-    run: str | None
-    create_time: float
 
 
 @dataclass(frozen=True)
@@ -239,7 +230,7 @@ class AgentCore:
         What is not adopted stays a stray (see `strays`)."""
         watcher = self._watch()
         leaders = [p for p in marked_processes(self.home, self.node) if p.pid == p.pgid]
-        chosen: dict[str, Stray] = {}
+        chosen: dict[str, MarkedProcess] = {}
         for leader in leaders:  # oldest first: a newer run of one engine replaces it
             if known is None or known.get(leader.engine_id, (None, None))[0] == leader.pid:
                 chosen[leader.engine_id] = leader
@@ -273,7 +264,7 @@ class AgentCore:
         """What an engine that failed said last: its exit's message quotes it."""
         return last_engine_line(log_path(self.logs_dir, engine_id))
 
-    async def strays(self) -> list[Stray]:
+    async def strays(self) -> list[MarkedProcess]:
         """Marked processes of this home whose run no watched engine has: engines the
         daemon no longer wants, or workers that outlived their engine."""
         runs = {engine.run for engine in self._table.values() if engine.run}
@@ -300,31 +291,6 @@ class AgentCore:
         if self._watcher is not None:
             self._watcher.release_all()
         self._table.clear()
-
-
-def marked_processes(home: str, node: str) -> list[Stray]:
-    """Every live process carrying `home`'s engine markers and `node`'s, oldest first (the
-    engines of other nodes are their agents' even where nodes share a machine, as in tests)."""
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                continue
-            markers = Markers.of(process.environ())
-            if markers is None or markers.home != home or markers.node != node:
-                continue
-            found.append(
-                Stray(
-                    process.pid,
-                    os.getpgid(process.pid),
-                    markers.engine_id,
-                    markers.run,
-                    process.create_time(),
-                )
-            )
-        except (psutil.Error, ProcessLookupError, PermissionError):
-            continue
-    return sorted(found, key=lambda process: process.create_time)
 
 
 def _port_of(pid: int) -> int | None:

@@ -3,50 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-from dataclasses import dataclass
 
 import psutil
 
 from sagellmd.instance import PROCESS_STATES, InstanceState, retired, retiring_key, spawned
 from sagellmd.reconcile.observe import Prober, on_exit
 from sagellmd.reconcile.world import World
-from sagellmd.runtime.process import Markers, signal_group
+from sagellmd.runtime.process import MarkedProcess, marked_processes, signal_group
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MarkedProcess:
-    """A live process carrying this home's engine marker."""
-
-    pid: int
-    pgid: int
-    engine_id: str
-    run: str | None
-    create_time: float
-
-
-def _marked_processes(home: str) -> list[MarkedProcess]:
-    """Every live process carrying this home's engine marker, oldest first."""
-    found = []
-    for process in psutil.process_iter(["pid"]):
-        try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                continue
-            pgid = os.getpgid(process.pid)
-            markers = Markers.of(process.environ())
-            create_time = process.create_time()
-        except (psutil.Error, ProcessLookupError, PermissionError):
-            continue
-        # An engine another node's agent started (on this machine only in tests, where
-        # every node shares the box) is that agent's to adopt or stop.
-        if markers is not None and markers.home == home and not markers.node:
-            found.append(
-                MarkedProcess(process.pid, pgid, markers.engine_id, markers.run, create_time)
-            )
-    return sorted(found, key=lambda marked: marked.create_time)
 
 
 def _kill_leaderless_groups(world: World, marked: list[MarkedProcess], live_runs: set[str]) -> None:
@@ -79,7 +45,7 @@ def recover(world: World, prober: Prober) -> None:
     """Make the in-memory world match the machine before the first reconcile pass."""
     world.instances.update(world.store.instances())
     adopted = _adopt_retiring(world) | _adopt_recorded(world, prober)
-    marked = _marked_processes(str(world.settings.home))
+    marked = marked_processes(str(world.settings.home))
     _kill_leaderless_groups(world, marked, _live_runs(world))
     _adopt_or_kill_strays(world, prober, marked, adopted)
     _end_intents_without_process(world)

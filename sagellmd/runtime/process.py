@@ -57,6 +57,38 @@ class Markers:
         )
 
 
+@dataclass(frozen=True)
+class MarkedProcess:
+    """A live process carrying a home's engine marker."""
+
+    pid: int
+    pgid: int
+    engine_id: str
+    run: str | None
+    create_time: float
+
+
+def marked_processes(home: str, node: str | None = None) -> list[MarkedProcess]:
+    """Every live process carrying `home`'s engine markers and started on `node` (None: by
+    the daemon itself, no node marker), oldest first. Where nodes share a machine (tests),
+    another node's engines are that node's agent's to adopt or stop."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            pgid = os.getpgid(process.pid)
+            markers = Markers.of(process.environ())
+            create_time = process.create_time()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+        if markers is not None and markers.home == home and markers.node == node:
+            found.append(
+                MarkedProcess(process.pid, pgid, markers.engine_id, markers.run, create_time)
+            )
+    return sorted(found, key=lambda marked: marked.create_time)
+
+
 def processes_of_run(markers: Markers | None) -> list[psutil.Process]:
     """Live processes of this run of the engine, wherever their session or group is."""
     if markers is None or markers.run is None:
